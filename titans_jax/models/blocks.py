@@ -1,0 +1,330 @@
+"""One pre-norm residual block per layer, its sequence mixer chosen by `kind`:
+
+  x ← x + Mixer(RMSNorm(x));   x ← x + SwiGLU(RMSNorm(x))
+
+Mixers (SPEC §2; h = the normed block input, P = the layer's persistent tokens):
+  swa — sliding-window attention over [P ‖ h] (P unrotated, always visible).
+  mag — y = SWA([P ‖ h]), m = M([P ‖ h]) (the memory also reads P first);
+        o = RMSNorm(y) ⊙ σ(RMSNorm(m)), then the output projection.
+  mal — y = M([P ‖ h]); o = SWA(y) with y's P-part as the persistent keys.
+  lmm — the memory alone: o = M(h).
+  mac — segments S_i of length S: h_i = M*_{i−1}(q(S_i)) (retrieval from the weights at
+        the segment's start, no update); y_i = Attn([P ‖ h_i ‖ S_i]) with causal masking
+        inside the segment (query j sees h_≤j and S_≤j: h_j depends on x_≤j); the memory
+        is updated with y_i and read back causally (m = M(y_i), each token reading the
+        weights after the last chunk it completes); o_i = RMSNorm(y_i) ⊙ σ(RMSNorm(m)).
+  seg — MAC's attention over [P ‖ S_i] for layers without a memory.
+
+Every mixer has a full-sequence form (`forward`, from position 0, optionally returning
+the decode cache) and a one-token form (`decode`) that continues from that cache.
+RoPE: absolute positions for swa/mag/mal; inside a MAC segment h_j sits at position j
+and x_j at S + j (attention never crosses a segment, so only these offsets matter).
+
+Axis legend: B batch, T tokens, D model width, H heads, K head width, P persistent
+tokens, W window (ring-buffer slots), S segment length, N segments.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+from titans_jax.layers import attention as attn_lib
+from titans_jax.layers.attention import AttentionProjections
+from titans_jax.layers.basic import RMSNorm, param
+from titans_jax.layers.ffn import SwiGLU
+from titans_jax.layers.rope import apply_rope
+from titans_jax.memory import core as memory_core
+from titans_jax.memory.module import NeuralMemory
+from titans_jax.models.config import TitansConfig
+
+Cache = dict[str, Any]
+KINDS = ("swa", "mag", "mal", "lmm", "mac", "seg")
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: TitansConfig, kind: str, *, rngs: nnx.Rngs):
+        if kind not in KINDS:
+            raise ValueError(f"unknown block kind {kind!r}; expected one of {KINDS}")
+        self.cfg, self.kind = cfg, kind
+        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        D = cfg.dim
+        self.mix_norm = RMSNorm(D, param_dtype=pdt, eps=cfg.norm_eps)
+        self.ffn_norm = RMSNorm(D, param_dtype=pdt, eps=cfg.norm_eps)
+        self.ffn = SwiGLU(D, cfg.hidden, dtype=dt, param_dtype=pdt, rngs=rngs)
+        if kind != "lmm":
+            self.attn = AttentionProjections(D, cfg.heads, cfg.head_dim, dtype=dt,
+                                             param_dtype=pdt, rngs=rngs)
+            if cfg.num_persistent:
+                self.persistent = param(
+                    jax.random.normal(rngs.params(), (cfg.num_persistent, D), jnp.float32).astype(pdt),
+                    ("persist", "embed"))
+        if kind in ("mag", "mal", "lmm", "mac"):
+            self.memory = NeuralMemory(cfg.memory_config, rngs=rngs)
+        if kind in ("mag", "mac"):
+            self.gate_norm_y = RMSNorm(D, param_dtype=pdt, eps=cfg.norm_eps)
+            self.gate_norm_m = RMSNorm(D, param_dtype=pdt, eps=cfg.norm_eps)
+
+    # ------------------------------------------------------------------ helpers ---
+    @property
+    def _num_p(self) -> int:
+        return self.cfg.num_persistent if self.kind != "lmm" else 0
+
+    def _persistent_tokens(self, batch: int) -> Optional[jax.Array]:
+        if not self._num_p:
+            return None
+        p = self.persistent[...].astype(jnp.dtype(self.cfg.dtype))
+        return jnp.broadcast_to(p[None], (batch,) + p.shape)
+
+    def _persistent_kv(self, batch: int):
+        """Keys/values of the persistent tokens (no RoPE): B×P×H×K each, or Nones."""
+        if not self._num_p:
+            return None, None
+        pk, pv = self.attn.kv(self.persistent[...][None])
+        shape = (batch,) + pk.shape[1:]
+        return jnp.broadcast_to(pk, shape), jnp.broadcast_to(pv, shape)
+
+    def _gate(self, y_BTD, m_BTD):
+        """The MAG / MAC gate: RMSNorm(y) ⊙ σ(RMSNorm(m))."""
+        g = jax.nn.sigmoid(self.gate_norm_m(m_BTD).astype(jnp.float32))
+        return (self.gate_norm_y(y_BTD).astype(jnp.float32) * g).astype(y_BTD.dtype)
+
+    def _merge(self, y_BTHK):
+        return y_BTHK.reshape(y_BTHK.shape[:2] + (-1,))
+
+    def _split(self, y_BTD):
+        return y_BTD.reshape(y_BTD.shape[:2] + (self.cfg.heads, self.cfg.head_dim))
+
+    def _rope(self, x_BTHK, positions_T):
+        return apply_rope(x_BTHK, positions_T, self.cfg.rope_base)
+
+    # ------------------------------------------------------------ full sequence ---
+    def __call__(self, x_BTD: jax.Array, want_cache: bool = False):
+        h = self.mix_norm(x_BTD)
+        mix, cache = getattr(self, f"_{self.kind}")(h, want_cache)
+        x_BTD = x_BTD + mix.astype(x_BTD.dtype)
+        x_BTD = x_BTD + self.ffn(self.ffn_norm(x_BTD)).astype(x_BTD.dtype)
+        return x_BTD, cache
+
+    def _window_attention(self, src_BTD, pk, pv, want_cache):
+        """RoPE'd SWA of src over itself (+ persistent keys); returns B×T×H×K and the
+        ring-buffer cache."""
+        T = src_BTD.shape[1]
+        positions = jnp.arange(T)
+        q, k, v = self.attn.qkv(src_BTD)
+        q, k = self._rope(q, positions), self._rope(k, positions)
+        y = attn_lib.sliding_window_attention(q, k, v, self.cfg.window, pk, pv,
+                                              impl=self.cfg.attn_impl)
+        cache = None
+        if want_cache:
+            W = self.cfg.window
+            slot_pos = attn_lib.ring_slot_positions(jnp.asarray(T - 1), W)
+            valid = (slot_pos >= 0)[None, :, None, None]
+            idx = jnp.clip(slot_pos, 0, T - 1)
+            cache = {"k": jnp.where(valid, k[:, idx], 0), "v": jnp.where(valid, v[:, idx], 0)}
+            if pk is not None:
+                cache.update(pk=pk, pv=pv)
+        return y, cache
+
+    def _swa(self, h, want_cache):
+        pk, pv = self._persistent_kv(h.shape[0])
+        y, cache = self._window_attention(h, pk, pv, want_cache)
+        return self.attn.out(y), cache
+
+    def _mag(self, h, want_cache):
+        B = h.shape[0]
+        pk, pv = self._persistent_kv(B)
+        y, cache = self._window_attention(h, pk, pv, want_cache)
+        P = self._persistent_tokens(B)
+        xt = h if P is None else jnp.concatenate([P, h], axis=1)
+        m, mem = self.memory(xt)
+        m = m[:, self._num_p:]
+        o = self._gate(self._merge(y), m)
+        if want_cache:
+            cache["mem"] = mem
+        return self.attn.out(self._split(o)), cache
+
+    def _mal(self, h, want_cache):
+        B = h.shape[0]
+        P = self._persistent_tokens(B)
+        xt = h if P is None else jnp.concatenate([P, h], axis=1)
+        m, mem = self.memory(xt)
+        pk = pv = None
+        if P is not None:
+            pk, pv = self.attn.kv(m[:, :self._num_p])
+        y, cache = self._window_attention(m[:, self._num_p:], pk, pv, want_cache)
+        if want_cache:
+            cache["mem"] = mem
+        return self.attn.out(y), cache
+
+    def _lmm(self, h, want_cache):
+        m, mem = self.memory(h)
+        return m, ({"mem": mem} if want_cache else None)
+
+    # MAC ---------------------------------------------------------------------------
+    def _retrieve(self, x_BTD, weights, conv):
+        """h = M*(q(x)) with fixed fast weights (no update); `conv` is the causal-conv
+        context of the retrieval stream. Returns (h_BTD, new_conv)."""
+        mcfg = self.cfg.memory_config
+        params = self.memory.param_tree()
+        x = x_BTD.astype(jnp.dtype(mcfg.dtype))
+        _, xr, q, _, _, _, new_conv = memory_core._project(params, x, conv, mcfg)
+        inner = jnp.dtype(mcfg.inner_dtype)
+        fwd = lambda w, q_Td: memory_core.memory_forward(w, q_Td, mcfg)
+        # weights: name -> B×H×...; q: B×T×H×d
+        y = jax.vmap(jax.vmap(fwd, in_axes=(0, 1), out_axes=1))(weights, q.astype(inner))
+        y = memory_core._finish_output(params, y, xr, mcfg)
+        return y.astype(x_BTD.dtype), new_conv
+
+    def _mac_segment(self, carry, x_BLD, pk, pv, with_memory: bool):
+        """One (possibly partial, length L ≤ S) segment from its start.
+
+        carry: (memory state, retrieval conv context) or None for 'seg' blocks.
+        Returns (new carry, mixer output B×L×D, the segment's keys/values for a cache).
+        """
+        S, L = self.cfg.segment_len, x_BLD.shape[1]
+        j = jnp.arange(L)
+        q, k, v = self.attn.qkv(x_BLD)
+        q, k = self._rope(q, j + S), self._rope(k, j + S)
+        keys, values, kv = [k], [v], {"k": k, "v": v}
+        if with_memory:
+            mem, rconv = carry
+            hret, rconv = self._retrieve(x_BLD, mem["weights"], rconv)
+            hk, hv = self.attn.kv(hret)
+            hk = self._rope(hk, j)
+            keys, values = [hk] + keys, [hv] + values
+            kv.update(hk=hk, hv=hv)
+        if pk is not None:
+            keys, values = [pk] + keys, [pv] + values
+        mask = attn_lib.segment_mask(L, L, self._num_p, with_memory)
+        y = attn_lib.segment_attention(q, keys, values, mask, impl=self.cfg.attn_impl)
+        if not with_memory:
+            return carry, self.attn.out(y), kv
+        y_D = self._merge(y)
+        m, mem = self.memory(y_D, mem)
+        o = self._gate(y_D, m)
+        return (mem, rconv), self.attn.out(self._split(o)), kv
+
+    def _mac_forward(self, h, want_cache, with_memory):
+        B, T, D = h.shape
+        S = self.cfg.segment_len
+        pk, pv = self._persistent_kv(B)
+        carry = None
+        if with_memory:
+            mem0 = self.memory.init_state(B)
+            carry = (mem0, mem0["conv"])
+        n, r = divmod(T, S)
+        outs = []
+        if n:
+            def step(c, x_BSD):
+                c, o, _ = self._mac_segment(c, x_BSD, pk, pv, with_memory)
+                return c, o
+            xs = jnp.moveaxis(h[:, :n * S].reshape(B, n, S, D), 1, 0)
+            carry, o_NBSD = lax.scan(step, carry, xs)
+            outs.append(jnp.moveaxis(o_NBSD, 0, 1).reshape(B, n * S, D))
+        seg_start = carry
+        kv = None
+        if r:
+            carry, o, kv = self._mac_segment(carry, h[:, n * S:], pk, pv, with_memory)
+            outs.append(o)
+        out = jnp.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
+        if not want_cache:
+            return out, None
+        H, K = self.cfg.heads, self.cfg.head_dim
+        names = ("k", "v", "hk", "hv") if with_memory else ("k", "v")
+        buf = {nm: jnp.zeros((B, S, H, K), out.dtype) for nm in names}
+        if kv is not None:
+            buf = {nm: lax.dynamic_update_slice_in_dim(buf[nm], kv[nm].astype(out.dtype), 0, 1)
+                   for nm in names}
+        cache = dict(buf)
+        if pk is not None:
+            cache.update(pk=pk, pv=pv)
+        if with_memory:
+            cache.update(mem=carry[0], rconv=carry[1], seg_weights=seg_start[0]["weights"])
+        return out, cache
+
+    def _mac(self, h, want_cache):
+        return self._mac_forward(h, want_cache, with_memory=True)
+
+    def _seg(self, h, want_cache):
+        return self._mac_forward(h, want_cache, with_memory=False)
+
+    # ---------------------------------------------------------------- one token ---
+    def decode(self, x_B1D: jax.Array, cache: Cache, pos: jax.Array):
+        """Advance by one token at absolute position `pos` (a traced int32 scalar)."""
+        h = self.mix_norm(x_B1D)
+        mix, cache = getattr(self, f"_decode_{self.kind}")(h, cache, pos)
+        x_B1D = x_B1D + mix.astype(x_B1D.dtype)
+        x_B1D = x_B1D + self.ffn(self.ffn_norm(x_B1D)).astype(x_B1D.dtype)
+        return x_B1D, cache
+
+    def _decode_window(self, src_B1D, cache, pos):
+        W = self.cfg.window
+        q, k, v = self.attn.qkv(src_B1D)
+        p = pos[None]
+        q, k = self._rope(q, p), self._rope(k, p)
+        slot = jnp.mod(pos, W)
+        kr = lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), slot, 1)
+        vr = lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), slot, 1)
+        y = attn_lib.decode_window_attention(q, kr, vr, pos, W, cache.get("pk"), cache.get("pv"),
+                                             impl=self.cfg.attn_impl)
+        return y, {**cache, "k": kr, "v": vr}
+
+    def _decode_swa(self, h, cache, pos):
+        y, cache = self._decode_window(h, cache, pos)
+        return self.attn.out(y), cache
+
+    def _decode_mag(self, h, cache, pos):
+        y, cache = self._decode_window(h, cache, pos)
+        m, mem = self.memory(h, cache["mem"])
+        o = self._gate(self._merge(y), m)
+        return self.attn.out(self._split(o)), {**cache, "mem": mem}
+
+    def _decode_mal(self, h, cache, pos):
+        m, mem = self.memory(h, cache["mem"])
+        y, cache = self._decode_window(m, cache, pos)
+        return self.attn.out(y), {**cache, "mem": mem}
+
+    def _decode_lmm(self, h, cache, pos):
+        m, mem = self.memory(h, cache["mem"])
+        return m, {"mem": mem}
+
+    def _decode_segment(self, h, cache, pos, with_memory):
+        S = self.cfg.segment_len
+        j = jnp.mod(pos, S)
+        q, k, v = self.attn.qkv(h)
+        q, k = self._rope(q, (j + S)[None]), self._rope(k, (j + S)[None])
+        new = {"k": k, "v": v}
+        if with_memory:
+            hret, rconv = self._retrieve(h, cache["seg_weights"], cache["rconv"])
+            hk, hv = self.attn.kv(hret)
+            new.update(hk=self._rope(hk, j[None]), hv=hv)
+        cache = dict(cache)
+        for nm, val in new.items():
+            cache[nm] = lax.dynamic_update_slice_in_dim(cache[nm], val.astype(cache[nm].dtype), j, 1)
+        keys = ([cache["hk"]] if with_memory else []) + [cache["k"]]
+        values = ([cache["hv"]] if with_memory else []) + [cache["v"]]
+        if "pk" in cache:
+            keys, values = [cache["pk"]] + keys, [cache["pv"]] + values
+        mask = attn_lib.segment_mask(1, S, self._num_p, with_memory, query_offset=j)
+        y = attn_lib.segment_attention(q, keys, values, mask, impl=self.cfg.attn_impl)
+        if not with_memory:
+            return self.attn.out(y), cache
+        y_D = self._merge(y)
+        m, mem = self.memory(y_D, cache["mem"])
+        o = self._gate(y_D, m)
+        seg_done = j == S - 1
+        # The next segment retrieves from the weights this one ends with.
+        seg_weights = jax.tree.map(lambda new_, old: jnp.where(seg_done, new_, old),
+                                   mem["weights"], cache["seg_weights"])
+        cache.update(mem=mem, rconv=rconv, seg_weights=seg_weights)
+        return self.attn.out(self._split(o)), cache
+
+    def _decode_mac(self, h, cache, pos):
+        return self._decode_segment(h, cache, pos, with_memory=True)
+
+    def _decode_seg(self, h, cache, pos):
+        return self._decode_segment(h, cache, pos, with_memory=False)

@@ -1,0 +1,114 @@
+"""Titans: token embedding → stacked blocks → RMSNorm → vocabulary head.
+
+Consecutive layers of one kind form a *run*, stored as one stacked block (parameters
+with a leading layer axis, built by nnx.vmap) and executed with lax.scan, so a run of L
+layers compiles one block, not L copies; each scan step is wrapped in jax.checkpoint
+with the config's remat policy.
+
+    model = Titans(TitansConfig.preset("tiny", variant="mag"), rngs=nnx.Rngs(0))
+    logits_BTV = model(tokens_BT)
+    logits_BTV, cache = model.prefill(tokens_BT)       # + the decode cache
+    logits_BV, cache = model.decode_step(token_B, cache)
+
+Axis legend: B batch, T tokens, D model width, V vocabulary, L layers in a run.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+from titans_jax.layers.basic import Embed, Linear, RMSNorm
+from titans_jax.models.blocks import Block
+from titans_jax.models.config import TitansConfig
+
+_POLICIES = {
+    "full": None,
+    "save_nothing": None,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _stacked_blocks(cfg: TitansConfig, kind: str, count: int, rngs: nnx.Rngs) -> Block:
+    @nnx.split_rngs(splits=count)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make(r: nnx.Rngs) -> Block:
+        return Block(cfg, kind, rngs=r)
+
+    return make(rngs)
+
+
+class Titans(nnx.Module):
+    """A Titans language model (variant from `cfg.variant`): tokens B×T → logits B×T×V."""
+
+    def __init__(self, cfg: TitansConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        self.embed = Embed(cfg.vocab_size, cfg.dim, dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.runs = nnx.List([_stacked_blocks(cfg, kind, n, rngs) for kind, n in cfg.layer_runs()])
+        self.final_norm = RMSNorm(cfg.dim, param_dtype=pdt, eps=cfg.norm_eps)
+        if not cfg.tie_embeddings:
+            self.head = Linear((cfg.dim, cfg.vocab_size), ("embed", "vocab"), "BTD,DV->BTV",
+                               cfg.dim, dtype=dt, param_dtype=pdt, rngs=rngs)
+
+    # ------------------------------------------------------------------ pieces ---
+    def _logits(self, x_BTD):
+        x_BTD = self.final_norm(x_BTD)
+        if self.cfg.tie_embeddings:
+            return self.embed.attend(x_BTD)
+        return self.head(x_BTD)
+
+    def _scan_run(self, stack: Block, x_BTD, want_cache: bool):
+        graphdef, state = nnx.split(stack)
+
+        def body(x, layer_state):
+            return nnx.merge(graphdef, layer_state)(x, want_cache)
+
+        if self.cfg.remat != "none":
+            body = jax.checkpoint(body, policy=_POLICIES[self.cfg.remat], prevent_cse=True)
+        return lax.scan(body, x_BTD, state)
+
+    # ----------------------------------------------------------------- forward ---
+    def __call__(self, tokens_BT: jax.Array) -> jax.Array:
+        """Logits B×T×V (in cfg.dtype) for tokens B×T starting at position 0."""
+        x = self.embed(tokens_BT)
+        for stack in self.runs:
+            x, _ = self._scan_run(stack, x, False)
+        return self._logits(x)
+
+    def prefill(self, tokens_BT: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+        """Full forward that also returns the decode cache after the last token:
+        {'pos': T, 'layers': [per run: the blocks' caches stacked over its layers]}.
+
+        Per layer the cache holds the window's K/V ring buffer (W slots), the persistent
+        tokens' K/V, the memory state, and for MAC the current segment's K/V (of x and
+        of the retrieved h), the retrieval stream's conv context and the fast weights
+        the segment retrieves from.
+        """
+        x = self.embed(tokens_BT)
+        caches = []
+        for stack in self.runs:
+            x, cache = self._scan_run(stack, x, True)
+            caches.append(cache)
+        pos = jnp.asarray(tokens_BT.shape[1], jnp.int32)
+        return self._logits(x), {"pos": pos, "layers": caches}
+
+    def decode_step(self, token_B: jax.Array, cache: dict[str, Any]):
+        """Logits B×V of the next token after `token_B` (at position cache['pos'])."""
+        pos = cache["pos"]
+        x = self.embed(token_B[:, None])
+        new_layers = []
+        for stack, layer_cache in zip(self.runs, cache["layers"]):
+            graphdef, state = nnx.split(stack)
+
+            def body(x, inputs):
+                layer_state, c = inputs
+                return nnx.merge(graphdef, layer_state).decode(x, c, pos)
+
+            x, new_cache = lax.scan(body, x, (state, layer_cache))
+            new_layers.append(new_cache)
+        return self._logits(x)[:, 0], {"pos": pos + 1, "layers": new_layers}
