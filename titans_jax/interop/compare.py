@@ -1,0 +1,371 @@
+"""Compare titans_jax with titans-pytorch 0.5.5 on one seed and one configuration.
+
+    python -m titans_jax.interop.compare --heads 3 --dim-head 5 --chunk-size 5 --seq-len 37
+    python -m titans_jax.interop.compare --dtype float64 --momentum-order 2 --learned-momentum-combine
+
+or from Python:
+
+    from titans_jax.interop.compare import compare, format_table
+    rows = compare(heads=2, chunk_size=4, batch_size=8, dtype="float64")
+    print(format_table(rows))
+
+`compare` builds a `titans_pytorch.NeuralMemory` from the seed, loads it with
+`from_torch`, runs the same input through both (in torch optionally as a stream of
+calls), and returns one row per compared quantity:
+
+  output                          the retrieved sequence y (B×T×D)
+  state.weights.<w>               the final fast weights (torch: states[0])
+  state.momentum.<w>              the final momentum, every order (torch: states[1])
+  state.grad_point.<w>            the gradient point (torch: weights)
+  grad.<param path>               d loss / d slow parameter, loss = mean(y²) + Σ_w mean(W_final²),
+                                  backpropagated in both; torch's parameter gradients are
+                                  mapped with `params_from_torch_tensors` and compared
+                                  leaf by leaf under our parameter path.
+
+Each row holds `max_abs` (max |ours − torch|), `ref_max` (max |torch|) and `max_rel`
+(= max_abs / ref_max: an error relative to the tensor's scale, not elementwise).
+
+Parameters that titans-pytorch initialises to constants (RMSNorm / LayerNorm gains,
+the per-head gammas, the attention-pool logits) would hide a wrong mapping, so by
+default they get N(0, perturb²) noise (`--perturb 0` to compare the untouched module).
+
+torch and titans-pytorch come from the `parity` extra: pip install -e '.[parity]'.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import sys
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from titans_jax import memory
+from titans_jax.interop.titans_pytorch import (
+    from_torch, params_from_torch_tensors, state_from_torch, torch_fast_weight_names)
+
+DTYPES = ("float32", "float64")
+
+
+@dataclasses.dataclass(frozen=True)
+class Knobs:
+    """The titans-pytorch NeuralMemory settings the comparison builds (SPEC §1)."""
+    dim: int = 16
+    heads: int = 1
+    dim_head: Optional[int] = None      # None: titans-pytorch's default (= dim)
+    chunk_size: int = 4
+    batch_size: Optional[int] = None    # titans-pytorch batch_size = our commit_every
+    depth: int = 2
+    expansion: float = 4.0
+    residual_norm: bool = True          # mem_model_norm_add_residual
+    pre_rmsnorm: bool = True
+    post_rmsnorm: bool = False
+    qk_rmsnorm: bool = False
+    momentum: bool = True
+    momentum_order: int = 1
+    learned_momentum_combine: bool = False
+    learned_combine_include_zeroth: bool = False
+    attn_pool_chunks: bool = False
+    per_parameter_lr_modulation: bool = False
+    max_mem_layer_modulation: float = 1.0
+    max_grad_norm: Optional[float] = None
+    spectral_norm_surprises: bool = False
+    max_lr: float = 1.0                 # default_step_transform_max_lr
+
+    def torch_kwargs(self) -> dict:
+        return dict(
+            dim=self.dim, chunk_size=self.chunk_size, batch_size=self.batch_size,
+            dim_head=self.dim_head, heads=self.heads,
+            default_model_kwargs=dict(depth=self.depth, expansion_factor=self.expansion),
+            mem_model_norm_add_residual=self.residual_norm,
+            pre_rmsnorm=self.pre_rmsnorm, post_rmsnorm=self.post_rmsnorm,
+            qk_rmsnorm=self.qk_rmsnorm, momentum=self.momentum,
+            momentum_order=self.momentum_order,
+            learned_momentum_combine=self.learned_momentum_combine,
+            learned_combine_include_zeroth=self.learned_combine_include_zeroth,
+            attn_pool_chunks=self.attn_pool_chunks,
+            per_parameter_lr_modulation=self.per_parameter_lr_modulation,
+            max_mem_layer_modulation=self.max_mem_layer_modulation,
+            max_grad_norm=self.max_grad_norm,
+            spectral_norm_surprises=self.spectral_norm_surprises,
+            default_step_transform_max_lr=self.max_lr,
+        )
+
+
+# ------------------------------------------------------------------------ helpers ---
+
+@contextlib.contextmanager
+def torch_dtype(dtype: str):
+    """Set torch's default dtype inside the block only."""
+    import torch
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype))
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def jax_dtype_scope(dtype: str):
+    """float64 needs x64 on in JAX; enable it only inside the block."""
+    return jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
+
+
+_CONSTANT_INIT = ("norm.weight", "gamma", "reduce_to_chunk_rep.")
+
+
+def build_torch(knobs: Knobs, seed: int = 0, dtype: str = "float32", perturb: float = 0.1,
+                **extra_torch_kwargs):
+    """A titans_pytorch.NeuralMemory built from `seed` (torch's global RNG is left as it
+    was), with constant-initialised parameters perturbed by N(0, perturb²)."""
+    import torch
+    from titans_pytorch import NeuralMemory
+    with torch.random.fork_rng(devices=[]), torch_dtype(dtype):
+        torch.manual_seed(seed)
+        nm = NeuralMemory(**{**knobs.torch_kwargs(), **extra_torch_kwargs})
+        if perturb:
+            with torch.no_grad():
+                for name, p in nm.named_parameters():
+                    # the per-head copies of W0 are identical (and share memory) at init:
+                    # make them differ, so that a head mix-up cannot hide
+                    if name.startswith("memory_model_parameters.") or (
+                            not name.startswith("memory_model.")
+                            and any(s in name for s in _CONSTANT_INIT)):
+                        p.data = p.data + perturb * torch.randn_like(p)
+    return nm
+
+
+def make_input(seed: int, batch: int, seq_len: int, dim: int, dtype: str) -> np.ndarray:
+    return np.random.default_rng(seed + 1).standard_normal((batch, seq_len, dim)).astype(dtype)
+
+
+def torch_stream(nm, x_np: np.ndarray, splits: Optional[Sequence[int]] = None, state=None):
+    """Run titans-pytorch over x as calls of the given lengths (each chunk-aligned or a
+    single token — titans-pytorch supports only those). Returns (y, final state)."""
+    import torch
+    x = torch.from_numpy(np.ascontiguousarray(x_np))
+    splits = list(splits) if splits else [x.shape[1]]
+    if sum(splits) != x.shape[1]:
+        raise ValueError(f"splits {splits} do not sum to the sequence length {x.shape[1]}")
+    ys, start = [], 0
+    for n in splits:
+        y, state = nm(x[:, start:start + n], state=state)
+        ys.append(y)
+        start += n
+    return torch.cat(ys, dim=1), state
+
+
+def loss_torch(y, state):
+    """The scalar both frameworks backpropagate: mean(y²) + Σ_w mean(W_final,w²)."""
+    return y.pow(2).mean() + sum(w.pow(2).mean() for w in state.states[0].values())
+
+
+def loss_jax(params, x, cfg):
+    y, state = memory.apply(params, x, cfg)
+    return jnp.mean(jnp.square(y)) + sum(jnp.mean(jnp.square(w)) for w in state["weights"].values())
+
+
+# XLA's CPU backend optimisations cost most of the time at comparison sizes (the
+# program is tiny; compiling it is not). They do not change what is computed.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+_JITTED: dict = {}
+
+
+def jitted(name: str, fast_compile: bool = True):
+    """Module-level jitted `apply` / `grad` (so repeated comparisons of one config reuse
+    the compiled program)."""
+    key = (name, fast_compile)
+    if key not in _JITTED:
+        fn = {"apply": memory.apply, "grad": jax.grad(loss_jax)}[name]
+        _JITTED[key] = jax.jit(fn, static_argnums=2,
+                               compiler_options=FAST_COMPILE if fast_compile else None)
+    return _JITTED[key]
+
+
+def torch_param_grads(nm) -> dict:
+    """named_parameters -> grad (zeros where torch has none, e.g. the unused skeleton)."""
+    import torch
+    return {n: (p.grad if p.grad is not None else torch.zeros_like(p))
+            for n, p in nm.named_parameters()}
+
+
+def _path_name(path) -> str:
+    parts = []
+    for k in path:
+        parts.append(str(getattr(k, "key", getattr(k, "idx", k))))
+    return ".".join(parts)
+
+
+def _row(name, ours, ref) -> dict:
+    ours = np.asarray(ours, np.float64)
+    ref = np.asarray(ref, np.float64)
+    if ours.shape != ref.shape:
+        raise AssertionError(f"{name}: shape {ours.shape} (titans_jax) != {ref.shape} (torch)")
+    err = float(np.abs(ours - ref).max()) if ref.size else 0.0
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    return {"quantity": name, "shape": tuple(ref.shape), "max_abs": err, "ref_max": scale,
+            "max_rel": err / scale if scale > 0 else (0.0 if err == 0 else float("inf"))}
+
+
+def state_rows(ours: dict, theirs: dict, prefix: str = "state") -> list[dict]:
+    """Rows comparing two of our states (theirs converted with state_from_torch)."""
+    rows = []
+    for part in ("weights", "momentum", "grad_point"):
+        for name in sorted(theirs[part]):
+            rows.append(_row(f"{prefix}.{part}.{name}", ours[part][name], theirs[part][name]))
+    if int(ours["pos"]) != int(theirs["pos"]):
+        raise AssertionError(f"{prefix}.pos: {int(ours['pos'])} != {int(theirs['pos'])}")
+    return rows
+
+
+# ------------------------------------------------------------------------ compare ---
+
+def compare(knobs: Optional[Knobs] = None, *, seed: int = 0, dtype: str = "float32",
+            seq_len: int = 37, batch: int = 2, splits: Optional[Sequence[int]] = None,
+            grads: bool = True, perturb: float = 0.1, fast_compile: bool = True, **knob_overrides
+            ) -> list[dict]:
+    """Build both implementations from one seed and config, run the same input, and
+    return the error table as a list of rows (see the module docstring).
+
+    knobs / knob_overrides: the NeuralMemory settings (`Knobs` fields).
+    splits: torch call lengths (chunk-aligned or 1; default one call). titans_jax
+      always runs the whole sequence in one call, so this also checks that a torch
+      stream equals one call of ours.
+    grads: also compare d loss / d every slow parameter (loss: `loss_jax` / `loss_torch`).
+    fast_compile: jit with XLA's CPU backend optimisations off (see FAST_COMPILE).
+    """
+    import torch
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    knobs = dataclasses.replace(knobs or Knobs(), **knob_overrides)
+    nm = build_torch(knobs, seed=seed, dtype=dtype, perturb=perturb)
+    x_np = make_input(seed, batch, seq_len, knobs.dim, dtype)
+
+    with jax_dtype_scope(dtype):
+        cfg, params = from_torch(nm)
+        x = jnp.asarray(x_np)
+
+        # forward + backward in torch
+        nm.zero_grad(set_to_none=True)
+        y_t, st_t = torch_stream(nm, x_np, splits)
+        if grads:
+            loss_torch(y_t, st_t).backward()
+        y_t = y_t.detach().numpy()
+        st_t_ours = state_from_torch(_detach_state(st_t), cfg, params)
+
+        y_j, st_j = jitted("apply", fast_compile)(params, x, cfg)
+        rows = [_row("output", y_j, y_t)]
+        rows += state_rows(st_j, st_t_ours)
+
+        if grads:
+            g_j = jitted("grad", fast_compile)(params, x, cfg)
+            g_t = params_from_torch_tensors(torch_param_grads(nm), cfg)
+            flat_j = dict((_path_name(p), v) for p, v in jax.tree_util.tree_flatten_with_path(g_j)[0])
+            flat_t = dict((_path_name(p), v) for p, v in jax.tree_util.tree_flatten_with_path(g_t)[0])
+            if flat_j.keys() != flat_t.keys():
+                raise AssertionError(f"parameter trees differ: {sorted(flat_j)} vs {sorted(flat_t)}")
+            rows += [_row(f"grad.{k}", flat_j[k], flat_t[k]) for k in sorted(flat_j)]
+    return rows
+
+
+def _detach_state(state):
+    from titans_pytorch.neural_memory import mem_state_detach
+    return mem_state_detach(state)
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    width = max(len("quantity"), *(len(r["quantity"]) for r in rows))
+    lines = [f"{'quantity':<{width}}  {'shape':<16} {'max_abs':>10} {'max_rel':>10} {'ref_max':>10}"]
+    lines.append("-" * len(lines[0]))
+    for r in rows:
+        shape = "×".join(map(str, r["shape"])) or "()"
+        lines.append(f"{r['quantity']:<{width}}  {shape:<16} {r['max_abs']:>10.2e} "
+                     f"{r['max_rel']:>10.2e} {r['ref_max']:>10.2e}")
+    return "\n".join(lines)
+
+
+def worst(rows: Sequence[dict], prefix: str = "") -> float:
+    """The largest max_abs over the rows whose quantity starts with prefix."""
+    return max((r["max_abs"] for r in rows if r["quantity"].startswith(prefix)), default=0.0)
+
+
+# --------------------------------------------------------------------------- CLI ---
+
+def _optional_int(s: str):
+    return None if s.lower() == "none" else int(s)
+
+
+def _optional_float(s: str):
+    return None if s.lower() == "none" else float(s)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m titans_jax.interop.compare",
+        description="Run titans_jax and titans-pytorch 0.5.5 on one seed and config; print "
+                    "max abs / rel errors of the output, final state and slow-parameter grads.")
+    d = Knobs()
+    ap.add_argument("--dim", type=int, default=d.dim)
+    ap.add_argument("--heads", type=int, default=d.heads)
+    ap.add_argument("--dim-head", type=_optional_int, default=None,
+                    help="head width (default: titans-pytorch's, = dim)")
+    ap.add_argument("--chunk-size", type=int, default=d.chunk_size)
+    ap.add_argument("--batch-size", type=_optional_int, default=None,
+                    help="titans-pytorch batch_size = our commit_every (default None)")
+    ap.add_argument("--depth", type=int, default=d.depth, help="MemoryMLP depth")
+    ap.add_argument("--expansion", type=float, default=d.expansion, help="MemoryMLP expansion_factor")
+    ap.add_argument("--no-residual-norm", dest="residual_norm", action="store_false",
+                    help="mem_model_norm_add_residual=False")
+    ap.add_argument("--no-pre-rmsnorm", dest="pre_rmsnorm", action="store_false")
+    ap.add_argument("--post-rmsnorm", action="store_true")
+    ap.add_argument("--qk-rmsnorm", action="store_true")
+    ap.add_argument("--no-momentum", dest="momentum", action="store_false")
+    ap.add_argument("--momentum-order", type=int, default=d.momentum_order)
+    ap.add_argument("--learned-momentum-combine", action="store_true")
+    ap.add_argument("--learned-combine-include-zeroth", action="store_true")
+    ap.add_argument("--attn-pool-chunks", action="store_true")
+    ap.add_argument("--per-parameter-lr-modulation", action="store_true")
+    ap.add_argument("--max-mem-layer-modulation", type=float, default=d.max_mem_layer_modulation)
+    ap.add_argument("--max-grad-norm", type=_optional_float, default=None)
+    ap.add_argument("--spectral-norm-surprises", action="store_true")
+    ap.add_argument("--max-lr", type=float, default=d.max_lr,
+                    help="default_step_transform_max_lr")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", choices=DTYPES, default="float32")
+    ap.add_argument("--seq-len", type=int, default=37)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--splits", type=lambda s: [int(v) for v in s.split(",")], default=None,
+                    help="torch call lengths, comma-separated (chunk-aligned or 1), e.g. 8,1,1,2,...")
+    ap.add_argument("--no-grads", dest="grads", action="store_false")
+    ap.add_argument("--perturb", type=float, default=0.1,
+                    help="noise on constant-initialised torch parameters (0: none)")
+    ap.add_argument("--tol", type=float, default=None,
+                    help="exit 1 if any max_abs exceeds this (default: 1e-5 fp32, 1e-10 fp64; "
+                         "1e-4 for fp32 gradients)")
+    args = ap.parse_args(argv)
+    knobs = Knobs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Knobs)})
+    rows = compare(knobs, seed=args.seed, dtype=args.dtype, seq_len=args.seq_len,
+                   batch=args.batch, splits=args.splits, grads=args.grads, perturb=args.perturb)
+    print(f"titans_jax vs titans-pytorch 0.5.5  dtype={args.dtype} seed={args.seed} "
+          f"batch={args.batch} seq_len={args.seq_len}")
+    print("  " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(knobs).items()))
+    print(format_table(rows))
+    tol = args.tol
+    failed = []
+    for r in rows:
+        limit = tol if tol is not None else (
+            1e-10 if args.dtype == "float64" else (1e-4 if r["quantity"].startswith("grad.") else 1e-5))
+        if not r["max_abs"] <= limit:
+            failed.append(f"{r['quantity']} ({r['max_abs']:.2e} > {limit:.0e})")
+    if failed:
+        print("MISMATCH: " + ", ".join(failed))
+        return 1
+    print("OK: every quantity within tolerance")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
