@@ -74,6 +74,7 @@ class Knobs:
     max_grad_norm: Optional[float] = None
     spectral_norm_surprises: bool = False
     max_lr: float = 1.0                 # default_step_transform_max_lr
+    qkv_activation: Optional[str] = None  # activation= of NeuralMemory: None, silu, relu, gelu
 
     def torch_kwargs(self) -> dict:
         return dict(
@@ -92,7 +93,18 @@ class Knobs:
             max_grad_norm=self.max_grad_norm,
             spectral_norm_surprises=self.spectral_norm_surprises,
             default_step_transform_max_lr=self.max_lr,
+            activation=_torch_activation(self.qkv_activation),
         )
+
+
+def _torch_activation(name: Optional[str]):
+    if name is None:
+        return None
+    import torch.nn as nn
+    acts = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
+    if name not in acts:
+        raise ValueError(f"qkv_activation must be None or one of {sorted(acts)}, got {name!r}")
+    return acts[name]()
 
 
 # ------------------------------------------------------------------------ helpers ---
@@ -225,8 +237,8 @@ def state_rows(ours: dict, theirs: dict, prefix: str = "state") -> list[dict]:
 
 def compare(knobs: Optional[Knobs] = None, *, seed: int = 0, dtype: str = "float32",
             seq_len: int = 37, batch: int = 2, splits: Optional[Sequence[int]] = None,
-            grads: bool = True, perturb: float = 0.1, fast_compile: bool = True, **knob_overrides
-            ) -> list[dict]:
+            grads: bool = True, perturb: float = 0.1, fast_compile: bool = True,
+            params_hook=None, **knob_overrides) -> list[dict]:
     """Build both implementations from one seed and config, run the same input, and
     return the error table as a list of rows (see the module docstring).
 
@@ -236,6 +248,8 @@ def compare(knobs: Optional[Knobs] = None, *, seed: int = 0, dtype: str = "float
       stream equals one call of ours.
     grads: also compare d loss / d every slow parameter (loss: `loss_jax` / `loss_torch`).
     fast_compile: jit with XLA's CPU backend optimisations off (see FAST_COMPILE).
+    params_hook: optional `params -> params` applied to the converted params before
+      titans_jax runs (a negative control: a corrupted mapping must show up).
     """
     import torch
     if dtype not in DTYPES:
@@ -247,6 +261,8 @@ def compare(knobs: Optional[Knobs] = None, *, seed: int = 0, dtype: str = "float
     with jax_dtype_scope(dtype):
         cfg, params = from_torch(nm)
         x = jnp.asarray(x_np)
+        if params_hook is not None:
+            params = params_hook(params)
 
         # forward + backward in torch
         nm.zero_grad(set_to_none=True)
@@ -333,6 +349,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--spectral-norm-surprises", action="store_true")
     ap.add_argument("--max-lr", type=float, default=d.max_lr,
                     help="default_step_transform_max_lr")
+    ap.add_argument("--qkv-activation", choices=("silu", "relu", "gelu"), default=None,
+                    help="NeuralMemory activation= on the q/k/v projections")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", choices=DTYPES, default="float32")
     ap.add_argument("--seq-len", type=int, default=37)

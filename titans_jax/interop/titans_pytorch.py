@@ -42,7 +42,7 @@ def _dtype_name(torch_dtype) -> str:
 
 
 def _linear_activation(module, what: str):
-    """(is_plain_linear, activation name) of titans-pytorch's Sequential(Linear, act)."""
+    """Activation name (None: a plain Linear) of titans-pytorch's Sequential(Linear, act)."""
     import torch.nn as nn
     if isinstance(module, nn.Linear):
         return None
@@ -99,14 +99,29 @@ def config_from_torch(nm) -> MemoryConfig:
     max_lr = float(step.keywords.get("max_lr", 1e-2))
 
     model = nm.memory_model
-    residual_norm = isinstance(model, ResidualNorm)
+    residual_norm = type(model) is ResidualNorm
     inner = model.model if residual_norm else model
     if type(inner) is not MemoryMLP:
         refuse(f"memory model {type(inner).__name__} (only MemoryMLP, optionally in ResidualNorm)")
-    mats = [w.shape for w in inner.weights]
+    if residual_norm and type(model.norm).__name__ != "LayerNorm":
+        refuse(f"ResidualNorm with norm {type(model.norm).__name__}")
+    mats = [tuple(w.shape) for w in inner.weights]
     dim_head = mats[0][0]
     depth = len(mats)
-    expansion = (mats[0][1] / dim_head) if depth > 1 else 4.0
+    hidden = mats[0][1] if depth > 1 else dim_head
+    chain = (dim_head,) + (hidden,) * (depth - 1) + (dim_head,)
+    if mats != list(zip(chain[:-1], chain[1:])):
+        refuse(f"MemoryMLP weight shapes {mats} (expected a d -> h -> ... -> d chain)")
+    expansion = 4.0
+    if depth > 1:
+        # MemoryMLP's hidden width is int(d · expansion_factor): pick an expansion that
+        # reproduces it exactly (hidden / d can round down under int()).
+        expansion = hidden / dim_head
+        if int(dim_head * expansion) != hidden:
+            expansion = (hidden + 0.5) / dim_head
+    dtypes = {p.dtype for p in nm.parameters()}
+    if len(dtypes) != 1:
+        refuse(f"parameters of mixed dtypes {sorted(map(str, dtypes))}")
 
     pre_norm = isinstance(nm.store_norm, nn.RMSNorm)
     if pre_norm != isinstance(nm.retrieve_norm, nn.RMSNorm):
@@ -127,7 +142,7 @@ def config_from_torch(nm) -> MemoryConfig:
     learned_combine = nm.to_learned_momentum_combine is not None
     q_lin = nm.to_queries if isinstance(nm.to_queries, nn.Linear) else nm.to_queries[0]
     dim = q_lin.in_features
-    return MemoryConfig(
+    cfg = MemoryConfig(
         dim=dim, heads=nm.heads, dim_head=dim_head, chunk_size=nm.store_chunk_size,
         commit_every=nm.batch_size,
         depth=depth, expansion=expansion, activation="gelu", residual_norm=residual_norm,
@@ -149,6 +164,9 @@ def config_from_torch(nm) -> MemoryConfig:
         dtype=_dtype_name(q_lin.weight.dtype), param_dtype=_dtype_name(q_lin.weight.dtype),
         inner_dtype=_dtype_name(q_lin.weight.dtype),
     )
+    if depth > 1 and cfg.hidden_dim != hidden:
+        refuse(f"MemoryMLP hidden width {hidden} for head width {dim_head}")
+    return cfg
 
 
 def params_from_torch_tensors(tensors: Mapping[str, Any], cfg: MemoryConfig) -> dict:
