@@ -1,6 +1,6 @@
 """Parameters with logical axis names, linear maps, embeddings and RMSNorm.
 
-Every weight is an `nnx.Param` carrying `sharding_names` (logical axes: 'vocab', 'embed',
+Every weight is an `nnx.Param` carrying `out_sharding` (logical axes: 'vocab', 'embed',
 'mlp', 'heads', 'kv', 'persist', 'norm') for the sharding rules of a later issue; the
 annotation is metadata only (`eager_sharding=False`), nothing is placed on a mesh here.
 
@@ -17,10 +17,10 @@ from flax import nnx
 
 
 def param(value: jax.Array, names: Sequence[str | None]) -> nnx.Param:
-    """An nnx.Param annotated with logical axis names (not eagerly sharded)."""
+    """An nnx.Param annotated with logical axis names (metadata 'out_sharding'; not eagerly sharded)."""
     if len(names) != value.ndim:
         raise ValueError(f"{len(names)} axis names for a rank-{value.ndim} parameter")
-    return nnx.Param(value, sharding_names=tuple(names), eager_sharding=False)
+    return nnx.Param(value, out_sharding=tuple(names), eager_sharding=False)
 
 
 def normal_init(key, shape, fan_in: int, dtype) -> jax.Array:
@@ -68,7 +68,7 @@ def rms_norm(x: jax.Array, scale: jax.Array | None, eps: float) -> jax.Array:
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
     if scale is not None:
-        y = y * scale.astype(jnp.float32)
+        y = y * scale.astype(jnp.float32).reshape((1,) * (y.ndim - 1) + scale.shape)
     return y.astype(x.dtype)
 
 
