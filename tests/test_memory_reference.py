@@ -1,0 +1,254 @@
+"""The fast memory path (`titans_jax.memory.apply`) against the naive float64 reference.
+
+x64 configs must agree to 1e-10 (outputs and the final fast weights, momentum and
+gradient point); a few fp32 configs to 1e-5. Every mode of SPEC §1 and every optional
+knob is exercised with randomised slow parameters (non-zero norm gammas, biases, pool
+weights) so that no knob hides behind its neutral initialisation.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from reference_memory import mem_grad, mem_loss, newton_schulz, reference_apply
+from titans_jax.memory import MemoryConfig, apply, init, init_state
+
+X64 = dict(dtype="float64", param_dtype="float64", inner_dtype="float64")
+
+# The memory's jit; compiled once per (config, shape). Optimisation level 0 only makes
+# XLA compile faster on these tiny shapes; it does not change the maths.
+apply_jit = jax.jit(apply, static_argnames="cfg",
+                    compiler_options={"xla_backend_optimization_level": 0})
+
+# ---------------------------------------------------------------------------------
+# core.py currently violates jax_numpy_rank_promotion="raise" (set by conftest.py),
+# e.g. core.py `rmsnorm`: `y * scale` with shapes (B,T,D)*(D,). Until that is fixed the
+# numerical tests run with rank promotion allowed; `test_apply_respects_rank_promotion`
+# below checks the contract itself (strict xfail). Set to False once core.py is fixed.
+ALLOW_RANK_PROMOTION_IN_FAST_PATH = True
+
+
+STRICT_TEST = "test_apply_respects_rank_promotion"
+
+
+@pytest.fixture(autouse=True)
+def _rank_promotion(request):
+    if ALLOW_RANK_PROMOTION_IN_FAST_PATH and request.node.originalname != STRICT_TEST:
+        with jax.numpy_rank_promotion("allow"):
+            yield
+    else:
+        yield
+
+
+def make_params(cfg, seed):
+    """Random slow parameters in `init`'s layout (its pytree structure, shapes, dtypes).
+
+    Values are drawn with NumPy at init-like scales, with every norm scale/gamma, bias
+    and pool weight non-zero so that no knob hides behind a neutral initialisation.
+    (Running `init` itself would compile many PRNG kernels, slow on CPU; its layout is
+    all that matters here.)"""
+    abstract = jax.eval_shape(lambda: init(jax.random.key(0), cfg))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        keys = [getattr(p, "key", None) for p in path]
+        shape = leaf.shape
+        n = rng.normal(size=shape)
+        if keys[-1] == "scale":                       # RMSNorm scales
+            v = 1.0 + 0.2 * n
+        elif keys[-1] == "gamma":                     # (γ + 1) gammas, fast and slow
+            v = 0.2 * n
+        elif keys[0] == "attn_pool":                  # far from the mean pool
+            v = n
+        elif keys[-1] in ("b", "bias"):
+            v = 0.5 * n
+        else:
+            if keys[0] == "W0":
+                fan_in = shape[-2]
+            elif keys[0] == "out_proj":
+                fan_in = shape[0] * shape[1]
+            else:                                     # D×..., conv kernel K×H×d
+                fan_in = shape[0]
+            v = n / math.sqrt(fan_in)
+        return jnp.asarray(v, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def make_inputs(cfg, T, B=2, seed=0):
+    params = make_params(cfg, seed + 100)
+    x = np.random.default_rng(seed + 7).normal(size=(B, T, cfg.dim))
+    return params, jnp.asarray(x, jnp.dtype(cfg.dtype))
+
+
+def compare(cfg, T, rtol, atol, B=2, seed=0):
+    params, x = make_inputs(cfg, T, B, seed)
+    y, state = apply_jit(params, x, cfg)
+    y_ref, ref = reference_apply(params, x, cfg)
+    np.testing.assert_allclose(np.asarray(y, np.float64), y_ref, rtol=rtol, atol=atol,
+                               err_msg="retrieved output y")
+    for part in ("weights", "grad_point", "momentum"):
+        assert sorted(state[part]) == sorted(ref[part]), part
+        for name, want in ref[part].items():
+            got = np.asarray(state[part][name], np.float64)
+            assert got.shape == want.shape, (part, name, got.shape, want.shape)
+            np.testing.assert_allclose(got, want, rtol=rtol, atol=atol,
+                                       err_msg=f"final state {part}[{name!r}]")
+    assert int(state["pos"]) == T
+    # The reference changes something: the memory actually moved (and y is not trivial).
+    for name, w in ref["weights"].items():
+        w0 = np.broadcast_to(np.asarray(params["W0"][name], np.float64), w.shape)
+        if T >= cfg.chunk_size:
+            assert np.abs(w - w0).max() > 1e-6, f"fast weight {name} never updated"
+    return y_ref
+
+
+def tp(**kw):
+    """titans-pytorch mode, small and in float64 unless overridden."""
+    base = dict(dim=8, heads=2, chunk_size=4, expansion=2.0)
+    base.update(X64)
+    base.update(kw)
+    return MemoryConfig.titans_pytorch(**base)
+
+
+def paper(**kw):
+    base = dict(dim=8, heads=2, chunk_size=4, expansion=2.0)
+    base.update(X64)
+    base.update(kw)
+    return MemoryConfig.paper(**base)
+
+
+# name -> (config, T)
+X64_CASES = {
+    # the three commit modes
+    "commit_chunk": (tp(commit_every=4), 19),
+    "commit_none": (tp(commit_every=None), 19),
+    "commit_3chunks": (tp(commit_every=12), 37),
+    "commit_none_small_blocks": (tp(commit_every=None, chunks_per_block=2), 19),
+    "commit_2chunks_chunk1": (tp(chunk_size=1, commit_every=2), 9),
+    # memory network depth / wrapper
+    "depth1": (tp(depth=1, commit_every=8), 19),
+    "depth3": (tp(depth=3, commit_every=4), 19),
+    "no_residual_norm_silu": (tp(residual_norm=False, activation="silu", commit_every=8), 19),
+    # optional knobs
+    "qk_rmsnorm": (tp(qk_rmsnorm=True, commit_every=8), 19),
+    "attn_pool_chunks": (tp(attn_pool_chunks=True, commit_every=8), 19),
+    "per_parameter_lr_modulation": (tp(per_parameter_lr_modulation=True,
+                                       max_mem_layer_modulation=3.0, commit_every=8), 19),
+    "max_grad_norm": (tp(max_grad_norm=0.05, commit_every=8), 19),
+    "spectral_norm_surprises": (tp(spectral_norm_surprises=True, commit_every=8), 19),
+    "momentum_order2": (tp(momentum_order=2, commit_every=8), 19),
+    "momentum_order3_learned_combine": (tp(momentum_order=3, learned_momentum_combine=True,
+                                           commit_every=8), 19),
+    "momentum_order2_combine_zeroth": (tp(momentum_order=2, learned_momentum_combine=True,
+                                          learned_combine_include_zeroth=True,
+                                          commit_every=None), 19),
+    "momentum_off": (tp(momentum=False, commit_every=8), 19),
+    "forget_off": (tp(forget=False, commit_every=4), 19),
+    "post_rmsnorm_gate_1head": (tp(heads=1, post_rmsnorm=True, gate=True, commit_every=4), 19),
+    "one_head_plain": (tp(heads=1, commit_every=None), 19),
+    "dim_head_out_proj": (tp(heads=2, dim_head=5, commit_every=8), 19),
+    "max_lr": (tp(max_lr=0.3, commit_every=4), 19),
+    # the paper preset: linear -> causal depthwise conv(4) -> SiLU, L2 q/k, post-norm, gate
+    "paper": (paper(), 19),
+    "paper_commit_none": (paper(commit_every=None, chunk_size=3), 19),
+    # odd sizes: heads 3, chunk 5, T = 37, every commit mode
+    "odd_commit_chunk": (tp(dim=9, heads=3, chunk_size=5, commit_every=5), 37),
+    "odd_commit_none": (tp(dim=9, heads=3, chunk_size=5, commit_every=None), 37),
+    "odd_commit_2chunks": (tp(dim=9, heads=3, chunk_size=5, commit_every=10), 37),
+    "odd_paper_kitchen_sink": (paper(dim=9, heads=3, chunk_size=5, commit_every=15,
+                                     qk_rmsnorm=True, attn_pool_chunks=True,
+                                     per_parameter_lr_modulation=True, max_grad_norm=0.5,
+                                     spectral_norm_surprises=True, momentum_order=2,
+                                     learned_momentum_combine=True,
+                                     learned_combine_include_zeroth=True), 37),
+}
+
+
+@pytest.mark.parametrize("name", list(X64_CASES))
+def test_fast_path_matches_reference_x64(name):
+    cfg, T = X64_CASES[name]
+    with jax.enable_x64(True):
+        compare(cfg, T, rtol=1e-10, atol=1e-10)
+
+
+# fp32: moderate inner learning rates keep the memory dynamics well conditioned (with
+# max_lr = 1 over 37 tokens a 1e-7 input change moves y by ~1e-4 in exact arithmetic,
+# so no fp32 implementation could match to 1e-5).
+F32 = dict(dtype="float32", param_dtype="float32", inner_dtype="float32")
+FP32_CASES = {
+    "tp_commit_none": (tp(dim=16, commit_every=None, max_lr=0.1, **F32), 19),
+    "tp_commit_2chunks": (tp(dim=16, commit_every=8, max_lr=0.1, **F32), 19),
+    "paper": (paper(**F32), 19),
+    "paper_odd_commit_2chunks": (paper(dim=9, heads=3, chunk_size=5, commit_every=10, **F32), 37),
+}
+
+
+@pytest.mark.parametrize("name", list(FP32_CASES))
+def test_fast_path_matches_reference_fp32(name):
+    cfg, T = FP32_CASES[name]
+    compare(cfg, T, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("T", [1, 3, 4, 5])
+def test_short_sequences_x64(T):
+    """Fewer tokens than a chunk (nothing stored yet) and exactly one chunk."""
+    with jax.enable_x64(True):
+        compare(tp(commit_every=None), T, rtol=1e-10, atol=1e-10)
+
+
+# ------------------------------------------------------------ the contract itself ---
+
+RANK_CASES = [X64_CASES[n][0] for n in ("commit_3chunks", "odd_paper_kitchen_sink",
+                                        "momentum_off", "one_head_plain", "depth1")]
+
+
+@pytest.mark.xfail(strict=True, reason="core.py/networks.py broadcast implicitly "
+                   "(e.g. core.rmsnorm `y * scale` (B,T,D)*(D,)), which "
+                   "jax_numpy_rank_promotion='raise' (tests/conftest.py) rejects")
+def test_apply_respects_rank_promotion():
+    with jax.numpy_rank_promotion("raise"), jax.enable_x64(True):
+        for cfg in RANK_CASES:
+            params = init(jax.random.key(0), cfg)
+            state = init_state(params, cfg, 2)
+            for T in (1, 9):
+                x = jnp.zeros((2, T, cfg.dim), jnp.float64)
+                jax.eval_shape(lambda p, x: apply(p, x, cfg, state), params, x)
+                jax.eval_shape(jax.grad(lambda p, x: apply(p, x, cfg)[0].sum()), params, x)
+
+
+# ----------------------------------------------------- the reference checks itself ---
+
+@pytest.mark.parametrize("depth,residual,act", [(1, True, "gelu"), (2, True, "gelu"),
+                                                (3, False, "silu"), (2, False, "gelu")])
+def test_reference_gradient_matches_finite_differences(depth, residual, act):
+    """The hand-derived inner gradient of the reference against central differences."""
+    cfg = MemoryConfig(dim=5, depth=depth, expansion=2.0, residual_norm=residual,
+                       activation=act)
+    rng = np.random.default_rng(depth)
+    W = {n: rng.normal(size=s) * 0.7 for n, s in cfg.fast_weight_shapes().items()}
+    keys, values = rng.normal(size=(3, 5)), rng.normal(size=(3, 5))
+    lrs = rng.uniform(0.1, 1.0, size=3)
+    grads = mem_grad(W, keys, values, lrs, cfg)
+    eps = 1e-6
+    for name, w in W.items():
+        for idx in np.ndindex(w.shape):
+            Wp = {n: v.copy() for n, v in W.items()}
+            Wm = {n: v.copy() for n, v in W.items()}
+            Wp[name][idx] += eps
+            Wm[name][idx] -= eps
+            fd = (mem_loss(Wp, keys, values, lrs, cfg) - mem_loss(Wm, keys, values, lrs, cfg)) / (2 * eps)
+            assert math.isclose(grads[name][idx], fd, rel_tol=1e-6, abs_tol=1e-8), (name, idx)
+
+
+def test_reference_newton_schulz_orthogonalises():
+    rng = np.random.default_rng(0)
+    for shape in [(4, 4), (6, 3), (3, 6)]:
+        X = newton_schulz(rng.normal(size=shape))
+        assert X.shape == shape
+        s = np.linalg.svd(X, compute_uv=False)
+        assert s.min() > 0.5 and s.max() < 1.3, s   # NS5 gives singular values near 1
