@@ -1,0 +1,99 @@
+"""`eval.py` as a library call: restore a checkpoint and measure it.
+
+  evaluate(workdir, cfg=None) -> results dict, and files under <workdir>/eval/step_<N>/:
+    metrics.json          held-out loss, perplexity, bits/byte (or bits/token), accuracy
+    niah_<task>.json/.md/.png   the S-NIAH grid (byte-level models)
+    samples.txt           greedy continuation of eval.prompt
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Callable, Optional
+
+import jax
+
+from titans_jax.data import pipeline
+from titans_jax.evaluation import niah, perplexity, sampling
+from titans_jax.training import checkpointing, config as config_lib, loop
+from titans_jax.training import train_state as ts
+
+
+def load_for_eval(workdir, cfg: Optional[config_lib.Config] = None, step: Optional[int] = None,
+                  config_only: bool = False):
+  """(cfg, step, graphdef, params, rest) from the checkpoint in `workdir`.
+
+  Without `cfg` the config saved with the checkpoint is used; with it, the checkpoint
+  must have been written for the same model (else CheckpointMismatchError naming the
+  fields). `config_only`: return just the saved config.
+  """
+  steps = checkpointing.existing_steps(workdir)
+  if not steps:
+    raise config_lib.ConfigError(
+        f"no checkpoint in {checkpointing.checkpoint_dir(workdir)}; train first "
+        f"(python train.py --workdir {workdir})")
+  ck = checkpointing.Checkpointer(workdir, create=False, async_save=False)
+  try:
+    step = ck.latest_step() if step is None else step
+    if step not in ck.all_steps():
+      raise config_lib.ConfigError(f"no checkpoint for step {step} in {ck.directory}; "
+                                   f"have {ck.all_steps()}")
+    if cfg is None:
+      cfg = config_lib.config_from_dict(ck.saved_config(step))
+      if config_only:
+        return cfg
+    else:
+      ck.check_compatible(cfg, step)
+    graphdef, abstract = loop.abstract_train_state(cfg)
+    state = ck.restore(step, abstract)
+  finally:
+    ck.close()
+  return cfg, step, graphdef, state.params, state.rest
+
+
+def evaluate(workdir, cfg: Optional[config_lib.Config] = None, *, step: Optional[int] = None,
+             perplexity_eval: bool = True, niah_eval: bool = True, samples: bool = True,
+             log: Callable[[str], None] = print) -> dict:
+  """Evaluates the checkpoint in `workdir`; see the module docstring for the outputs."""
+  workdir = pathlib.Path(workdir).expanduser().absolute()
+  cfg, step, graphdef, params, rest = load_for_eval(workdir, cfg, step)
+  outdir = workdir / "eval" / f"step_{step}"
+  results: dict = {"step": step, "config": cfg.name}
+  byte_level = cfg.data.kind in ("text", "niah")
+  log(f"evaluating {workdir} at step {step} ({cfg.model.variant}, data={cfg.data.kind})")
+
+  if perplexity_eval:
+    corpus = pipeline.load_corpus(cfg.data, cfg.model.vocab_size)
+    batches = pipeline.eval_batches(cfg.data, corpus, cfg.eval.batch_size, cfg.eval.batches)
+    m = perplexity.evaluate_batches(ts.make_eval_step(graphdef), params, rest, batches,
+                                    byte_level=corpus.byte_level)
+    results["heldout"] = m
+    log("held-out: " + perplexity.format_metrics(m))
+
+  e = cfg.eval
+  if niah_eval and e.niah_lengths and e.niah_depths and e.niah_samples > 0:
+    if cfg.model.vocab_size < 256:
+      log("S-NIAH grid skipped: it is byte-level and model.vocab_size < 256")
+    else:
+      grid = niah.niah_grid(niah.make_predict(graphdef), params, rest, task=e.niah_task,
+                            lengths=e.niah_lengths, depths=e.niah_depths,
+                            samples=e.niah_samples, batch_size=e.batch_size)
+      paths = niah.write_grid(grid, outdir, title=f"{cfg.name} step {step}: S-NIAH {e.niah_task}")
+      results["niah"] = grid
+      results["niah_files"] = paths
+      log(niah.to_markdown(grid))
+
+  if samples and e.prompt and e.sample_tokens > 0:
+    cont = sampling.sample(graphdef, params, rest, e.prompt, max_new_tokens=e.sample_tokens,
+                           byte_level=byte_level)
+    results["sample"] = {"prompt": e.prompt, "continuation": cont}
+    log(f"greedy sample:\n{e.prompt}{cont}")
+
+  outdir.mkdir(parents=True, exist_ok=True)
+  (outdir / "metrics.json").write_text(json.dumps(
+      {k: v for k, v in results.items() if k not in ("niah",)}, indent=2))
+  if "sample" in results:
+    (outdir / "samples.txt").write_text(results["sample"]["prompt"]
+                                        + results["sample"]["continuation"] + "\n")
+  log(f"wrote {outdir}")
+  return results

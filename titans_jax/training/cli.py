@@ -1,0 +1,80 @@
+"""Command-line parsing shared by train.py and eval.py.
+
+  --config PATH        a configs/*.py file (default: configs/default.py)
+  --workdir PATH       run directory (checkpoints, TensorBoard, metrics)
+  --set KEY=VALUE      override any config field (repeatable), e.g. --set train.steps=100
+  --KEY=VALUE          shorthand for --set, e.g. --train.steps=100 --model.dim=256
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+from typing import Optional, Sequence
+
+from titans_jax.training import config as config_lib
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.py"
+_SECTIONS = ("model.", "data.", "train.", "eval.", "name=")
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      description=description,
+      epilog="Any config field: --set section.field=value or --section.field=value "
+             "(sections: model, data, train, eval). Lists: comma-separated.",
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", default=None,
+                 help=f"config file (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
+  p.add_argument("--workdir", default=None, help="run directory (default: runs/<config name>)")
+  p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                 help="override a config field; repeatable")
+  return p
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None):
+  """(args, overrides): flags, with `--a.b=v` / `--a.b v` collected as `a.b=v` overrides
+  after the `--set` ones."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  rest, shorthand = [], []
+  i = 0
+  while i < len(argv):
+    a = argv[i]
+    if a.startswith("--") and (a[2:].startswith(_SECTIONS) or "." in a.split("=", 1)[0]):
+      body = a[2:]
+      if "=" not in body:
+        if i + 1 >= len(argv):
+          parser.error(f"{a} needs a value")
+        body = f"{body}={argv[i + 1]}"
+        i += 1
+      shorthand.append(body)
+    else:
+      rest.append(a)
+    i += 1
+  args = parser.parse_args(rest)
+  return args, list(args.overrides) + shorthand
+
+
+def resolve(parser: argparse.ArgumentParser, base: config_lib.Config,
+            overrides: Sequence[str]) -> config_lib.Config:
+  """`base` with overrides applied and validated; a bad key/value exits naming it."""
+  try:
+    cfg = config_lib.apply_overrides(base, overrides)
+    config_lib.validate(cfg)
+  except config_lib.ConfigError as e:
+    parser.exit(2, f"error: {e}\n")
+  return cfg
+
+
+def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None):
+  """(args, Config): --config (default configs/default.py) with overrides applied."""
+  args, overrides = parse_args(parser, argv)
+  try:
+    base = config_lib.load_config(args.config or DEFAULT_CONFIG)
+  except config_lib.ConfigError as e:
+    parser.exit(2, f"error: {e}\n")
+  cfg = resolve(parser, base, overrides)
+  if args.workdir is None:
+    args.workdir = str(pathlib.Path("runs") / cfg.name)
+  return args, cfg

@@ -1,0 +1,268 @@
+"""The training loop: build, resume, step, log, evaluate, checkpoint.
+
+`train(cfg, workdir)` is everything `python train.py` does; call it from a notebook too.
+
+Order of operations is chosen so that bad input never touches existing checkpoints:
+config validation, data loading and the checkpoint/config compatibility check all
+happen before the first byte is written under `workdir`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import signal
+import threading
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from titans_jax.data import pipeline
+from titans_jax.evaluation import perplexity
+from titans_jax.training import checkpointing, config as config_lib, optimizer as opt_lib
+from titans_jax.training import train_state as ts
+from titans_jax.training.metrics import LN2, MetricsWriter, Progress, fmt_duration
+
+
+class TrainingDivergedError(RuntimeError):
+  """The loss or gradient went NaN/Inf; the last good checkpoint is left intact."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What a call to `train` did."""
+
+  start_step: int
+  final_step: int
+  losses: dict[int, float]  # step (1-based, after the update) -> training loss
+  eval: Optional[dict[str, float]]
+  status: str  # "done", "stopped" (stop_after_step) or "preempted" (SIGTERM)
+  wall_s: float
+
+
+def build_model(model_cfg, seed: int) -> nnx.Module:
+  """The Titans model of `model_cfg` with parameters drawn from `seed`.
+
+  Initialisation runs as one jitted program (not op by op): much faster on CPU, and
+  the place where `out_shardings` will make the state born sharded.
+  """
+  from titans_jax.models import Titans
+
+  make = lambda: Titans(model_cfg, rngs=nnx.Rngs(seed))
+  graphdef = nnx.graphdef(nnx.eval_shape(make))
+  state = jax.jit(lambda: nnx.state(make()),
+                  compiler_options=ts.cpu_compiler_options())()
+  return nnx.merge(graphdef, state)
+
+
+def abstract_train_state(cfg: config_lib.Config):
+  """(graphdef, abstract TrainState) without allocating parameters (shape check / AOT)."""
+  from titans_jax.models import Titans
+
+  tx = opt_lib.make_optimizer(cfg.train)
+  new_model = lambda: Titans(cfg.model, rngs=nnx.Rngs(cfg.train.seed))
+
+  def make():
+    return ts.create_train_state(new_model(), tx)[1]
+
+  graphdef = nnx.graphdef(nnx.eval_shape(new_model))
+  return graphdef, jax.eval_shape(make)
+
+
+def to_device(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+  """Process-local numpy batch -> global jax arrays (one process: a plain device_put).
+
+  With several processes each holds its rows; the global batch is assembled with
+  `jax.make_array_from_process_local_data` over a batch-sharded layout.
+  """
+  if jax.process_count() == 1:
+    return jax.tree.map(jnp.asarray, batch)
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop polls (it then saves and exits cleanly)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def prepare(cfg: config_lib.Config, workdir: str | pathlib.Path):
+  """Validates config, data and existing checkpoints without writing anything.
+
+  Returns:
+    (corpus, existing checkpoint steps)
+
+  Raises:
+    ConfigError / DataError / CheckpointMismatchError naming the problem.
+  """
+  config_lib.validate(cfg)
+  corpus = pipeline.load_corpus(cfg.data, cfg.model.vocab_size)
+  if corpus.vocab_size > cfg.model.vocab_size:
+    raise config_lib.ConfigError(
+        f"data.kind={cfg.data.kind!r} needs model.vocab_size >= {corpus.vocab_size}, "
+        f"got {cfg.model.vocab_size}")
+  steps = checkpointing.existing_steps(workdir)
+  if steps:
+    # Read-only manager: checking the saved config must not create or rewrite anything.
+    ck = checkpointing.Checkpointer(workdir, create=False, async_save=False)
+    ck.check_compatible(cfg)
+    ck.close()
+    if steps[-1] > cfg.train.steps:
+      raise config_lib.ConfigError(
+          f"{checkpointing.checkpoint_dir(workdir)} already holds step {steps[-1]}, beyond "
+          f"train.steps={cfg.train.steps}")
+  return corpus, steps
+
+
+def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
+          stop_after_step: Optional[int] = None,
+          log: Callable[[str], None] = print) -> TrainResult:
+  """Trains `cfg` in `workdir`, resuming from its latest checkpoint if there is one.
+
+  Args:
+    cfg: the experiment config.
+    workdir: where checkpoints, TensorBoard events, metrics.jsonl and config.json go.
+    stop_after_step: stop (with a checkpoint) after this step, as if preempted; the
+      schedule still spans `cfg.train.steps`, so a later call continues identically.
+    log: where progress lines go.
+
+  Raises:
+    TrainingDivergedError: the loss / gradient became NaN or Inf.
+  """
+  t_wall = time.time()
+  workdir = pathlib.Path(workdir).expanduser().absolute()
+  corpus, existing = prepare(cfg, workdir)
+  tcfg, dcfg = cfg.train, cfg.data
+  pid, pcount = jax.process_index(), jax.process_count()
+
+  tx = opt_lib.make_optimizer(tcfg)
+  schedule = opt_lib.lr_schedule(tcfg)
+  model = build_model(cfg.model, tcfg.seed)
+  graphdef, state = ts.create_train_state(model, tx)
+  del model
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+  data_iter = iter(pipeline.train_dataset(dcfg, corpus, tcfg.batch_size, seed=dcfg.shuffle_seed,
+                                          process_index=pid, process_count=pcount))
+
+  ck = checkpointing.Checkpointer(workdir, keep=tcfg.keep_checkpoints,
+                                  async_save=tcfg.async_checkpoint)
+  start = 0
+  if existing:
+    start = ck.latest_step()
+    state = ck.restore(start, state, data_iter)
+    log(f"resumed from {ck.directory / str(start)} (step {start})")
+  if pid == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config_lib.to_json(cfg))
+  writer = MetricsWriter(workdir, enabled=pid == 0)
+  log(f"{cfg.name}: {cfg.model.variant} model, {n_params / 1e6:.2f}M params, "
+      f"{tcfg.steps} steps of {tcfg.batch_size}x{dcfg.seq_len} tokens, data={dcfg.kind}, "
+      f"workdir={workdir}")
+
+  step_fn = ts.make_train_step(graphdef, tx, schedule, tcfg.grad_accum_steps)
+  eval_step = ts.make_eval_step(graphdef)
+  eval_data = None
+
+  def run_eval(state) -> dict[str, float]:
+    nonlocal eval_data
+    if eval_data is None:
+      eval_data = pipeline.eval_batches(dcfg, corpus, cfg.eval.batch_size, tcfg.eval_batches,
+                                        process_index=pid, process_count=pcount)
+    return perplexity.evaluate_batches(eval_step, state.params, state.rest, eval_data,
+                                       byte_level=corpus.byte_level)
+
+  losses: dict[int, float] = {}
+  progress = Progress(tcfg.steps, start)
+  tokens_per_step = tcfg.batch_size * dcfg.seq_len
+  status = "done"
+  pending = None  # (step, metrics) of the last dispatched step, read one step later
+  last_eval = None
+
+  def check(step: int, metrics) -> dict[str, float]:
+    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not m["finite"]:
+      ck.wait()
+      good = ck.latest_step()
+      where = (f"the last good checkpoint {ck.directory / str(good)} is intact"
+               if good is not None else "no checkpoint had been written yet")
+      raise TrainingDivergedError(
+          f"non-finite loss/gradient at step {step} (loss={m['loss']}, "
+          f"grad_norm={m['grad_norm']}); stopped without saving; {where}. Try a lower "
+          "train.lr, more train.warmup_steps or model.dtype=float32.")
+    losses[step] = m["loss"]
+    if step % tcfg.log_every == 0 or step == tcfg.steps or step == start + 1:
+      line, tps = progress.line(step, m["loss"], step * tokens_per_step, m["lr"],
+                                byte_level=corpus.byte_level, grad_norm=m["grad_norm"])
+      log(line)
+      scalars = {k: m[k] for k in ("loss", "grad_norm", "lr", "accuracy")}
+      scalars["bits_per_byte" if corpus.byte_level else "bits_per_token"] = m["loss"] / LN2
+      if math.isfinite(tps):
+        scalars["tokens_per_s"] = tps
+      writer.write(step, scalars)
+    return m
+
+  try:
+    with _Preemption() as preempt:
+      for step in range(start + 1, tcfg.steps + 1):
+        batch = to_device(next(data_iter))
+        state, metrics = step_fn(state, batch)
+        if pending is not None:
+          check(*pending)
+        pending = (step, metrics)
+        stop_here = stop_after_step is not None and step >= stop_after_step
+        save_here = (step % tcfg.checkpoint_every == 0 or step == tcfg.steps or stop_here
+                     or preempt.requested)
+        eval_here = tcfg.eval_every and step % tcfg.eval_every == 0 and step != tcfg.steps
+        if save_here or eval_here:
+          check(*pending)  # never checkpoint / evaluate a state from a non-finite step
+          pending = None
+        if eval_here:
+          ev = run_eval(state)
+          writer.write(step, ev, prefix="eval")
+          log(f"eval @ {step}: " + perplexity.format_metrics(ev))
+        if save_here:
+          ck.save(step, state, data_iter, cfg)
+        if preempt.requested:
+          status = "preempted"
+          log(f"SIGTERM: saved checkpoint at step {step}; exiting")
+          break
+        if stop_here:
+          status = "stopped"
+          break
+      if pending is not None:
+        check(*pending)
+      final_step = int(jax.device_get(state.step))
+      if status == "done" and final_step == tcfg.steps:
+        last_eval = run_eval(state)
+        writer.write(final_step, last_eval, prefix="eval")
+        log(f"held-out eval @ {final_step}: " + perplexity.format_metrics(last_eval))
+        if pid == 0:
+          (workdir / "eval_final.json").write_text(json.dumps(
+              {"step": final_step, **last_eval}, indent=2))
+  finally:
+    ck.close()
+    writer.close()
+  wall = time.time() - t_wall
+  log(f"finished at step {final_step} ({status}) in {fmt_duration(wall)}")
+  return TrainResult(start, final_step, losses, last_eval, status, wall)

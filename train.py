@@ -1,0 +1,33 @@
+#!/usr/bin/env python
+"""Train a Titans model.
+
+  python train.py                                   # the default: small MAG, stdlib bytes
+  python train.py --config configs/tiny.py --workdir /tmp/tiny --set train.steps=100
+  python train.py --config configs/paper_340m.py --workdir runs/340m \
+      --set data.paths=/data/train.bin
+
+Re-running with the same --workdir resumes from its latest checkpoint.
+"""
+import sys
+
+from titans_jax.data.text import DataError
+from titans_jax.training import cli, loop
+from titans_jax.training.config import ConfigError
+
+
+def main(argv=None) -> int:
+  parser = cli.build_parser("Train a Titans model (see configs/ and docs/training.md).")
+  args, cfg = cli.parse(parser, argv)
+  try:
+    loop.train(cfg, args.workdir)
+  except (ConfigError, DataError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except loop.TrainingDivergedError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 3
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
