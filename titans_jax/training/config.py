@@ -345,8 +345,8 @@ def validate(cfg: Config) -> None:
         f"train.grad_accum_steps={t.grad_accum_steps}")
   if t.compute_dtype not in ("bfloat16", "float32"):
     raise ConfigError(f"train.compute_dtype={t.compute_dtype!r}: expected bfloat16 or float32")
-  if t.warmup_steps < 0 or t.warmup_steps > t.steps:
-    raise ConfigError(f"train.warmup_steps={t.warmup_steps} must be in [0, train.steps]")
+  if t.warmup_steps < 0:
+    raise ConfigError(f"train.warmup_steps={t.warmup_steps} must be >= 0")
   if t.keep_checkpoints < 1:
     raise ConfigError(f"train.keep_checkpoints={t.keep_checkpoints} must be >= 1")
   for depth in e.niah_depths:

@@ -9,6 +9,7 @@ happen before the first byte is written under `workdir`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -51,13 +52,18 @@ def build_model(model_cfg, seed: int) -> nnx.Module:
   Initialisation runs as one jitted program (not op by op): much faster on CPU, and
   the place where `out_shardings` will make the state born sharded.
   """
+  graphdef, init = _model_init(model_cfg, seed)
+  return nnx.merge(graphdef, init())
+
+
+@functools.lru_cache(maxsize=8)
+def _model_init(model_cfg, seed: int):
+  """(graphdef, jitted init) per (model config, seed), so a resumed run reuses them."""
   from titans_jax.models import Titans
 
   make = lambda: Titans(model_cfg, rngs=nnx.Rngs(seed))
   graphdef = nnx.graphdef(nnx.eval_shape(make))
-  state = jax.jit(lambda: nnx.state(make()),
-                  compiler_options=ts.cpu_compiler_options())()
-  return nnx.merge(graphdef, state)
+  return graphdef, jax.jit(lambda: nnx.state(make()), compiler_options=ts.cpu_compiler_options())
 
 
 def abstract_train_state(cfg: config_lib.Config):

@@ -19,6 +19,10 @@ import optax
 from flax import nnx
 
 
+def _global_norm(tree) -> jax.Array:
+  return optax.tree.norm(tree) if hasattr(optax, "tree") else optax.global_norm(tree)
+
+
 @flax.struct.dataclass
 class TrainState:
   """Everything a resumed run needs from the model side (data state lives in grain)."""
@@ -67,9 +71,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef,
   The loss is the weighted mean cross-entropy over the whole batch, exactly, whatever
   `accum_steps` is: micro-batch gradients of Σ w·CE are summed and divided by Σ w once.
 
-  NaN/Inf guard: when the loss or the gradient norm is not finite the update is skipped
-  (state returned unchanged but for nothing) and `metrics["finite"]` is 0; the loop
-  then stops without checkpointing.
+  NaN/Inf guard: when the loss, the gradient norm or the update is not finite, params
+  and optimizer state are returned unchanged and `metrics["finite"]` is 0; the loop then
+  stops without checkpointing.
   """
 
   def sums(params, micro):
@@ -96,10 +100,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef,
   denom = jnp.maximum(s_w, 1.0)
   grads = jax.tree.map(lambda g: g / denom, grads)
   loss = s_ce / denom
-  grad_norm = optax.global_norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-
+  grad_norm = _global_norm(grads)
   updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+  # The update itself is checked too: a finite gradient times an overflowing learning
+  # rate must not reach the parameters (or a checkpoint).
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(_global_norm(updates))
   new_params = optax.apply_updates(state.params, updates)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   new_state = state.replace(step=state.step + 1, params=keep(new_params, state.params),
