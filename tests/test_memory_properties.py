@@ -14,7 +14,7 @@ from flax import nnx
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from test_memory_reference import (ALLOW_RANK_PROMOTION_IN_FAST_PATH, F32, X64, apply_jit,
+from test_memory_reference import (ALLOW_RANK_PROMOTION_IN_FAST_PATH, F32, apply_jit,
                                    make_inputs, make_params, paper, tp)
 from titans_jax import NeuralMemory
 from titans_jax.memory import MemoryConfig, apply, init, init_state

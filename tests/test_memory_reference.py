@@ -203,7 +203,7 @@ def test_fast_path_matches_reference_fp32(name):
     compare(cfg, T, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("T", [1, 3, 4, 5])
+@pytest.mark.parametrize("T", [1, 4, 5])
 def test_short_sequences_x64(T):
     """Fewer tokens than a chunk (nothing stored yet) and exactly one chunk."""
     with jax.enable_x64(True):
