@@ -273,3 +273,12 @@ def test_mixed_dtype_module_is_refused():
     nm.to_keys.double()
     with pytest.raises(UnsupportedTorchSetting, match="mixed dtypes"):
         from_torch(nm)
+
+
+def test_float64_module_needs_x64():
+    nm = NeuralMemory(dim=16, chunk_size=2).double()
+    with pytest.raises(ValueError, match="x64"):
+        from_torch(nm)
+    with jax.enable_x64(True):
+        cfg, params = from_torch(nm)
+        assert cfg.dtype == "float64" and params["q_proj"].dtype == jnp.float64

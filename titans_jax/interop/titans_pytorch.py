@@ -218,7 +218,15 @@ def params_from_torch_tensors(tensors: Mapping[str, Any], cfg: MemoryConfig) -> 
     if cfg.has_out_proj:
         params["out_proj"] = linear("combine_heads")[0].reshape(H, d, D)
     dtype = jnp.dtype(cfg.param_dtype)
+    _check_x64(dtype)
     return _to_jnp(params, dtype)
+
+
+def _check_x64(dtype):
+    if dtype == jnp.float64 and jnp.zeros((), jnp.float64).dtype != jnp.float64:
+        raise ValueError("the titans-pytorch module is float64 but JAX has x64 off (its arrays "
+                         "would silently become float32): convert inside "
+                         "`with jax.enable_x64(True):`, or call module.float() first")
 
 
 def _to_jnp(tree, dtype):
