@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -223,7 +224,7 @@ def params_from_torch_tensors(tensors: Mapping[str, Any], cfg: MemoryConfig) -> 
 
 
 def _check_x64(dtype):
-    if dtype == jnp.float64 and jnp.zeros((), jnp.float64).dtype != jnp.float64:
+    if dtype == jnp.float64 and jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:
         raise ValueError("the titans-pytorch module is float64 but JAX has x64 off (its arrays "
                          "would silently become float32): convert inside "
                          "`with jax.enable_x64(True):`, or call module.float() first")
