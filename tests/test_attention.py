@@ -123,3 +123,18 @@ def test_window_memory_is_linear_in_T():
     per_tok_16k = _temp_bytes(16384) / 16384
     assert per_tok_16k <= 1.5 * per_tok_4k, (per_tok_4k, per_tok_16k)
     assert per_tok_16k * 16384 < 16384 ** 2 * 4            # below a single T×T fp32 matrix
+
+
+def test_splash_kernel_matches_naive_in_interpret_mode():
+    """The TPU splash-attention path (persistent + local mask, 128-token padding), run
+    by the Pallas interpreter on CPU."""
+    pytest.importorskip("jax.experimental.pallas.ops.tpu.splash_attention")
+    q, k, v, pk, pv = _qkv(6, 1, 150, 2, 128, 3)
+    out = A._splash_window_attention(q, k, v, 32, pk, pv, interpret=True)
+    np.testing.assert_allclose(np.asarray(out), naive_window_attention(q, k, v, 32, pk, pv),
+                               atol=1e-5, rtol=1e-5)
+    # Off TPU (and not interpreting) the kernel declines and "splash" falls back to XLA.
+    if jax.default_backend() != "tpu":
+        assert A._splash_window_attention(q, k, v, 32, pk, pv) is None
+        out_fallback = A.sliding_window_attention(q, k, v, 32, pk, pv, impl="splash")
+        np.testing.assert_allclose(np.asarray(out_fallback), np.asarray(out), atol=1e-5, rtol=1e-5)

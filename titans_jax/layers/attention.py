@@ -182,8 +182,9 @@ def _splash_window_attention(q_BTHK, k_BTHK, v_BTHK, window, pk_BPHK, pv_BPHK,
                              interpret: bool = False):
     """Splash attention (Pallas, TPU) over [P ‖ x] with a persistent-or-local mask.
 
-    Returns None where the kernel is unavailable (no TPU, no Pallas TPU ops, or shapes
-    the kernel's block sizes do not fit), so that the caller falls back to XLA.
+    Returns None where the kernel is unavailable (no TPU, or no Pallas TPU ops in this
+    JAX build), so that the caller falls back to XLA. `interpret=True` runs the kernel
+    in the Pallas interpreter on any backend (tests).
     """
     if jax.default_backend() != "tpu" and not interpret:
         return None
@@ -194,29 +195,44 @@ def _splash_window_attention(q_BTHK, k_BTHK, v_BTHK, window, pk_BPHK, pv_BPHK,
         return None
     B, T, H, K = q_BTHK.shape
     P = 0 if pk_BPHK is None else pk_BPHK.shape[1]
-    if T % 128:
-        return None
-
-    def mask_fn(q_ids, kv_ids):
-        # Keys are laid out [P ‖ x]: a persistent key, or x within the causal window.
-        kx = kv_ids - P
-        return (kv_ids < P) | ((kx <= q_ids) & (q_ids - kx < window))
-
-    kv_len = T + P
-    if kv_len % 128:
-        return None
-    mask = sm.MultiHeadMask([sm._ComputableMask((T, kv_len), mask_function=mask_fn)] * H)
-    kernel = sk.make_splash_mha(mask, head_shards=1, q_seq_shards=1, interpret=interpret)
+    # Pad queries and keys to the kernel's 128-token blocks; the mask hides padded keys
+    # from real queries (they lie after every real query), padded queries are dropped.
+    Tq = -(-T // 128) * 128
+    kv_len = -(-(Tq + P) // 128) * 128
     if P:
         k_BTHK = jnp.concatenate([jnp.broadcast_to(pk_BPHK, (B, P, H, K)).astype(k_BTHK.dtype),
                                   k_BTHK], axis=1)
         v_BTHK = jnp.concatenate([jnp.broadcast_to(pv_BPHK, (B, P, H, K)).astype(v_BTHK.dtype),
                                   v_BTHK], axis=1)
+    pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n - x.shape[1]), (0, 0), (0, 0)))
+    q_BTHK, k_BTHK, v_BTHK = pad(q_BTHK, Tq), pad(k_BTHK, kv_len), pad(v_BTHK, kv_len)
+    mask = sm.MultiHeadMask([_persistent_local_mask(sm, (Tq, kv_len), window, P)] * H)
+    kernel = sk.make_splash_mha(mask, head_shards=1, q_seq_shards=1, interpret=interpret)
     scale = 1.0 / math.sqrt(K)
     to_HTK = lambda x: jnp.swapaxes(x, 0, 1)
     out = jax.vmap(lambda q, k, v: kernel(to_HTK(q) * scale, to_HTK(k), to_HTK(v)))(
         q_BTHK, k_BTHK, v_BTHK)
-    return jnp.swapaxes(out, 1, 2)
+    return jnp.swapaxes(out, 1, 2)[:, :T]
+
+
+def _persistent_local_mask(sm, shape, window: int, num_persistent: int):
+    """A lazy splash mask over keys [P ‖ x]: persistent keys always, x within the causal
+    window. (Splash needs masks to be hashable to cache their block structure.)"""
+
+    class PersistentLocalMask(sm._ComputableMask):
+        def __init__(self):
+            def mask_function(q_ids, kv_ids):
+                kx = kv_ids - num_persistent
+                return (kv_ids < num_persistent) | ((kx <= q_ids) & (q_ids - kx < window))
+            super().__init__(shape=shape, mask_function=mask_function)
+
+        def __eq__(self, other):
+            return isinstance(other, PersistentLocalMask) and hash(self) == hash(other)
+
+        def __hash__(self):
+            return hash(("PersistentLocalMask", self.shape, window, num_persistent))
+
+    return PersistentLocalMask()
 
 
 # -------------------------------------------------------------------- projections ---
