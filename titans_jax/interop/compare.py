@@ -166,6 +166,15 @@ def torch_stream(nm, x_np: np.ndarray, splits: Optional[Sequence[int]] = None, s
     splits = list(splits) if splits else [x.shape[1]]
     if sum(splits) != x.shape[1]:
         raise ValueError(f"splits {splits} do not sum to the sequence length {x.shape[1]}")
+    pos = 0 if state is None else int(state.seq_index) + (
+        0 if state.cache_store_segment is None else state.cache_store_segment.shape[1])
+    for n in splits:
+        if n > 1 and pos % nm.store_chunk_size:
+            raise ValueError(
+                f"a {n}-token titans-pytorch call at position {pos} does not start on a chunk "
+                f"boundary (chunk {nm.store_chunk_size}): titans-pytorch would retrieve with "
+                "the wrong weights; use single tokens up to the boundary")
+        pos += n
     ys, start = [], 0
     for n in splits:
         y, state = nm(x[:, start:start + n], state=state)
