@@ -12,7 +12,7 @@ import optax
 def lr_schedule(train_cfg) -> optax.Schedule:
   """Linear warmup from 0 to `lr` over `warmup_steps`, then cosine to `lr * min_lr_ratio`."""
   t = train_cfg
-  warmup = min(t.warmup_steps, t.steps - 1)  # a short run (e.g. --set train.steps=5) still decays
+  warmup = min(t.warmup_steps, t.steps // 2)  # a short run (--set train.steps=5) still decays
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=t.lr, warmup_steps=warmup,
       decay_steps=max(t.steps, warmup + 1), end_value=t.lr * t.min_lr_ratio)
