@@ -17,6 +17,7 @@ calls), and returns one row per compared quantity:
   state.weights.<w>               the final fast weights (torch: states[0])
   state.momentum.<w>              the final momentum, every order (torch: states[1])
   state.grad_point.<w>            the gradient point (torch: weights)
+  state.pending.x                 the tokens of the incomplete chunk (torch: the cache)
   grad.<param path>               d loss / d slow parameter, loss = mean(y²) + Σ_w mean(W_final²),
                                   backpropagated in both; torch's parameter gradients are
                                   mapped with `params_from_torch_tensors` and compared
@@ -246,6 +247,7 @@ def state_rows(ours: dict, theirs: dict, prefix: str = "state") -> list[dict]:
     for part in ("weights", "momentum", "grad_point"):
         for name in sorted(theirs[part]):
             rows.append(_row(f"{prefix}.{part}.{name}", ours[part][name], theirs[part][name]))
+    rows.append(_row(f"{prefix}.pending.x", ours["pending"]["x"], theirs["pending"]["x"]))
     if int(ours["pos"]) != int(theirs["pos"]):
         raise AssertionError(f"{prefix}.pos: {int(ours['pos'])} != {int(theirs['pos'])}")
     return rows
