@@ -214,3 +214,11 @@ def test_synthetic_pipeline_is_deterministic():
   assert a["weights"].sum() == 12
   ev = pipeline.eval_batches(cfg, corpus, 3, 2)
   assert not np.array_equal(ev[0]["inputs"], a["inputs"])  # held-out stream differs
+
+
+def test_no_held_out_data_is_explained(tmp_path):
+  cfg = DataConfig(kind="text", paths=(str(_write_corpus(tmp_path)),), seq_len=32,
+                   eval_fraction=0.0)
+  corpus = pipeline.load_corpus(cfg, 256)
+  with pytest.raises(DataError, match="held-out data has 0 tokens.*eval_fraction"):
+    pipeline.eval_batches(cfg, corpus, 4, 2)

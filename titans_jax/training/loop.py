@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from titans_jax.data import pipeline
+from titans_jax.data.text import DataError
 from titans_jax.evaluation import perplexity
 from titans_jax.training import checkpointing, config as config_lib, optimizer as opt_lib
 from titans_jax.training import train_state as ts
@@ -190,11 +191,18 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
   eval_step = ts.make_eval_step(graphdef)
   eval_data = None
 
-  def run_eval(state) -> dict[str, float]:
+  def run_eval(state) -> Optional[dict[str, float]]:
     nonlocal eval_data
     if eval_data is None:
-      eval_data = pipeline.eval_batches(dcfg, corpus, cfg.eval.batch_size, tcfg.eval_batches,
-                                        process_index=pid, process_count=pcount)
+      try:
+        eval_data = pipeline.eval_batches(dcfg, corpus, cfg.eval.batch_size,
+                                          tcfg.eval_batches, process_index=pid,
+                                          process_count=pcount)
+      except DataError as e:  # e.g. data.eval_fraction=0: train anyway, say why
+        log(f"held-out evaluation skipped: {e}")
+        eval_data = []
+    if not eval_data:
+      return None
     return perplexity.evaluate_batches(eval_step, state.params, state.rest, eval_data,
                                        byte_level=corpus.byte_level)
 
@@ -245,8 +253,9 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
           pending = None
         if eval_here:
           ev = run_eval(state)
-          writer.write(step, ev, prefix="eval")
-          log(f"eval @ {step}: " + perplexity.format_metrics(ev))
+          if ev is not None:
+            writer.write(step, ev, prefix="eval")
+            log(f"eval @ {step}: " + perplexity.format_metrics(ev))
         if save_here:
           ck.save(step, state, data_iter, cfg)
         if preempt.requested:
@@ -261,6 +270,7 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
       final_step = int(jax.device_get(state.step))
       if status == "done" and final_step == tcfg.steps:
         last_eval = run_eval(state)
+      if last_eval is not None:
         writer.write(final_step, last_eval, prefix="eval")
         log(f"held-out eval @ {final_step}: " + perplexity.format_metrics(last_eval))
         if pid == 0:
