@@ -287,3 +287,12 @@ def test_float64_module_needs_x64():
     with jax.enable_x64(True):
         cfg, params = from_torch(nm)
         assert cfg.dtype == "float64" and params["q_proj"].dtype == jnp.float64
+
+
+def test_compare_cli(capsys):
+    """`python -m titans_jax.interop.compare` (the grid's first config: compiled already)."""
+    rc = C.main(["--heads", "3", "--dim-head", "5", "--chunk-size", "5", "--seq-len", str(SEQ),
+                 "--batch", str(BATCH), "--no-grads"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "output" in out and "state.weights.w0" in out and "OK" in out
