@@ -14,20 +14,11 @@ from flax import nnx
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from test_memory_reference import (ALLOW_RANK_PROMOTION_IN_FAST_PATH, F32, apply_jit,
+from test_memory_reference import (F32, apply_jit,
                                    make_inputs, make_params, paper, tp)
 from titans_jax import NeuralMemory
 from titans_jax.memory import MemoryConfig, apply, init, init_state
 
-
-@pytest.fixture(autouse=True)
-def _rank_promotion():
-    # See test_memory_reference.ALLOW_RANK_PROMOTION_IN_FAST_PATH (core.py bug).
-    if ALLOW_RANK_PROMOTION_IN_FAST_PATH:
-        with jax.numpy_rank_promotion("allow"):
-            yield
-    else:
-        yield
 
 
 def assert_trees_close(got, want, tol, what):

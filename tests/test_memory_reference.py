@@ -24,26 +24,6 @@ X64 = dict(dtype="float64", param_dtype="float64", inner_dtype="float64")
 apply_jit = jax.jit(apply, static_argnames="cfg",
                     compiler_options={"xla_backend_optimization_level": 0})
 
-# ---------------------------------------------------------------------------------
-# core.py currently violates jax_numpy_rank_promotion="raise" (set by conftest.py),
-# e.g. core.py `rmsnorm`: `y * scale` with shapes (B,T,D)*(D,). Until that is fixed the
-# numerical tests run with rank promotion allowed; `test_apply_respects_rank_promotion`
-# below checks the contract itself (strict xfail). Set to False once core.py is fixed.
-ALLOW_RANK_PROMOTION_IN_FAST_PATH = True
-
-
-STRICT_TEST = "test_apply_respects_rank_promotion"
-
-
-@pytest.fixture(autouse=True)
-def _rank_promotion(request):
-    if ALLOW_RANK_PROMOTION_IN_FAST_PATH and request.node.originalname != STRICT_TEST:
-        with jax.numpy_rank_promotion("allow"):
-            yield
-    else:
-        yield
-
-
 def make_params(cfg, seed):
     """Random slow parameters in `init`'s layout (its pytree structure, shapes, dtypes).
 
@@ -216,9 +196,6 @@ RANK_CASES = [X64_CASES[n][0] for n in ("commit_3chunks", "odd_paper_kitchen_sin
                                         "momentum_off", "one_head_plain", "depth1")]
 
 
-@pytest.mark.xfail(strict=True, reason="core.py/networks.py broadcast implicitly "
-                   "(e.g. core.rmsnorm `y * scale` (B,T,D)*(D,)), which "
-                   "jax_numpy_rank_promotion='raise' (tests/conftest.py) rejects")
 def test_apply_respects_rank_promotion():
     with jax.numpy_rank_promotion("raise"), jax.enable_x64(True):
         for cfg in RANK_CASES:

@@ -42,14 +42,6 @@ pytestmark = pytest.mark.parity
 F32, F64 = 1e-5, 1e-10
 
 
-@pytest.fixture(autouse=True)
-def _allow_core_rank_promotion():
-    # TODO(lead): titans_jax.memory.core.rmsnorm multiplies B×T×D by a D scale, which
-    # conftest's jax_numpy_rank_promotion="raise" rejects (reported with a repro).
-    # Remove this fixture once the core is rank-promotion clean.
-    with jax.numpy_rank_promotion("allow"):
-        yield
-
 
 SEQ, BATCH = 37, 2
 

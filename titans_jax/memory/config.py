@@ -56,6 +56,9 @@ class MemoryConfig:
         momentum and the inner gradient.
       chunks_per_block: chunks processed together per scan step when commit_every is
         None (None: chosen from the sequence length). Does not change the result.
+      recurrence: how the momentum / forgetting recurrences run across the chunks of a
+        block: "associative" (jax.lax.associative_scan) or "dense" (the same sums as one
+        K×K decay-matrix matmul). Does not change the result beyond rounding.
       remat: rematerialise each commit-block step in the backward pass.
     """
 
@@ -98,6 +101,7 @@ class MemoryConfig:
     param_dtype: str = "float32"
     inner_dtype: str = "float32"
     chunks_per_block: Optional[int] = None
+    recurrence: str = "associative"
     remat: bool = False
 
     def __post_init__(self):
@@ -151,6 +155,8 @@ class MemoryConfig:
         for name in ("dtype", "param_dtype", "inner_dtype"):
             if getattr(self, name) not in DTYPES:
                 bad(f"{name}={getattr(self, name)!r} is not one of {DTYPES}")
+        if self.recurrence not in ("associative", "dense"):
+            bad(f"recurrence must be 'associative' or 'dense', got {self.recurrence!r}")
         if self.chunks_per_block is not None:
             if not (isinstance(self.chunks_per_block, int) and self.chunks_per_block > 0):
                 bad(f"chunks_per_block must be a positive int or None, got {self.chunks_per_block!r}")

@@ -38,7 +38,7 @@ NS_COEFFS = (3.4445, -4.7750, 2.0315)
 NS_STEPS = 5
 NS_EPS = 1e-7
 L2_EPS = 1e-12  # torch.nn.functional.normalize
-AUTO_BLOCK_TOKENS = 256  # tokens per scan step when the gradient point never moves
+AUTO_BLOCK_TOKENS = 64  # tokens per scan step when the gradient point never moves
 
 
 # --------------------------------------------------------------------------- state ---
@@ -81,7 +81,12 @@ def rmsnorm(x, scale=None):
     """torch.nn.RMSNorm with eps=None: eps = finfo(dtype).eps."""
     eps = jnp.finfo(x.dtype).eps
     y = x * lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + eps)
-    return y if scale is None else y * scale
+    return y if scale is None else y * _lead(scale, y.ndim)
+
+
+def _lead(t, ndim):
+    """Add leading axes so `t` broadcasts against a rank-`ndim` array explicitly."""
+    return t.reshape((1,) * (ndim - t.ndim) + t.shape)
 
 
 def l2normalize(x):
@@ -96,9 +101,9 @@ def causal_depthwise_conv(z_BSHd, conv):
     kernel = conv["kernel"]
     K = kernel.shape[0]
     T = z_BSHd.shape[1] - (K - 1)
-    out = conv["bias"].astype(z_BSHd.dtype)
+    out = jnp.broadcast_to(conv["bias"].astype(z_BSHd.dtype), z_BSHd[:, :T].shape)
     for j in range(K):
-        out = out + z_BSHd[:, j:j + T] * kernel[j].astype(z_BSHd.dtype)
+        out = out + z_BSHd[:, j:j + T] * kernel[j].astype(z_BSHd.dtype)[None, None]
     return out
 
 
@@ -107,11 +112,13 @@ def softclamp_grad_norm(g, max_norm):
 
     (A zero gradient, where torch would give NaN, stays zero.)"""
     axes = tuple(range(3, g.ndim))  # g is B×H×K×param
-    norm = jnp.sqrt(jnp.square(g).sum(axes, keepdims=True))
+    sq = jnp.square(g).sum(axes, keepdims=True)
+    nonzero = sq > 0
+    # sqrt of a masked 1, not of 0: keeps the gradient finite for empty chunks.
+    norm = jnp.sqrt(jnp.where(nonzero, sq, 1.0))
     half = max_norm / 2.0
     clamped = jnp.tanh(norm / half) * half + half
-    safe = jnp.where(norm > 0, norm, 1.0)
-    return jnp.where(norm > 0, g * (clamped / safe), 0.0)
+    return jnp.where(nonzero, g * (clamped / norm), 0.0)
 
 
 def newton_schulz(g):
@@ -129,9 +136,16 @@ def newton_schulz(g):
     return jnp.swapaxes(g, -1, -2) if transpose else g
 
 
-def linear_recurrence(a_BHK, x_BHKp, h0_BHp):
-    """h_j = a_j · h_{j−1} + x_j along axis 2, with h_{−1} = h0, by associative scan
-    with (a₁, x₁)∘(a₂, x₂) = (a₁a₂, a₂x₁ + x₂)."""
+def linear_recurrence(a_BHK, x_BHKp, h0_BHp, impl: str = "associative"):
+    """h_j = a_j · h_{j−1} + x_j along axis 2 (K), with h_{−1} = h0.
+
+    impl="associative": `jax.lax.associative_scan` with the operator
+      (a₁, x₁)∘(a₂, x₂) = (a₁a₂, a₂x₁ + x₂)  — O(K log K) elementwise passes.
+    impl="dense": h = Λ x + (Π a) h0 with Λ_ji = Π_{i<l≤j} a_l, one K×K matmul per
+      (batch, head): the same sums, computed with far less memory traffic on CPU.
+    """
+    if impl == "dense":
+        return _dense_recurrence(a_BHK, x_BHKp, h0_BHp)
     a = a_BHK.reshape(a_BHK.shape + (1,) * (x_BHKp.ndim - 3)).astype(x_BHKp.dtype)
     x = x_BHKp.at[:, :, 0].add(a[:, :, 0] * h0_BHp)
 
@@ -142,6 +156,30 @@ def linear_recurrence(a_BHK, x_BHKp, h0_BHp):
 
     _, h = lax.associative_scan(combine, (a, x), axis=2)
     return h
+
+
+def decay_matrix(a_BHK):
+    """Λ_ji = Π_{i<l≤j} a_l (0 above the diagonal), from segment sums of log a.
+
+    Sums are built without subtraction (Mamba-2's segsum) so a gate of exactly 0 gives
+    0, not NaN; log is clamped to keep its gradient finite there."""
+    K = a_BHK.shape[-1]
+    tiny = jnp.finfo(a_BHK.dtype).tiny
+    log_a = jnp.log(jnp.maximum(a_BHK, tiny))
+    rows = jnp.broadcast_to(log_a[..., :, None], a_BHK.shape + (K,))   # [j, i] = log a_j
+    strictly_lower = jnp.tril(jnp.ones((K, K), bool), -1)
+    seg = jnp.cumsum(jnp.where(strictly_lower, rows, 0.0), axis=-2)   # Σ_{i<l≤j} log a_l
+    return jnp.where(jnp.tril(jnp.ones((K, K), bool)), jnp.exp(seg), 0.0)
+
+
+def _dense_recurrence(a_BHK, x_BHKp, h0_BHp):
+    dtype = x_BHKp.dtype
+    lam = decay_matrix(a_BHK.astype(dtype))                          # B×H×K×K
+    cum = jnp.cumprod(a_BHK.astype(dtype), axis=-1)                  # Π_{l≤j} a_l
+    flat = x_BHKp.reshape(x_BHKp.shape[:3] + (-1,))
+    h = jnp.einsum("bhji,bhip->bhjp", lam, flat)
+    h = h + cum[..., None] * h0_BHp.reshape(h0_BHp.shape[:2] + (1, -1))
+    return h.reshape(x_BHKp.shape)
 
 
 def _chunks_per_block(cfg: MemoryConfig, T: int) -> int:
@@ -209,11 +247,11 @@ def _project(params, x_BTD, conv_state, cfg: MemoryConfig):
     if cfg.qk_l2norm:
         q, k = l2normalize(q), l2normalize(k)
     if cfg.qk_rmsnorm:
-        q = rmsnorm(q) * (params["q_norm"]["gamma"].astype(q.dtype) + 1.0)
-        k = rmsnorm(k) * (params["k_norm"]["gamma"].astype(k.dtype) + 1.0)
+        q = rmsnorm(q, params["q_norm"]["gamma"].astype(q.dtype) + 1.0)
+        k = rmsnorm(k, params["k_norm"]["gamma"].astype(k.dtype) + 1.0)
     inner = jnp.dtype(cfg.inner_dtype)
     lr_logits = jnp.einsum("btD,Dh->bth", xs.astype(inner), params["lr"]["w"].astype(inner))
-    lr = cfg.max_lr * jax.nn.sigmoid(lr_logits + params["lr"]["b"].astype(inner))
+    lr = cfg.max_lr * jax.nn.sigmoid(lr_logits + _lead(params["lr"]["b"].astype(inner), 3))
     return xs, xr, q, k, v, lr, new_conv
 
 
@@ -222,14 +260,15 @@ def _chunk_gates(params, xs_chunks_BGCD, cfg: MemoryConfig):
     inner = jnp.dtype(cfg.inner_dtype)
     x = xs_chunks_BGCD.astype(inner)
     if cfg.attn_pool_chunks:
-        logits = x @ params["attn_pool"]["w"].astype(inner) + params["attn_pool"]["b"].astype(inner)
+        logits = x @ params["attn_pool"]["w"].astype(inner) + _lead(params["attn_pool"]["b"].astype(inner), 4)
         pooled = (x * jax.nn.softmax(logits, axis=2)).sum(2)
     else:
         pooled = x.mean(2)
 
     def linear(p):
         w = p["w"].astype(inner)
-        return jnp.einsum("bgD,D...->bg...", pooled, w) + p["b"].astype(inner)
+        out = jnp.einsum("bgD,D...->bg...", pooled, w)
+        return out + _lead(p["b"].astype(inner), out.ndim)
 
     gates = {}
     if cfg.forget:
@@ -277,7 +316,7 @@ def _block_step(cfg: MemoryConfig, carry, block):
             orders, s = [], surprise
             for o in range(cfg.momentum_order):
                 eta = jnp.where(valid_b, block["eta"][..., o], 1.0)
-                s = linear_recurrence(eta, jnp.where(mask, s, 0.0), momentum[name][o])
+                s = linear_recurrence(eta, jnp.where(mask, s, 0.0), momentum[name][o], cfg.recurrence)
                 orders.append(s)
             new_momentum[name] = jnp.stack([s_o[:, :, -1] for s_o in orders])
             if cfg.learned_momentum_combine:
@@ -289,9 +328,9 @@ def _block_step(cfg: MemoryConfig, carry, block):
         if cfg.spectral_norm_surprises and update.ndim >= 5:
             update = jnp.where(mask, newton_schulz(update), 0.0)
 
-        decay = (1.0 - block["alpha"]) if cfg.forget else jnp.ones_like(valid_b, inner)
+        decay = (1.0 - block["alpha"]) if cfg.forget else jnp.ones(g.shape[:3], inner)
         decay = jnp.where(valid_b, decay, 1.0)
-        w_seq = linear_recurrence(decay, jnp.where(mask, update, 0.0), weights[name])
+        w_seq = linear_recurrence(decay, jnp.where(mask, update, 0.0), weights[name], cfg.recurrence)
         new_weights[name] = w_seq[:, :, -1]
         # Retrieval group j of this block reads the weights after chunk j−1.
         lagged[name] = jnp.concatenate([weights[name][:, :, None], w_seq[:, :, :-1]], axis=2)
@@ -430,7 +469,7 @@ def _finish_output(params, y_BTHd, xr_BTD, cfg: MemoryConfig):
     """Post-norm, per-head gate, head merge and output projection."""
     inner = y_BTHd.dtype
     if cfg.post_rmsnorm:
-        y_BTHd = rmsnorm(y_BTHd) * (params["post_norm"]["gamma"].astype(inner) + 1.0)
+        y_BTHd = rmsnorm(y_BTHd, params["post_norm"]["gamma"].astype(inner) + 1.0)
     if cfg.has_gate:
         gate = jax.nn.sigmoid(jnp.einsum("btD,Dh->bth", xr_BTD.astype(inner),
                                          params["gate"]["w"].astype(inner)))

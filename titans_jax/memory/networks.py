@@ -58,7 +58,8 @@ def memory_forward(weights: dict[str, jax.Array], x_Nd: jax.Array, cfg: MemoryCo
             h = act(h)
         h = h @ weights[f"w{i}"]
     if cfg.residual_norm:
-        h = layernorm_noaffine(h) * (weights["gamma"] + 1.0) + x_Nd
+        gamma = weights["gamma"] + 1.0
+        h = layernorm_noaffine(h) * gamma.reshape((1,) * (h.ndim - 1) + gamma.shape) + x_Nd
     return h
 
 
