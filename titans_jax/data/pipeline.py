@@ -216,7 +216,7 @@ def eval_batches(data_cfg, corpus: Corpus, batch_size: int, max_batches: int, *,
   d = data_cfg
   if d.kind in ("niah", "mqar"):
     n = max_batches if max_batches > 0 else 16
-    ds = _synthetic_dataset(d, corpus.vocab_size, seed)
+    ds = _synthetic_dataset(d, corpus.vocab_size, seed)[process_index::process_count]
   elif corpus.records:
     base = corpus.held_out
     if not isinstance(base, grain.MapDataset):
@@ -236,9 +236,10 @@ def eval_batches(data_cfg, corpus: Corpus, batch_size: int, max_batches: int, *,
                       f"fewer than one sequence of {d.seq_len + 1}; raise "
                       "data.eval_fraction or name data.eval_paths")
     ds = grain.MapDataset.source(WindowSource(held, d.seq_len)).map(_to_example)
+    ds = ds[process_index::process_count]
     n = len(ds) // batch_size
     if n == 0:  # fewer windows than a batch: one smaller batch
       batch_size, n = len(ds), 1
     n = min(n, max_batches) if max_batches > 0 else n
-  ds = ds[process_index::process_count].batch(batch_size, drop_remainder=True)
+  ds = ds.batch(batch_size, drop_remainder=True)
   return [ds[i] for i in range(min(n, len(ds)))]
