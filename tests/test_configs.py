@@ -1,5 +1,4 @@
 """Every configs/*.py parses, validates and builds abstractly; overrides are typed."""
-import dataclasses
 import pathlib
 
 import jax

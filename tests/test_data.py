@@ -1,5 +1,4 @@
 """Data: text discovery and split, token files, synthetic tasks, grain pipelines."""
-import dataclasses
 import pathlib
 
 import numpy as np

@@ -46,7 +46,6 @@ def test_niah_cell_counts_exact_matches(monkeypatch):
 
 def test_niah_cells_are_reproducible():
   a, b = [], []
-  real = niah.synthetic.niah_example
 
   def capture(sink):
     def predict(params, rest, x):

@@ -18,7 +18,7 @@ yields its B = global_batch / P rows; the trainer assembles the global batch wit
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import grain
 import numpy as np

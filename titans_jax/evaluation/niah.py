@@ -8,7 +8,6 @@ scores it (no autoregressive loop).
 """
 from __future__ import annotations
 
-import functools
 import json
 import pathlib
 from typing import Sequence

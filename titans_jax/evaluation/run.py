@@ -11,7 +11,6 @@ import json
 import pathlib
 from typing import Callable, Optional
 
-import jax
 
 from titans_jax.data import pipeline
 from titans_jax.evaluation import niah, perplexity, sampling

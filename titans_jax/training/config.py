@@ -19,7 +19,7 @@ import json
 import pathlib
 import types
 import typing
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 
 class ConfigError(ValueError):

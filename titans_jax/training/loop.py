@@ -16,7 +16,7 @@ import pathlib
 import signal
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
