@@ -17,7 +17,6 @@ C keys per block (N_p + 2W), P persistent tokens, H heads, K head width, Q queri
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Optional
 
