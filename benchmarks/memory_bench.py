@@ -34,7 +34,7 @@ def _best_time(fn, repeats: int) -> float:
 
 
 def bench_one(chunk: int, seq: int, *, batch: int, dim: int, heads: int, dim_head: int,
-              repeats: int, torch_too: bool = True, check_tol: float = 1e-4) -> dict:
+              repeats: int, torch_too: bool = True, dense_too: bool = False, check_tol: float = 1e-4) -> dict:
     import torch
     from titans_pytorch import NeuralMemory
 
@@ -71,6 +71,12 @@ def bench_one(chunk: int, seq: int, *, batch: int, dim: int, heads: int, dim_hea
     t_fb = _best_time(lambda: jax.block_until_ready(fwd_bwd(params, x_j)), repeats)
     row["jax_fwd_tok_s"] = tokens / t_f
     row["jax_fwd_bwd_tok_s"] = tokens / t_fb
+    if dense_too:   # the same memory with recurrence="dense" (K×K decay-matrix matmuls)
+        dcfg = cfg.replace(recurrence="dense")
+        dense_fb = jax.jit(jax.value_and_grad(
+            lambda p, x: jnp.mean(jnp.square(memory.apply(p, x, dcfg)[0]))))
+        row["jax_dense_fwd_bwd_tok_s"] = tokens / _best_time(
+            lambda: jax.block_until_ready(dense_fb(params, x_j)), repeats)
     if torch_too:
         def torch_fwd():
             with torch.no_grad():
@@ -98,6 +104,8 @@ def main(argv=None):
     ap.add_argument("--dim_head", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no_torch", action="store_true", help="time titans_jax only")
+    ap.add_argument("--dense", action="store_true",
+                    help="also time forward+backward with recurrence='dense'")
     ap.add_argument("--json", type=str, default=None, help="also write the rows here")
     args = ap.parse_args(argv)
 
@@ -107,20 +115,27 @@ def main(argv=None):
     print(f"# jax {jax.__version__}, torch {torch.__version__}; B={args.batch} D={args.dim} "
           f"H={args.heads}x{args.dim_head} MLP depth 2 x4")
     header = ("chunk", "seq", "jax fwd tok/s", "torch fwd tok/s", "ratio",
-              "jax f+b tok/s", "torch f+b tok/s", "ratio")
+              "jax f+b tok/s", "torch f+b tok/s", "ratio", "dense f+b tok/s", "dense ratio")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     rows = []
+
+    def dense_ratio(r):
+        if "jax_dense_fwd_bwd_tok_s" in r and "torch_fwd_bwd_tok_s" in r:
+            return f"{r['jax_dense_fwd_bwd_tok_s'] / r['torch_fwd_bwd_tok_s']:.2f}x"
+        return "-"
+
     for chunk in args.chunks:
         for seq in args.seq:
             r = bench_one(chunk, seq, batch=args.batch, dim=args.dim, heads=args.heads,
                           dim_head=args.dim_head, repeats=args.repeats,
-                          torch_too=not args.no_torch)
+                          torch_too=not args.no_torch, dense_too=args.dense)
             rows.append(r)
             g = lambda k, fmt="{:,.0f}": fmt.format(r[k]) if k in r else "-"  # noqa: E731
             print(f"| {chunk} | {seq} | {g('jax_fwd_tok_s')} | {g('torch_fwd_tok_s')} | "
                   f"{g('fwd_ratio', '{:.2f}x')} | {g('jax_fwd_bwd_tok_s')} | "
-                  f"{g('torch_fwd_bwd_tok_s')} | {g('fwd_bwd_ratio', '{:.2f}x')} |", flush=True)
+                  f"{g('torch_fwd_bwd_tok_s')} | {g('fwd_bwd_ratio', '{:.2f}x')} | "
+                  f"{g('jax_dense_fwd_bwd_tok_s')} | {dense_ratio(r)} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -42,7 +42,7 @@ import argparse
 import contextlib
 import dataclasses
 import sys
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +50,7 @@ import numpy as np
 
 from titans_jax import memory
 from titans_jax.interop.titans_pytorch import (
-    from_torch, params_from_torch_tensors, state_from_torch, torch_fast_weight_names)
+    from_torch, params_from_torch_tensors, state_from_torch)
 
 DTYPES = ("float32", "float64")
 
@@ -271,7 +271,7 @@ def compare(knobs: Optional[Knobs] = None, *, seed: int = 0, dtype: str = "float
     params_hook: optional `params -> params` applied to the converted params before
       titans_jax runs (a negative control: a corrupted mapping must show up).
     """
-    import torch
+    import torch  # noqa: F401  (fail early, naming torch, without the parity extra)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     knobs = dataclasses.replace(knobs or Knobs(), **knob_overrides)
