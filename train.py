@@ -6,7 +6,8 @@
   python train.py --config configs/paper_340m.py --workdir runs/340m \
       --set data.paths=/data/train.bin
 
-Re-running with the same --workdir resumes from its latest checkpoint.
+Re-running with the same --workdir resumes from its latest checkpoint. --dry_run
+compiles the step for the config (no data, no parameters allocated) and exits.
 """
 import sys
 
@@ -17,8 +18,14 @@ from titans_jax.training.config import ConfigError
 
 def main(argv=None) -> int:
   parser = cli.build_parser("Train a Titans model (see configs/ and docs/training.md).")
+  parser.add_argument("--dry_run", action="store_true",
+                      help="AOT-compile the train step on abstract inputs, report sizes, exit")
   args, cfg = cli.parse(parser, argv)
   try:
+    if args.dry_run:
+      for k, v in loop.compile_step(cfg).items():
+        print(f"{k}: {v / 2**20:.1f} MiB" if k.endswith("bytes") else f"{k}: {v:,.0f}")
+      return 0
     loop.train(cfg, args.workdir)
   except (ConfigError, DataError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -101,11 +101,15 @@ def test_sigterm_saves_before_exit(tmp_path):
       sent.append(line)
       os.kill(os.getpid(), signal.SIGTERM)
 
+  handler_before = signal.getsignal(signal.SIGTERM)
   result = loop.train(_cfg(), tmp_path, log=log)
   assert sent and result.status == "preempted"
   assert result.final_step < STEPS
   assert checkpointing.existing_steps(tmp_path)[-1] == result.final_step
-  assert signal.getsignal(signal.SIGTERM) is not None  # handler restored, process alive
+  assert signal.getsignal(signal.SIGTERM) == handler_before  # our handler is uninstalled
+  # and the preempted run resumes to the end
+  rest = loop.train(_cfg(), tmp_path, log=lambda s: None)
+  assert rest.start_step == result.final_step and rest.final_step == STEPS
 
 
 def test_eval_reads_the_checkpoint(base_run, capsys):
@@ -174,3 +178,13 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert checkpointing.existing_steps(tmp_path) == [8]
   assert {k: v for k, v in _snapshot(tmp_path).items() if k.startswith("checkpoints")} == \
       {k: v for k, v in before.items() if k.startswith("checkpoints")}
+
+
+def test_dry_run_compiles_without_training(tmp_path, capsys):
+  rc = train_cli.main(["--config", str(ROOT / "configs" / "tiny.py"), "--workdir",
+                       str(tmp_path / "never"), "--dry_run", f"--train.steps={STEPS}",
+                       "--train.checkpoint_every=8", "--train.log_every=4",
+                       "--train.warmup_steps=3", "--train.lr=0.01"])
+  out = capsys.readouterr().out
+  assert rc == 0 and "params:" in out
+  assert not (tmp_path / "never").exists()

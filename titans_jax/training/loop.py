@@ -94,6 +94,32 @@ def to_device(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
+def compile_step(cfg: config_lib.Config) -> dict[str, float]:
+  """AOT-compiles the train step for `cfg` on abstract inputs (no parameter allocated).
+
+  Catches shape errors and, via XLA's memory analysis, out-of-memory configs before
+  any data is read or any step runs. Returns sizes in bytes (where XLA reports them).
+  """
+  config_lib.validate(cfg)
+  tcfg, T = cfg.train, cfg.data.seq_len
+  graphdef, abstract = abstract_train_state(cfg)
+  B = tcfg.batch_size // jax.process_count()
+  batch = {"inputs": jax.ShapeDtypeStruct((B, T), jnp.int32),
+           "targets": jax.ShapeDtypeStruct((B, T), jnp.int32),
+           "weights": jax.ShapeDtypeStruct((B, T), jnp.float32)}
+  step_fn = ts.make_train_step(graphdef, opt_lib.make_optimizer(tcfg),
+                               opt_lib.lr_schedule(tcfg), tcfg.grad_accum_steps)
+  compiled = step_fn.lower(abstract, batch).compile()
+  out = {"params": float(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params)))}
+  mem = compiled.memory_analysis()
+  if mem is not None:
+    for k in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+              "generated_code_size_in_bytes"):
+      if hasattr(mem, k):
+        out[k] = float(getattr(mem, k))
+  return out
+
+
 class _Preemption:
   """Turns SIGTERM into a flag the loop polls (it then saves and exits cleanly)."""
 
