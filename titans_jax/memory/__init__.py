@@ -1,6 +1,6 @@
 """Neural long-term memory (Titans §3): config, slow-parameter init, state, apply."""
 from titans_jax.memory.config import MemoryConfig
-from titans_jax.memory.core import apply, init_state
+from titans_jax.memory.core import apply, init_state, retrieve
 from titans_jax.memory.params import init
 
-__all__ = ["MemoryConfig", "init", "init_state", "apply"]
+__all__ = ["MemoryConfig", "init", "init_state", "apply", "retrieve"]

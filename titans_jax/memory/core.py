@@ -477,3 +477,22 @@ def _finish_output(params, y_BTHd, xr_BTD, cfg: MemoryConfig):
     if cfg.has_out_proj:
         return jnp.einsum("bthd,hdD->btD", y_BTHd, params["out_proj"].astype(inner))
     return y_BTHd.reshape(y_BTHd.shape[:2] + (cfg.inner_width,))
+
+
+def retrieve(params: dict, x: jax.Array, cfg: MemoryConfig, weights: dict, conv=None):
+    """Read-only retrieval y = M*_W(q(x)) with fixed fast weights (no store, no update).
+
+    MAC's `h_i = M*_{i−1}(q(S_i))`. `weights` are per batch and head (B×H×..., e.g.
+    `state["weights"]`); `conv` is the causal-conv context of this retrieval stream
+    (B×(K−1)×3×H×d, None for zeros). Returns (y B×T×D in cfg.dtype, new conv context).
+    """
+    _check_input(x, cfg, None)
+    act_dtype = jnp.dtype(cfg.dtype)
+    x = x.astype(act_dtype)
+    if conv is None and cfg.qkv_conv > 1:
+        conv = jnp.zeros((x.shape[0], cfg.qkv_conv - 1, 3, cfg.heads, cfg.head_dim), act_dtype)
+    _, xr, q, _, _, _, new_conv = _project(params, x, conv, cfg)
+    inner = jnp.dtype(cfg.inner_dtype)
+    fwd = functools.partial(memory_forward, cfg=cfg)
+    y = jax.vmap(jax.vmap(fwd, in_axes=(0, 1), out_axes=1))(weights, q.astype(inner))
+    return _finish_output(params, y, xr, cfg).astype(act_dtype), new_conv

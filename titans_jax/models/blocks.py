@@ -37,7 +37,7 @@ from titans_jax.layers.attention import AttentionProjections
 from titans_jax.layers.basic import RMSNorm, param
 from titans_jax.layers.ffn import SwiGLU
 from titans_jax.layers.rope import apply_rope
-from titans_jax.memory import core as memory_core
+from titans_jax import memory as memory_lib
 from titans_jax.memory.module import NeuralMemory
 from titans_jax.models.config import TitansConfig
 
@@ -169,14 +169,7 @@ class Block(nnx.Module):
         """h = M*(q(x)) with fixed fast weights (no update); `conv` is the causal-conv
         context of the retrieval stream. Returns (h_BTD, new_conv)."""
         mcfg = self.cfg.memory_config
-        params = self.memory.param_tree()
-        x = x_BTD.astype(jnp.dtype(mcfg.dtype))
-        _, xr, q, _, _, _, new_conv = memory_core._project(params, x, conv, mcfg)
-        inner = jnp.dtype(mcfg.inner_dtype)
-        fwd = lambda w, q_Td: memory_core.memory_forward(w, q_Td, mcfg)
-        # weights: name -> B×H×...; q: B×T×H×d
-        y = jax.vmap(jax.vmap(fwd, in_axes=(0, 1), out_axes=1))(weights, q.astype(inner))
-        y = memory_core._finish_output(params, y, xr, mcfg)
+        y, new_conv = memory_lib.retrieve(self.memory.param_tree(), x_BTD, mcfg, weights, conv)
         return y.astype(x_BTD.dtype), new_conv
 
     def _mac_segment(self, carry, x_BLD, pk, pv, with_memory: bool):
