@@ -43,17 +43,6 @@ def _snapshot(workdir: pathlib.Path) -> dict:
   return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _allow_core_rank_promotion():
-  # titans_jax/memory/core.py (causal conv) currently trips conftest's
-  # jax_numpy_rank_promotion="raise" (known; the memory tests allow it the same way).
-  # Drop this fixture once core.py is rank-explicit.
-  import jax
-
-  with jax.numpy_rank_promotion("allow"):
-    yield
-
-
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("uninterrupted")
