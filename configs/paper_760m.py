@@ -2,30 +2,24 @@
 
 The paper's recipe (§5.1): AdamW, lr 4e-4, weight decay 0.1, warmup + cosine decay,
 sequences of 4K tokens, batches of 0.5M tokens (128 x 4096), 30B tokens = 60000 steps,
-bf16 compute, vocabulary 32K (Llama 2 tokenizer).
+bf16 compute, vocabulary 32K (Llama 2 tokenizer): configs/paper_340m.py at the larger
+scale and twice the tokens.
 
 Point it at your data (a flat .bin/.npy of token ids, or ArrayRecord documents):
   python train.py --config configs/paper_760m.py --workdir runs/760m \
       --set data.paths=/data/train.bin --set data.eval_paths=/data/val.bin
 Pick the variant with --set model.variant=mag (mac, mag, mal, lmm, swa).
 """
+import dataclasses
+import pathlib
+
 from titans_jax.models import TitansConfig
-from titans_jax.training.config import Config, DataConfig, EvalConfig, TrainConfig
+from titans_jax.training.config import Config, load_config
 
 
 def get_config() -> Config:
-  model = TitansConfig.preset("760m", variant="mac", vocab_size=32000, dtype="bfloat16")
-  return Config(
-      name="paper_760m",
-      model=model,
-      data=DataConfig(kind="tokens", paths=(), token_dtype="uint16", seq_len=4096,
-                      eval_fraction=0.001),
-      train=TrainConfig(steps=60000, batch_size=128, grad_accum_steps=1, lr=4e-4,
-                        min_lr_ratio=0.1, warmup_steps=2000, weight_decay=0.1,
-                        grad_clip=1.0, log_every=50, eval_every=2000,
-                        eval_batches=64, checkpoint_every=1000, keep_checkpoints=3),
-      eval=EvalConfig(batches=256, batch_size=8, niah_task="passkey",
-                      niah_lengths=(),  # the S-NIAH grid is byte-level: off for 32K-token models
-                      niah_depths=(0.0, 0.25, 0.5, 0.75, 1.0), niah_samples=16,
-                      prompt="The", sample_tokens=64),
-  )
+  base = load_config(pathlib.Path(__file__).with_name("paper_340m.py"))
+  model = TitansConfig.preset("760m", variant=base.model.variant, vocab_size=32000,
+                              dtype="bfloat16")
+  return dataclasses.replace(base, name="paper_760m", model=model,
+                             train=dataclasses.replace(base.train, steps=60000))
