@@ -10,6 +10,12 @@ gradients of loss = mean(y²) + Σ_w mean(W_final²) w.r.t. every slow parameter
 float32. "Within tol" is |ours − torch| ≤ tol·(1 + |torch|) elementwise
 (numpy.allclose with rtol = atol = tol; see titans_jax.interop.compare). float64 is
 enabled only inside the tests that use it.
+
+`C.compare` in float32 measures titans_jax float32 against the float64 run of the same
+titans-pytorch module (its float32 weights, cast): two float32 runs each carry rounding
+of the order of the tolerance (docs/titans_pytorch.md §5 has the measurement), so the
+tolerance is spent on ours alone. The hand-over tests below mix the two frameworks'
+float32 states on purpose and compare float32 with float32.
 """
 from __future__ import annotations
 
@@ -54,7 +60,8 @@ def test_reference_versions():
 # Each config switches on several knobs so that, together, the grid covers every knob
 # of SPEC §1 (and odd sizes: heads 3, head width 5, chunk 5, sequence 37). Where a
 # float32 stream is sensitive (see docs/titans_pytorch.md §5) max_lr is 0.1; max_lr = 1
-# runs in the first and fourth configs and in every float64 test.
+# runs in the first and fourth configs and in every float64 test. float32 runs each
+# config as adjusted by F32_CASES below.
 GRID = [
     pytest.param(dict(heads=3, dim_head=5, chunk_size=5),
                  id="heads3-dimhead5-chunk5"),
@@ -85,11 +92,40 @@ def _assert_rows(rows, dtype):
         C.format_table(rows)
 
 
-@pytest.mark.parametrize("knobs", GRID)
-def test_grid_float32_output_state_and_grads(knobs):
-    rows = C.compare(seq_len=SEQ, batch=BATCH, dtype="float32", grads=True, **knobs)
+# float32 is a test of our rounding only where the configuration is well-conditioned in
+# float32: titans-pytorch's OWN float32 error against its float64 answer must be at most
+# half the tolerance (asserted in the test, so a case cannot silently stop meaning
+# anything). Seeds / knob changes below were chosen by that criterion alone, which does
+# not look at titans_jax (measured 2026-11-22 over seeds 0-3: on every case our float32
+# error tracks titans-pytorch's own; at seed 0, config 1 has one token where the
+# post-RMSNorm amplifies rounding to ~1e-5 in BOTH implementations, config 4's k_proj
+# gradient is 7.5e-5 off in torch float32). Newton-Schulz is float32-limited in both
+# (5-8e-6 on every seed: docs/titans_pytorch.md §5), so config 3 runs without it here;
+# spectral_norm_surprises is checked in float64 (grid and SPECTRAL_F64) at 1e-10.
+F32_CASES = {  # grid id -> (seed, knob overrides)
+    GRID[1].id: (1, {}),
+    GRID[3].id: (0, dict(spectral_norm_surprises=False)),
+    GRID[4].id: (1, {}),
+}
+GRID_F32 = [pytest.param(F32_CASES.get(p.id, (0, {}))[0],
+                         {**p.values[0], **F32_CASES.get(p.id, (0, {}))[1]}, id=p.id)
+            for p in GRID]
+
+
+def _assert_float32_testable(rows):
+    loose = [f"{r['quantity']} ({r['torch_mixed']:.1e})" for r in rows
+             if not r["torch_mixed"] <= C.tolerance(r["quantity"], "float32") / 2]
+    assert not loose, ("titans-pytorch float32 itself is further than half the tolerance "
+                       "from its float64 answer: this case is ill-conditioned in float32 and "
+                       "tests nothing of ours; change its seed or knobs: " + ", ".join(loose))
+
+
+@pytest.mark.parametrize("seed,knobs", GRID_F32)
+def test_grid_float32_output_state_and_grads(seed, knobs):
+    rows = C.compare(seq_len=SEQ, batch=BATCH, dtype="float32", grads=True, seed=seed, **knobs)
     names = {r["quantity"] for r in rows}
     assert "output" in names and any(n.startswith("grad.W0.") for n in names)
+    _assert_float32_testable(rows)
     _assert_rows(rows, "float32")
 
 
@@ -103,9 +139,9 @@ def test_grid_float64_output_and_state(knobs):
 # Newton–Schulz maps every singular value of the update towards 1; near 0 its slope is
 # ≈ 3.4445⁵ ≈ 490, so float32 rounding in the (near-)null space of a low-rank chunk
 # update is amplified to ~1e-5..1e-3 (titans-pytorch float32 is 3.7e-5 from its own
-# float64 on the config below). In float32
-# the grid checks spectral_norm_surprises only where the updates are full rank (head
-# width 4 ≤ chunk 5); everywhere else it is checked in float64, gradients included.
+# float64 on the config below), and even full-rank updates leave both implementations
+# 5-8e-6 from float64 (F32_CASES). spectral_norm_surprises is therefore checked in
+# float64, gradients included.
 SPECTRAL_F64 = [
     pytest.param(dict(chunk_size=5, batch_size=10, depth=1, momentum_order=2,
                       spectral_norm_surprises=True, max_grad_norm=2.0, pre_rmsnorm=False),
@@ -117,6 +153,26 @@ SPECTRAL_F64 = [
 def test_spectral_float64_output_state_and_grads(knobs):
     rows = C.compare(seq_len=SEQ, batch=BATCH, dtype="float64", grads=True, **knobs)
     _assert_rows(rows, "float64")
+
+
+def test_float32_reference_is_the_float64_module_and_reports_torch_own_error():
+    """Default float32 reference: titans-pytorch cast to float64, with its own float32
+    error as `torch_mixed`; reference='same' is titans-pytorch float32 itself."""
+    knobs = GRID[0].values[0]
+    rows = C.compare(seq_len=SEQ, batch=BATCH, dtype="float32", grads=False, **knobs)
+    same = C.compare(seq_len=SEQ, batch=BATCH, dtype="float32", grads=False,
+                     reference="same", **knobs)
+    by_name = {r["quantity"]: r for r in same}
+    for r in rows:
+        assert 0 <= r["torch_mixed"] <= F32, r
+        assert "torch_mixed" not in by_name[r["quantity"]]
+    # torch float32 has rounding error of its own against the float64 reference, so the
+    # two references give different errors for our output
+    out = next(r for r in rows if r["quantity"] == "output")
+    assert out["torch_mixed"] > 0
+    assert by_name["output"]["max_abs"] != out["max_abs"]
+    with pytest.raises(ValueError, match="reference"):
+        C.compare(dtype="float32", reference="float16")
 
 
 def test_negative_control_detects_a_head_mixup():
@@ -160,6 +216,7 @@ def _max_err(a, b):
 def test_torch_stream_matches_one_jax_call():
     rows = C.compare(seq_len=SEQ, batch=BATCH, dtype="float32", grads=False,
                      splits=TORCH_SPLITS, **STREAM_KNOBS)
+    _assert_float32_testable(rows)
     _assert_rows(rows, "float32")
 
 

@@ -30,6 +30,21 @@ mixed ≤ tol, i.e. numpy.allclose(ours, torch, rtol=tol, atol=tol): an absolute
 for entries of size ≲ 1 and a relative one for larger entries (the fast weights of a
 long stream reach tens, where one float32 ulp is already ~2e-6).
 
+Which titans-pytorch run is the reference. In float64 both sides run in float64. In
+float32 (`reference="float64"`, the default) the titans-pytorch module is built in float32
+and titans_jax loads those float32 weights, but the reference is the *same* module cast
+to float64 and run on the same (float32-valued) input: the exact answer of titans-pytorch's
+function. Two float32 runs each carry their own rounding, and in a long recurrent,
+data-dependent stream those errors are of the order of the tolerance: measured
+2026-11-22 on a grid config (chunk 5, commit 10, order-2 momentum, soft clamp), the
+gradient w.r.t. `k_proj` of titans_jax float32 was 6.9e-5 from the float64 answer and
+titans-pytorch's own float32 7.5e-5, in opposite directions, so the two float32 runs
+were 1.44e-4 apart. Comparing against the float64 answer checks what matters (our
+float32 is within tolerance of the exact function) without failing on the reference's
+own rounding. Each row then also carries `torch_mixed`, titans-pytorch float32's own
+error against that same reference, so the two float32 errors can be compared side by
+side. `reference="same"` compares against titans-pytorch float32 directly.
+
 Parameters that titans-pytorch initialises to constants (RMSNorm / LayerNorm gains,
 the per-head gammas, the attention-pool logits) would hide a wrong mapping, so by
 default they get N(0, perturb²) noise (`--perturb 0` to compare the untouched module).
@@ -40,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import sys
 from typing import Optional, Sequence
@@ -53,6 +69,7 @@ from titans_jax.interop.titans_pytorch import (
     from_torch, params_from_torch_tensors, state_from_torch)
 
 DTYPES = ("float32", "float64")
+REFERENCES = ("float64", "same")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,7 +275,7 @@ def state_rows(ours: dict, theirs: dict, prefix: str = "state") -> list[dict]:
 def compare(knobs: Optional[Knobs] = None, *, seed: int = 0, dtype: str = "float32",
             seq_len: int = 37, batch: int = 2, splits: Optional[Sequence[int]] = None,
             grads: bool = True, perturb: float = 0.1, fast_compile: bool = True,
-            params_hook=None, **knob_overrides) -> list[dict]:
+            params_hook=None, reference: str = "float64", **knob_overrides) -> list[dict]:
     """Build both implementations from one seed and config, run the same input, and
     return the error table as a list of rows (see the module docstring).
 
@@ -270,10 +287,16 @@ def compare(knobs: Optional[Knobs] = None, *, seed: int = 0, dtype: str = "float
     fast_compile: jit with XLA's CPU backend optimisations off (see FAST_COMPILE).
     params_hook: optional `params -> params` applied to the converted params before
       titans_jax runs (a negative control: a corrupted mapping must show up).
+    reference: for dtype float32, "float64" (default) compares against the titans-pytorch
+      module cast to float64 (same weights, same input) and adds titans-pytorch float32's
+      own error as `torch_mixed`; "same" compares against titans-pytorch float32. See the
+      module docstring. Ignored for dtype float64.
     """
     import torch  # noqa: F401  (fail early, naming torch, without the parity extra)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
     knobs = dataclasses.replace(knobs or Knobs(), **knob_overrides)
     nm = build_torch(knobs, seed=seed, dtype=dtype, perturb=perturb)
     x_np = make_input(seed, batch, seq_len, knobs.dim, dtype)
@@ -283,27 +306,58 @@ def compare(knobs: Optional[Knobs] = None, *, seed: int = 0, dtype: str = "float
         x = jnp.asarray(x_np)
         if params_hook is not None:
             params = params_hook(params)
-
-        # forward + backward in torch
-        nm.zero_grad(set_to_none=True)
-        y_t, st_t = torch_stream(nm, x_np, splits)
-        if grads:
-            loss_torch(y_t, st_t).backward()
-        y_t = y_t.detach().numpy()
-        st_t_ours = state_from_torch(_detach_state(st_t), cfg, params)
-
         y_j, st_j = jitted("apply", fast_compile)(params, x, cfg)
-        rows = [_row("output", y_j, y_t)]
-        rows += state_rows(st_j, st_t_ours)
+        g_j = _flat(jitted("grad", fast_compile)(params, x, cfg)) if grads else None
 
+    ref = _torch_run(nm, x_np, splits, grads)                # titans-pytorch at `dtype`
+    torch32 = None
+    if dtype == "float32" and reference == "float64":
+        # The same module and input, cast to float64: the exact answer (module docstring).
+        torch32 = ref
+        ref = _torch_run(copy.deepcopy(nm).double(), x_np.astype(np.float64), splits, grads)
+
+    rows = [_row("output", y_j, ref["output"])]
+    rows += state_rows(st_j, ref["state"])
+    if grads:
+        if g_j.keys() != ref["grads"].keys():
+            raise AssertionError(f"parameter trees differ: {sorted(g_j)} vs {sorted(ref['grads'])}")
+        rows += [_row(f"grad.{k}", g_j[k], ref["grads"][k]) for k in sorted(g_j)]
+    if torch32 is not None:
+        for r, own in zip(rows, _torch_rows(torch32, ref, grads)):
+            assert r["quantity"] == own["quantity"]
+            r["torch_mixed"] = own["mixed"]
+    return rows
+
+
+def _flat(tree) -> dict:
+    return {_path_name(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _torch_run(nm, x_np: np.ndarray, splits, grads: bool) -> dict:
+    """Run titans-pytorch (forward, and backward of `loss_torch` when grads) and convert
+    its output, final state and parameter gradients to our layout as float64 NumPy
+    (the conversion runs in x64 when the module is float64, so nothing is rounded)."""
+    nm.zero_grad(set_to_none=True)
+    y_t, st_t = torch_stream(nm, x_np, splits)
+    if grads:
+        loss_torch(y_t, st_t).backward()
+    is64 = next(nm.parameters()).dtype == __import__("torch").float64
+    with jax_dtype_scope("float64" if is64 else "float32"):
+        cfg, params = from_torch(nm)
+        out = {"output": np.asarray(y_t.detach().numpy(), np.float64),
+               "state": jax.tree.map(np.asarray, state_from_torch(_detach_state(st_t), cfg, params))}
         if grads:
-            g_j = jitted("grad", fast_compile)(params, x, cfg)
-            g_t = params_from_torch_tensors(torch_param_grads(nm), cfg)
-            flat_j = dict((_path_name(p), v) for p, v in jax.tree_util.tree_flatten_with_path(g_j)[0])
-            flat_t = dict((_path_name(p), v) for p, v in jax.tree_util.tree_flatten_with_path(g_t)[0])
-            if flat_j.keys() != flat_t.keys():
-                raise AssertionError(f"parameter trees differ: {sorted(flat_j)} vs {sorted(flat_t)}")
-            rows += [_row(f"grad.{k}", flat_j[k], flat_t[k]) for k in sorted(flat_j)]
+            out["grads"] = {k: np.asarray(v, np.float64) for k, v in
+                            _flat(params_from_torch_tensors(torch_param_grads(nm), cfg)).items()}
+    return out
+
+
+def _torch_rows(run: dict, ref: dict, grads: bool) -> list[dict]:
+    """The rows of `compare` for a titans-pytorch run against the reference run."""
+    rows = [_row("output", run["output"], ref["output"])]
+    rows += state_rows(run["state"], ref["state"])
+    if grads:
+        rows += [_row(f"grad.{k}", run["grads"][k], ref["grads"][k]) for k in sorted(run["grads"])]
     return rows
 
 
@@ -313,14 +367,18 @@ def _detach_state(state):
 
 
 def format_table(rows: Sequence[dict]) -> str:
+    """The rows as a text table; `torch_mixed` (titans-pytorch float32's own error against
+    the same reference) is a last column when present."""
     width = max(len("quantity"), *(len(r["quantity"]) for r in rows))
+    own = any("torch_mixed" in r for r in rows)
     lines = [f"{'quantity':<{width}}  {'shape':<16} {'max_abs':>10} {'max_rel':>10} "
-             f"{'ref_max':>10} {'mixed':>10}"]
+             f"{'ref_max':>10} {'mixed':>10}" + (f" {'torch_mixed':>12}" if own else "")]
     lines.append("-" * len(lines[0]))
     for r in rows:
         shape = "×".join(map(str, r["shape"])) or "()"
         lines.append(f"{r['quantity']:<{width}}  {shape:<16} {r['max_abs']:>10.2e} "
-                     f"{r['max_rel']:>10.2e} {r['ref_max']:>10.2e} {r['mixed']:>10.2e}")
+                     f"{r['max_rel']:>10.2e} {r['ref_max']:>10.2e} {r['mixed']:>10.2e}"
+                     + (f" {r.get('torch_mixed', float('nan')):>12.2e}" if own else ""))
     return "\n".join(lines)
 
 
@@ -393,6 +451,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="NeuralMemory activation= on the q/k/v projections")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", choices=DTYPES, default="float32")
+    ap.add_argument("--reference", choices=REFERENCES, default="float64",
+                    help="float32 runs: compare against titans-pytorch cast to float64 on the "
+                         "same weights (default; its float32 error is the torch_mixed column) "
+                         "or against titans-pytorch float32 ('same')")
     ap.add_argument("--seq-len", type=int, default=37)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--splits", type=lambda s: [int(v) for v in s.split(",")], default=None,
@@ -406,9 +468,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
     knobs = Knobs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Knobs)})
     rows = compare(knobs, seed=args.seed, dtype=args.dtype, seq_len=args.seq_len,
-                   batch=args.batch, splits=args.splits, grads=args.grads, perturb=args.perturb)
-    print(f"titans_jax vs titans-pytorch 0.5.5  dtype={args.dtype} seed={args.seed} "
-          f"batch={args.batch} seq_len={args.seq_len}")
+                   batch=args.batch, splits=args.splits, grads=args.grads, perturb=args.perturb,
+                   reference=args.reference)
+    ref = "float64" if args.dtype == "float64" or args.reference == "float64" else "float32"
+    print(f"titans_jax vs titans-pytorch 0.5.5  dtype={args.dtype} (titans-pytorch reference "
+          f"in {ref}) seed={args.seed} batch={args.batch} seq_len={args.seq_len}")
     print("  " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(knobs).items()))
     print(format_table(rows))
     failed = failures(rows, args.dtype, args.tol)
