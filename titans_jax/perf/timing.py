@@ -1,0 +1,191 @@
+"""Timing of whole-model training steps, built with the project's own train step.
+
+`time_train_step` builds `Titans(cfg)`, the AdamW optimizer and `make_train_step` as
+`train()` does (`titans_jax.training.loop`), compiles the step ahead of time on the real
+state (so compile time and XLA's memory analysis are reported separately), runs warm-up
+steps, then times `steps` steps one by one, each ended with `block_until_ready`.
+
+    row = time_train_step(TitansConfig.preset("tiny", variant="mag"), batch=2, seq=128)
+    row["tokens_per_s"], row["mfu"]
+
+Axis legend: B batch, T sequence.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import statistics
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from titans_jax.models.config import TitansConfig
+from titans_jax.perf import flops as flops_lib
+
+DTYPE_ALIASES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32",
+                 "float32": "float32", "f32": "float32"}
+
+
+def model_config(preset: str, variant: str, dtype: str = "bf16", **overrides) -> TitansConfig:
+    """The preset of `variant` computing in `dtype` (parameters stay float32)."""
+    return TitansConfig.preset(preset, variant=variant, dtype=DTYPE_ALIASES[dtype], **overrides)
+
+
+def device_info() -> dict:
+    d = jax.devices()[0]
+    return {"backend": jax.default_backend(), "device_kind": d.device_kind,
+            "num_devices": jax.device_count(), "jax": jax.__version__,
+            "host": platform.node(), "cpu_count": os.cpu_count(),
+            "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def _memory_analysis(compiled) -> dict:
+    out = {}
+    try:
+        mem = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        mem = None
+    if mem is None:
+        return out
+    for k in ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+              "temp_size_in_bytes", "generated_code_size_in_bytes"):
+        if hasattr(mem, k):
+            out[k] = int(getattr(mem, k))
+    if "temp_size_in_bytes" in out:
+        # Live at the peak: inputs + outputs not aliased to (donated) inputs + temporaries.
+        out["compiled_peak_bytes"] = (out.get("argument_size_in_bytes", 0)
+                                      + out.get("output_size_in_bytes", 0)
+                                      - out.get("alias_size_in_bytes", 0)
+                                      + out["temp_size_in_bytes"])
+    return out
+
+
+def _device_memory() -> dict:
+    try:
+        stats = jax.devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001 - CPU returns None or raises on some versions
+        stats = None
+    if not stats:
+        return {}
+    return {k: int(stats[k]) for k in ("peak_bytes_in_use", "bytes_in_use", "bytes_limit")
+            if k in stats}
+
+
+def random_batch(batch: int, seq: int, vocab: int, seed: int = 0) -> dict[str, jax.Array]:
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, vocab, size=(batch, seq + 1)).astype(np.int32)
+    return {"inputs": jnp.asarray(tokens[:, :-1]), "targets": jnp.asarray(tokens[:, 1:]),
+            "weights": jnp.ones((batch, seq), jnp.float32)}
+
+
+def time_train_step(cfg: TitansConfig, batch: int, seq: int, *, steps: int = 5,
+                    warmup: int = 1, seed: int = 0,
+                    peak_flops: Optional[float] = None) -> dict:
+    """Times the full training step (forward + backward + AdamW) of `Titans(cfg)`.
+
+    Args:
+      cfg: the model config.
+      batch, seq: B sequences of T tokens per step.
+      steps: timed steps (after `warmup` untimed ones; compilation is separate).
+      peak_flops: peak FLOP/s for MFU; None = from the device table (None on CPU: MFU
+        is then reported as None).
+
+    Returns:
+      A JSON-ready dict: config, timings (median/min/max step seconds, tokens/s),
+      FLOPs (analytic, `titans_jax.perf.flops.step_flops`), MFU and memory.
+    """
+    from titans_jax.training import optimizer as opt_lib, train_state as ts
+    from titans_jax.training.config import TrainConfig
+    from titans_jax.training.loop import build_model
+
+    tcfg = TrainConfig(steps=max(steps + warmup, 2), batch_size=batch, warmup_steps=1)
+    tx = opt_lib.make_optimizer(tcfg)
+    schedule = opt_lib.lr_schedule(tcfg)
+
+    t0 = time.perf_counter()
+    model = build_model(cfg, seed)
+    graphdef, state = ts.create_train_state(model, tx)
+    del model
+    jax.block_until_ready(state)
+    init_s = time.perf_counter() - t0
+
+    step_fn = ts.make_train_step(graphdef, tx, schedule, 1, donate=True)
+    data = random_batch(batch, seq, cfg.vocab_size, seed)
+    t0 = time.perf_counter()
+    compiled = step_fn.lower(state, data).compile()
+    compile_s = time.perf_counter() - t0
+    memory = _memory_analysis(compiled)
+
+    metrics = None
+    for _ in range(warmup):
+        state, metrics = compiled(state, data)
+    jax.block_until_ready((state, metrics))
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, data)
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - t0)
+    loss = float(metrics["loss"])
+    memory.update(_device_memory())
+    del state, compiled
+    gc.collect()
+
+    fl = flops_lib.step_flops(cfg, batch, seq)
+    step_s = statistics.median(times)
+    if peak_flops is None:
+        peak_flops = flops_lib.peak_flops_for(jax.devices()[0].device_kind, cfg.dtype)
+    tokens = batch * seq
+    return {
+        "variant": cfg.variant, "batch": batch, "seq": seq, "dtype": cfg.dtype,
+        "remat": cfg.remat, "attn_impl": cfg.attn_impl, "params": int(fl["params"]),
+        "init_s": init_s, "compile_s": compile_s,
+        "step_s_median": step_s, "step_s_min": min(times), "step_s_max": max(times),
+        "step_s_all": times, "tokens_per_s": tokens / step_s,
+        "flops_per_step": fl["total"], "flops_breakdown": fl,
+        "achieved_flops_per_s": fl["total"] / step_s, "peak_flops": peak_flops,
+        "mfu": flops_lib.model_flops_utilization(fl["total"], step_s, peak_flops),
+        "memory": memory, "final_loss": loss,
+    }
+
+
+def markdown_table(rows: list[dict], baseline: str = "swa") -> str:
+    """One line per row: tokens/s, its ratio to the baseline variant at the same
+    (batch, seq, dtype), FLOPs, MFU and memory."""
+    base = {(r["batch"], r["seq"], r["dtype"]): r["tokens_per_s"]
+            for r in rows if r.get("variant") == baseline and "tokens_per_s" in r}
+    head = ("variant", "B×T", "params", "step ms", "tokens/s", f"vs {baseline}",
+            "GFLOP/step", "TFLOP/s", "MFU", "compiled peak MiB", "device peak MiB",
+            "compile s")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    mib = lambda b: f"{b / 2**20:,.0f}" if b is not None else "n/a"  # noqa: E731
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['variant']} | {r['batch']}×{r['seq']} | " + "error: "
+                         + r["error"][:80].replace("|", "/") + " |" + " |" * (len(head) - 3))
+            continue
+        b = base.get((r["batch"], r["seq"], r["dtype"]))
+        ratio = f"{r['tokens_per_s'] / b:.2f}" if b else "n/a"
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
+        mem = r.get("memory", {})
+        lines.append(
+            f"| {r['variant']} | {r['batch']}×{r['seq']} | {r['params'] / 1e6:.2f}M | "
+            f"{1e3 * r['step_s_median']:,.1f} | {r['tokens_per_s']:,.0f} | {ratio} | "
+            f"{r['flops_per_step'] / 1e9:,.2f} | {r['achieved_flops_per_s'] / 1e12:.3f} | "
+            f"{mfu} | {mib(mem.get('compiled_peak_bytes'))} | "
+            f"{mib(mem.get('peak_bytes_in_use'))} | {r['compile_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def add_baseline_ratios(rows: list[dict], baseline: str = "swa") -> None:
+    """Sets row["vs_swa"] = tokens/s ÷ the baseline's at the same (batch, seq, dtype)."""
+    base = {(r["batch"], r["seq"], r["dtype"]): r["tokens_per_s"]
+            for r in rows if r.get("variant") == baseline and "tokens_per_s" in r}
+    for r in rows:
+        b = base.get((r["batch"], r["seq"], r["dtype"]))
+        if "tokens_per_s" in r:
+            r[f"vs_{baseline}"] = r["tokens_per_s"] / b if b else None
