@@ -1,0 +1,48 @@
+"""Smoke runs of benchmarks/model_bench.py and benchmarks/seq_sweep.py on the tiny
+preset (one layer, short sequences, one timed step): valid JSON with the fields the
+GPU suite reads, the SWA ratio, and the plot."""
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_model_bench_smoke(tmp_path, capsys):
+    out = tmp_path / "mb.json"
+    _load("model_bench").main(["--variants", "lmm", "--preset", "tiny", "--batch", "1",
+                               "--seq", "16", "--steps", "2", "--dtype", "fp32",
+                               "--set", "num_layers=1", "--out", str(out)])
+    res = json.loads(out.read_text())
+    rows = {r["variant"]: r for r in res["rows"]}
+    assert set(rows) == {"lmm", "swa"}                     # the SWA baseline is added
+    for r in rows.values():
+        assert "error" not in r, r.get("error")
+        assert r["tokens_per_s"] > 0 and len(r["step_s_all"]) == 2
+        assert r["flops_per_step"] > 0 and r["memory"]["compiled_peak_bytes"] > 0
+        assert r["mfu"] is None                            # CPU, no --peak_flops
+    assert rows["swa"]["vs_swa"] == pytest.approx(1.0)
+    assert rows["lmm"]["vs_swa"] == pytest.approx(
+        rows["lmm"]["tokens_per_s"] / rows["swa"]["tokens_per_s"])
+    assert res["device"]["backend"] == "cpu" and len(res["device"]["loadavg"]) == 3
+    assert "| lmm | 1×16 |" in capsys.readouterr().out
+
+
+def test_seq_sweep_smoke_with_plot(tmp_path):
+    out, png = tmp_path / "sweep.json", tmp_path / "sweep.png"
+    _load("seq_sweep").main(["--variants", "swa", "--preset", "tiny", "--seqs", "16", "32",
+                             "--steps", "1", "--warmup", "0", "--set", "num_layers=1",
+                             "--peak_flops", "1e12", "--out", str(out), "--plot", str(png)])
+    res = json.loads(out.read_text())
+    assert [(r["variant"], r["seq"]) for r in res["rows"]] == [("swa", 16), ("swa", 32)]
+    assert all(r["tokens_per_s"] > 0 and r["mfu"] > 0 for r in res["rows"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
