@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The whole GPU benchmark suite in ONE call of at most 10 minutes on a rented H100/H200:
+#   (a) install the wheels in .whl/ (benchmarks/make_wheels.sh, run beforehand where pip
+#       works) into /tmp/site, offline;
+#   (b) the memory layer vs titans-pytorch   (benchmarks/memory_bench.py)
+#   (c) whole-model training steps, 170m mag/mal/swa at 4K tokens, bf16
+#                                            (benchmarks/model_bench.py)
+#   (d) a short sequence-length sweep        (benchmarks/seq_sweep.py)
+# Every step has its own timeout, so a slow one cannot eat the others' time, and every
+# benchmark rewrites its JSON after each point, so a step cut short keeps what it had.
+# Results (JSON, PNG, one log) go to $OUT (default ./gpu_out).
+#
+#   bash benchmarks/make_wheels.sh                  # here, once
+#   bash benchmarks/gpu_suite.sh                    # there: carry .whl, timeout_s 600
+#
+# Budgets (seconds) can be changed: T_MEM, T_MODEL, T_SWEEP; sizes: PRESET, MODEL_SEQ,
+# MODEL_BATCH, MEM_ARGS, SWEEP_TOKENS, SWEEP_SEQS, SWEEP_VARIANTS (a CPU dry run:
+# PRESET=tiny MODEL_SEQ=64 SWEEP_SEQS="32 64" MEM_ARGS="--seq 256 --chunks 16 --repeats 1").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu_out}
+mkdir -p "$OUT"
+LOG="$OUT/suite.log"
+T_MEM=${T_MEM:-110}
+T_MODEL=${T_MODEL:-220}
+T_SWEEP=${T_SWEEP:-170}
+PRESET=${PRESET:-170m}
+MODEL_SEQ=${MODEL_SEQ:-4096}
+MODEL_BATCH=${MODEL_BATCH:-4}
+MEM_ARGS=${MEM_ARGS:-"--chunks 16 64 --seq 1024 4096 --repeats 3"}
+SWEEP_TOKENS=${SWEEP_TOKENS:-16384}
+SWEEP_SEQS=${SWEEP_SEQS:-"1024 4096 16384"}
+SWEEP_VARIANTS=${SWEEP_VARIANTS:-"swa mag lmm"}
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+start=$(date +%s)
+say() { echo "[$(( $(date +%s) - start ))s] $*" | tee -a "$LOG"; }
+
+# (a) wheels -----------------------------------------------------------------------
+if compgen -G ".whl/*.whl" > /dev/null; then
+  say "installing $(ls .whl/*.whl | wc -l) wheels from .whl/ into /tmp/site"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl >> "$LOG" 2>&1 || say "WARNING: wheel install failed"
+  export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+else
+  say "no .whl/ here: using the installed packages"
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+{
+  date -u; uptime; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm \
+    --format=csv 2>&1 || true
+  "$PY" -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" 2>&1
+  "$PY" -c "import torch, titans_pytorch; print('torch', torch.__version__)" 2>&1
+  git log -1 --format='commit %H %s' 2>/dev/null || true
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt" >> "$LOG"
+
+step() {  # step NAME SECONDS CMD... : run with a hard timeout, log its output
+  local name=$1 secs=$2; shift 2
+  say "== $name (timeout ${secs}s): $*"
+  timeout --signal=TERM --kill-after=10 "$secs" "$@" >> "$LOG" 2>&1
+  local rc=$?
+  [ $rc -eq 124 ] && say "   $name: TIMED OUT after ${secs}s (partial JSON kept)" \
+                  || say "   $name: exit $rc"
+}
+
+# shellcheck disable=SC2086
+# (b) memory layer vs titans-pytorch -------------------------------------------------
+XLA_PYTHON_CLIENT_PREALLOCATE=false step memory_bench "$T_MEM" \
+  "$PY" benchmarks/memory_bench.py $MEM_ARGS --json "$OUT/memory_bench.json"
+
+# (c) whole model, 170m, 4K tokens, bf16 ----------------------------------------------
+step model_bench "$T_MODEL" \
+  "$PY" benchmarks/model_bench.py --preset "$PRESET" --variants mag mal swa --seq "$MODEL_SEQ" \
+  --batch "$MODEL_BATCH" --dtype bf16 --steps 5 --out "$OUT/model_bench.json"
+
+# (d) short sequence sweep -------------------------------------------------------------
+# shellcheck disable=SC2086
+step seq_sweep "$T_SWEEP" \
+  "$PY" benchmarks/seq_sweep.py --preset "$PRESET" --variants $SWEEP_VARIANTS --seqs $SWEEP_SEQS \
+  --tokens "$SWEEP_TOKENS" --dtype bf16 --steps 3 --max_step_s 20 \
+  --time_budget_s $(( T_SWEEP - 45 )) --out "$OUT/seq_sweep.json" --plot "$OUT/seq_sweep.png"
+if [ -f "$OUT/seq_sweep.json" ] && [ ! -f "$OUT/seq_sweep.png" ]; then  # cut short: plot what it has
+  "$PY" -c "import json, sys; sys.path.insert(0, 'benchmarks'); import seq_sweep; \
+seq_sweep.plot(json.load(open('$OUT/seq_sweep.json')), '$OUT/seq_sweep.png')" >> "$LOG" 2>&1
+fi
+say "done; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
