@@ -66,7 +66,8 @@ step() {  # step NAME SECONDS CMD... : run with a hard timeout, log its output
 
 # shellcheck disable=SC2086
 # (b) memory layer vs titans-pytorch -------------------------------------------------
-XLA_PYTHON_CLIENT_PREALLOCATE=false step memory_bench "$T_MEM" \
+# Full fp32 matmuls (no TF32): its outputs are checked against titans-pytorch's at 1e-4.
+XLA_PYTHON_CLIENT_PREALLOCATE=false JAX_DEFAULT_MATMUL_PRECISION=highest step memory_bench "$T_MEM" \
   "$PY" benchmarks/memory_bench.py $MEM_ARGS --json "$OUT/memory_bench.json"
 
 # (c) whole model, 170m, 4K tokens, bf16 ----------------------------------------------
