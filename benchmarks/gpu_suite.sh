@@ -27,7 +27,7 @@ T_SWEEP=${T_SWEEP:-170}
 PRESET=${PRESET:-170m}
 MODEL_SEQ=${MODEL_SEQ:-4096}
 MODEL_BATCH=${MODEL_BATCH:-4}
-MEM_ARGS=${MEM_ARGS:-"--chunks 16 64 --seq 1024 4096 --repeats 3"}
+MEM_ARGS=${MEM_ARGS:-"--chunks 16 64 --seq 1024 4096 --repeats 2"}
 SWEEP_TOKENS=${SWEEP_TOKENS:-16384}
 SWEEP_SEQS=${SWEEP_SEQS:-"1024 4096 16384"}
 SWEEP_VARIANTS=${SWEEP_VARIANTS:-"swa mag lmm"}
@@ -67,6 +67,7 @@ step() {  # step NAME SECONDS CMD... : run with a hard timeout, log its output
 # shellcheck disable=SC2086
 # (b) memory layer vs titans-pytorch -------------------------------------------------
 # Full fp32 matmuls (no TF32): its outputs are checked against titans-pytorch's at 1e-4.
+# It writes its JSON only at the end; if cut short, its table rows are in suite.log.
 XLA_PYTHON_CLIENT_PREALLOCATE=false JAX_DEFAULT_MATMUL_PRECISION=highest step memory_bench "$T_MEM" \
   "$PY" benchmarks/memory_bench.py $MEM_ARGS --json "$OUT/memory_bench.json"
 
