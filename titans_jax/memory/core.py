@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from titans_jax.memory.config import MemoryConfig
+from titans_jax.memory.dual import dual_block_step, use_dual
 from titans_jax.memory.networks import activation_fn, chunk_loss, memory_forward
 
 State = dict[str, Any]
@@ -423,7 +424,11 @@ def apply(params: dict, x: jax.Array, cfg: MemoryConfig, state: Optional[State] 
         if name in gates:
             blocks[name] = chunks_to_blocks(gates[name])
 
-    step = functools.partial(_block_step, cfg)
+    if use_dual(cfg):
+        step = functools.partial(dual_block_step, cfg,
+                                 functools.partial(linear_recurrence, impl=cfg.recurrence))
+    else:
+        step = functools.partial(_block_step, cfg)
     if cfg.remat:
         step = jax.checkpoint(step)
     carry0 = (state["weights"], state["momentum"], state["grad_point"])
