@@ -134,7 +134,118 @@ def _coefficients(cfg: MemoryConfig, block, recurrence):
     return lagged, end_rows
 
 
-def dual_block_step(cfg: MemoryConfig, recurrence, carry, block):
+def _start_stack(weights, momentum, n, O):
+    """(1+O)×B×H×... : W_start, S_start^0, …"""
+    return jnp.concatenate([weights[n][None], momentum[n]], axis=0) if O else weights[n][None]
+
+
+def _retrieve_via_attention(cfg, weights, momentum, zs, deltas, g_gamma, q, lagged, end_rows,
+                            scale, K):
+    """Retrieval as masked N×N attention over the block's factors; block-end weights as
+    one weighted sum of outer products. No per-chunk tensor of weight size."""
+    act = activation_fn(cfg.activation)
+    B, H, N, d = q.shape
+    C = N // K
+    O = cfg.num_momentum_states
+    start_tok = jnp.repeat(lagged[..., :1 + O], C, axis=2)                   # B×H×N×(1+O)
+
+    def grad_coef(rows, n):            # rows ...×P -> coefficient of G_c: ...×K
+        return rows[..., 1 + O:] * (-scale[n])[:, :, None, :]
+
+    def start_list(n):                 # [W_start, S_start^0, …], each B×H×...
+        return [weights[n]] + [momentum[n][o] for o in range(O)]
+
+    # ---- retrieval, layer by layer ----
+    h = q
+    for l in range(cfg.depth):
+        n = f"w{l}"
+        z = h if l == 0 else act(h)
+        out = sum(start_tok[..., s:s + 1] * jnp.einsum("bhni,bhio->bhno", z, w)
+                  for s, w in enumerate(start_list(n)))
+        coef = grad_coef(lagged, n)                                           # B×H×K×K
+        coef_tok = jnp.repeat(jnp.repeat(coef, C, axis=2), C, axis=3)        # B×H×N×N
+        scores = jnp.einsum("bhni,bhmi->bhnm", z, zs[l]) * coef_tok
+        h = out + jnp.einsum("bhnm,bhmo->bhno", scores, deltas[l])
+    if cfg.residual_norm:
+        coef = grad_coef(lagged, "gamma")
+        gam = jnp.einsum("bhkc,bhcd->bhkd", coef, g_gamma) + sum(
+            lagged[..., s:s + 1] * w[:, :, None] for s, w in enumerate(start_list("gamma")))
+        h = layernorm_noaffine(h) * (jnp.repeat(gam, C, axis=2) + 1.0) + q
+    y_BHKCd = h.reshape(B, H, K, C, d)
+
+    # ---- block-end weights and momenta ----
+    new_weights, new_momentum = {}, {}
+    R = end_rows.shape[2]
+    for n in cfg.fast_weight_names():
+        coef = grad_coef(end_rows, n)                                         # B×H×R×K
+        starts = start_list(n)
+        if n == "gamma":
+            grads = jnp.einsum("bhrk,bhkd->bhrd", coef, g_gamma)
+            grads = [grads[:, :, r] for r in range(R)]
+        else:
+            l = int(n[1:])
+            coef_tok = jnp.repeat(coef, C, axis=3)                            # B×H×R×N
+            # One plain matmul zᵀ·[δ·c_0 | δ·c_1 | …] for all rows.
+            scaled = jnp.concatenate([deltas[l] * coef_tok[:, :, r, :, None] for r in range(R)],
+                                     axis=-1)                                 # B×H×N×(R·o)
+            zt = jnp.swapaxes(zs[l], -1, -2)
+            grads = jnp.einsum("bhin,bhno->bhio", zt, scaled)
+            o = deltas[l].shape[-1]
+            grads = [grads[..., r * o:(r + 1) * o] for r in range(R)]
+        expand = (slice(None), slice(None)) + (None,) * (starts[0].ndim - 2)
+        rows = [grads[r] + sum(end_rows[:, :, r, s][expand] * w for s, w in enumerate(starts))
+                for r in range(R)]
+        new_weights[n] = rows[0]
+        if O:
+            new_momentum[n] = jnp.stack(rows[1:])
+    return y_BHKCd, new_weights, new_momentum
+
+
+def _retrieve_via_weights(cfg, weights, momentum, zs, deltas, g_gamma, q, lagged, end_rows,
+                          scale, K):
+    """Materialise the K chunk gradients G_c = Σ z_i δ_iᵀ, form the weights each
+    retrieval group reads as one (K×P)·(P×params) matmul over the basis, and retrieve
+    chunk by chunk. Fewer flops than the attention form when d_in·d_out is large
+    against the block length; no recurrence over weight-sized tensors."""
+    act = activation_fn(cfg.activation)
+    B, H, N, d = q.shape
+    C = N // K
+    O = cfg.num_momentum_states
+
+    def basis(n, g_BHK):               # B×H×P×... over [W_start, S^0…, G_0…G_{K−1}]
+        start = jnp.moveaxis(_start_stack(weights, momentum, n, O), 0, 2)
+        return jnp.concatenate([start, g_BHK * (-scale[n]).reshape(
+            scale[n].shape + (1,) * (g_BHK.ndim - 3))], axis=2)
+
+    chunk_grads = {}
+    for l in range(cfg.depth):
+        zr = zs[l].reshape(B, H, K, C, zs[l].shape[-1])
+        dr = deltas[l].reshape(B, H, K, C, deltas[l].shape[-1])
+        chunk_grads[f"w{l}"] = jnp.einsum("bhkci,bhkco->bhkio", zr, dr)
+    if cfg.residual_norm:
+        chunk_grads["gamma"] = g_gamma
+    bases = {n: basis(n, g) for n, g in chunk_grads.items()}
+
+    h = q.reshape(B, H, K, C, d)
+    for l in range(cfg.depth):
+        n = f"w{l}"
+        z = h if l == 0 else act(h)
+        w_K = jnp.einsum("bhkp,bhpio->bhkio", lagged, bases[n])
+        h = jnp.einsum("bhkci,bhkio->bhkco", z, w_K)
+    if cfg.residual_norm:
+        gam = jnp.einsum("bhkp,bhpd->bhkd", lagged, bases["gamma"])
+        h = layernorm_noaffine(h) * (gam[:, :, :, None] + 1.0) + q.reshape(B, H, K, C, d)
+
+    new_weights, new_momentum = {}, {}
+    for n, b in bases.items():
+        rows = jnp.einsum("bhrp,bhp...->rbh...", end_rows, b)
+        new_weights[n] = rows[0]
+        if O:
+            new_momentum[n] = rows[1:]
+    return h, new_weights, new_momentum
+
+
+def dual_block_step(cfg: MemoryConfig, recurrence, carry, block, form: str = "attention"):
     """One block of K chunks in the dual form (module docstring). `recurrence` is
     core.linear_recurrence with the config's implementation bound."""
     weights, momentum, grad_point = carry
@@ -166,48 +277,12 @@ def dual_block_step(cfg: MemoryConfig, recurrence, carry, block):
             scale[n] = scale[n] * block["lr_mod"][..., i]
 
     lagged, end_rows = _coefficients(cfg, block, recurrence)
-    # Start-basis coefficients per query token and the K×K gradient coefficients.
-    start_tok = jnp.repeat(lagged[..., :1 + O], C, axis=2)                   # B×H×N×(1+O)
-
-    def grad_coef(rows, n):            # rows ...×P -> coefficient of G_c: ...×K
-        return rows[..., 1 + O:] * (-scale[n])[:, :, None, :]
-
-    def start_stack(n):                # (1+O)×B×H×... : W_start, S_start^0, …
-        return jnp.concatenate([weights[n][None], momentum[n]], axis=0) if O else weights[n][None]
-
-    # ---- retrieval, layer by layer ----
-    h = q
-    for l in range(cfg.depth):
-        n = f"w{l}"
-        z = h if l == 0 else act(h)
-        base = jnp.einsum("bhni,rbhio->bhnro", z, start_stack(n))
-        out = jnp.einsum("bhnr,bhnro->bhno", start_tok, base)
-        coef = grad_coef(lagged, n)                                           # B×H×K×K
-        coef_tok = jnp.repeat(jnp.repeat(coef, C, axis=2), C, axis=3)        # B×H×N×N
-        scores = jnp.einsum("bhni,bhmi->bhnm", z, zs[l]) * coef_tok
-        h = out + jnp.einsum("bhnm,bhmo->bhno", scores, deltas[l])
-    if cfg.residual_norm:
-        coef = grad_coef(lagged, "gamma")
-        gam = (jnp.einsum("bhkr,rbhd->bhkd", lagged[..., :1 + O], start_stack("gamma"))
-               + jnp.einsum("bhkc,bhcd->bhkd", coef, g_gamma))
-        h = layernorm_noaffine(h) * (jnp.repeat(gam, C, axis=2) + 1.0) + q
-    y_BHKCd = h.reshape(B, H, K, C, d)
-
-    # ---- block-end weights and momenta ----
-    new_weights, new_momentum = {}, {}
-    for n in names:
-        coef = grad_coef(end_rows, n)                                         # B×H×R×K
-        lead = jnp.einsum("bhrs,sbh...->rbh...", end_rows[..., :1 + O], start_stack(n))
-        if n == "gamma":
-            grads = jnp.einsum("bhrk,bhkd->rbhd", coef, g_gamma)
-        else:
-            l = int(n[1:])
-            coef_tok = jnp.repeat(coef, C, axis=3)                            # B×H×R×N
-            grads = jnp.einsum("bhrn,bhni,bhno->rbhio", coef_tok, zs[l], deltas[l])
-        rows = lead + grads
-        new_weights[n] = rows[0]
-        if O:
-            new_momentum[n] = rows[1:]
+    if form == "weights":
+        y_BHKCd, new_weights, new_momentum = _retrieve_via_weights(
+            cfg, weights, momentum, zs, deltas, g_gamma, q, lagged, end_rows, scale, K)
+    else:
+        y_BHKCd, new_weights, new_momentum = _retrieve_via_attention(
+            cfg, weights, momentum, zs, deltas, g_gamma, q, lagged, end_rows, scale, K)
     commit = block["commit"]
     new_grad_point = {n: jnp.where(commit, new_weights[n], grad_point[n]) for n in grad_point}
     return (new_weights, new_momentum, new_grad_point), y_BHKCd
