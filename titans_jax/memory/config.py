@@ -59,7 +59,9 @@ class MemoryConfig:
       recurrence: how the momentum / forgetting recurrences run across the chunks of a
         block: "associative" (jax.lax.associative_scan) or "dense" (the same sums as one
         K×K decay-matrix matmul). Does not change the result beyond rounding.
-      remat: rematerialise each commit-block step in the backward pass.
+      remat: rematerialise each commit-block step in the backward pass. None (default):
+        on for the dual path (its per-block intermediates cost more to write out than to
+        recompute), off for the primal path. Does not change the result.
       impl: how a commit block is computed (docs/memory.md). "primal": per-chunk
         gradients, recurrences over the per-chunk weight tensors and retrieval from K
         materialised weight sets. "dual": the same maths with no per-chunk weights —
@@ -110,7 +112,7 @@ class MemoryConfig:
     inner_dtype: str = "float32"
     chunks_per_block: Optional[int] = None
     recurrence: str = "associative"
-    remat: bool = False
+    remat: Optional[bool] = None
     impl: str = "auto"
 
     def __post_init__(self):

@@ -424,12 +424,13 @@ def apply(params: dict, x: jax.Array, cfg: MemoryConfig, state: Optional[State] 
         if name in gates:
             blocks[name] = chunks_to_blocks(gates[name])
 
-    if use_dual(cfg):
+    dual = use_dual(cfg)
+    if dual:
         step = functools.partial(dual_block_step, cfg,
                                  functools.partial(linear_recurrence, impl=cfg.recurrence))
     else:
         step = functools.partial(_block_step, cfg)
-    if cfg.remat:
+    if cfg.remat if cfg.remat is not None else dual:
         step = jax.checkpoint(step)
     carry0 = (state["weights"], state["momentum"], state["grad_point"])
     (weights, momentum, grad_point), y_blocks = lax.scan(step, carry0, blocks)

@@ -134,11 +134,6 @@ def _coefficients(cfg: MemoryConfig, block, recurrence):
     return lagged, end_rows
 
 
-def _start_stack(weights, momentum, n, O):
-    """(1+O)×B×H×... : W_start, S_start^0, …"""
-    return jnp.concatenate([weights[n][None], momentum[n]], axis=0) if O else weights[n][None]
-
-
 def _retrieve_via_attention(cfg, weights, momentum, zs, deltas, g_gamma, q, lagged, end_rows,
                             scale, K):
     """Retrieval as masked N×N attention over the block's factors; block-end weights as
@@ -160,13 +155,18 @@ def _retrieve_via_attention(cfg, weights, momentum, zs, deltas, g_gamma, q, lagg
     for l in range(cfg.depth):
         n = f"w{l}"
         z = h if l == 0 else act(h)
+        if K == 1:   # one group: it reads W_start exactly (lagged row 0 is e_0)
+            h = jnp.einsum("bhni,bhio->bhno", z, weights[n])
+            continue
         out = sum(start_tok[..., s:s + 1] * jnp.einsum("bhni,bhio->bhno", z, w)
                   for s, w in enumerate(start_list(n)))
         coef = grad_coef(lagged, n)                                           # B×H×K×K
         coef_tok = jnp.repeat(jnp.repeat(coef, C, axis=2), C, axis=3)        # B×H×N×N
         scores = jnp.einsum("bhni,bhmi->bhnm", z, zs[l]) * coef_tok
         h = out + jnp.einsum("bhnm,bhmo->bhno", scores, deltas[l])
-    if cfg.residual_norm:
+    if cfg.residual_norm and K == 1:
+        h = layernorm_noaffine(h) * (weights["gamma"][:, :, None] + 1.0) + q
+    elif cfg.residual_norm:
         coef = grad_coef(lagged, "gamma")
         gam = jnp.einsum("bhkc,bhcd->bhkd", coef, g_gamma) + sum(
             lagged[..., s:s + 1] * w[:, :, None] for s, w in enumerate(start_list("gamma")))
@@ -182,6 +182,10 @@ def _retrieve_via_attention(cfg, weights, momentum, zs, deltas, g_gamma, q, lagg
         if n == "gamma":
             grads = jnp.einsum("bhrk,bhkd->bhrd", coef, g_gamma)
             grads = [grads[:, :, r] for r in range(R)]
+        elif K == 1:   # the one chunk gradient, then R scaled copies
+            l = int(n[1:])
+            g = jnp.einsum("bhin,bhno->bhio", jnp.swapaxes(zs[l], -1, -2), deltas[l])
+            grads = [coef[:, :, r, 0][:, :, None, None] * g for r in range(R)]
         else:
             l = int(n[1:])
             coef_tok = jnp.repeat(coef, C, axis=3)                            # B×H×R×N
@@ -201,59 +205,13 @@ def _retrieve_via_attention(cfg, weights, momentum, zs, deltas, g_gamma, q, lagg
     return y_BHKCd, new_weights, new_momentum
 
 
-def _retrieve_via_weights(cfg, weights, momentum, zs, deltas, g_gamma, q, lagged, end_rows,
-                          scale, K):
-    """Materialise the K chunk gradients G_c = Σ z_i δ_iᵀ, form the weights each
-    retrieval group reads as one (K×P)·(P×params) matmul over the basis, and retrieve
-    chunk by chunk. Fewer flops than the attention form when d_in·d_out is large
-    against the block length; no recurrence over weight-sized tensors."""
-    act = activation_fn(cfg.activation)
-    B, H, N, d = q.shape
-    C = N // K
-    O = cfg.num_momentum_states
-
-    def basis(n, g_BHK):               # B×H×P×... over [W_start, S^0…, G_0…G_{K−1}]
-        start = jnp.moveaxis(_start_stack(weights, momentum, n, O), 0, 2)
-        return jnp.concatenate([start, g_BHK * (-scale[n]).reshape(
-            scale[n].shape + (1,) * (g_BHK.ndim - 3))], axis=2)
-
-    chunk_grads = {}
-    for l in range(cfg.depth):
-        zr = zs[l].reshape(B, H, K, C, zs[l].shape[-1])
-        dr = deltas[l].reshape(B, H, K, C, deltas[l].shape[-1])
-        chunk_grads[f"w{l}"] = jnp.einsum("bhkci,bhkco->bhkio", zr, dr)
-    if cfg.residual_norm:
-        chunk_grads["gamma"] = g_gamma
-    bases = {n: basis(n, g) for n, g in chunk_grads.items()}
-
-    h = q.reshape(B, H, K, C, d)
-    for l in range(cfg.depth):
-        n = f"w{l}"
-        z = h if l == 0 else act(h)
-        w_K = jnp.einsum("bhkp,bhpio->bhkio", lagged, bases[n])
-        h = jnp.einsum("bhkci,bhkio->bhkco", z, w_K)
-    if cfg.residual_norm:
-        gam = jnp.einsum("bhkp,bhpd->bhkd", lagged, bases["gamma"])
-        h = layernorm_noaffine(h) * (gam[:, :, :, None] + 1.0) + q.reshape(B, H, K, C, d)
-
-    new_weights, new_momentum = {}, {}
-    for n, b in bases.items():
-        rows = jnp.einsum("bhrp,bhp...->rbh...", end_rows, b)
-        new_weights[n] = rows[0]
-        if O:
-            new_momentum[n] = rows[1:]
-    return h, new_weights, new_momentum
-
-
-def dual_block_step(cfg: MemoryConfig, recurrence, carry, block, form: str = "attention"):
+def dual_block_step(cfg: MemoryConfig, recurrence, carry, block):
     """One block of K chunks in the dual form (module docstring). `recurrence` is
     core.linear_recurrence with the config's implementation bound."""
     weights, momentum, grad_point = carry
     inner = jnp.dtype(cfg.inner_dtype)
-    act = activation_fn(cfg.activation)
     B, H, K, C, d = block["keys"].shape
     N = K * C
-    O = cfg.num_momentum_states
 
     def tokens(t):
         return t.astype(inner).reshape((B, H, N) + t.shape[4:])
@@ -277,12 +235,8 @@ def dual_block_step(cfg: MemoryConfig, recurrence, carry, block, form: str = "at
             scale[n] = scale[n] * block["lr_mod"][..., i]
 
     lagged, end_rows = _coefficients(cfg, block, recurrence)
-    if form == "weights":
-        y_BHKCd, new_weights, new_momentum = _retrieve_via_weights(
-            cfg, weights, momentum, zs, deltas, g_gamma, q, lagged, end_rows, scale, K)
-    else:
-        y_BHKCd, new_weights, new_momentum = _retrieve_via_attention(
-            cfg, weights, momentum, zs, deltas, g_gamma, q, lagged, end_rows, scale, K)
+    y_BHKCd, new_weights, new_momentum = _retrieve_via_attention(
+        cfg, weights, momentum, zs, deltas, g_gamma, q, lagged, end_rows, scale, K)
     commit = block["commit"]
     new_grad_point = {n: jnp.where(commit, new_weights[n], grad_point[n]) for n in grad_point}
     return (new_weights, new_momentum, new_grad_point), y_BHKCd
