@@ -149,8 +149,9 @@ def test_grad_matches_finite_differences(mode):
             assert abs(g - fd) <= 1e-7 + 1e-6 * abs(fd), (mode, top, sub, idx, g, fd)
 
 
-def test_remat_same_values_and_gradients():
-    cfg = GRAD_MODES["commit_2chunks"]
+@pytest.mark.parametrize("impl", ["auto", "primal"])
+def test_remat_same_values_and_gradients(impl):
+    cfg = GRAD_MODES["commit_2chunks"].replace(impl=impl, remat=False)
     cfg_r = cfg.replace(remat=True)
     with jax.enable_x64(True):
         params, x, r = grad_inputs(cfg)

@@ -158,6 +158,17 @@ if "recurrence" in MemoryConfig.__dataclass_fields__:
         X64_CASES[_name + "_dense"] = (_cfg.replace(recurrence="dense"), _T)
 
 
+# The primal path (per-chunk weights; `impl="auto"` picks the dual form wherever it can,
+# so these keep the primal path covered; spectral_norm_surprises always runs primal).
+if "impl" in MemoryConfig.__dataclass_fields__:
+    for _name in ("commit_chunk", "commit_none", "commit_3chunks", "depth1", "depth3",
+                  "per_parameter_lr_modulation", "max_grad_norm", "momentum_order2",
+                  "momentum_order3_learned_combine", "momentum_off", "forget_off", "paper",
+                  "odd_commit_2chunks", "commit_none_dense"):
+        _cfg, _T = X64_CASES[_name]
+        X64_CASES[_name + "_primal"] = (_cfg.replace(impl="primal"), _T)
+
+
 @pytest.mark.parametrize("name", list(X64_CASES))
 def test_fast_path_matches_reference_x64(name):
     cfg, T = X64_CASES[name]
@@ -175,6 +186,11 @@ FP32_CASES = {
     "paper": (paper(**F32), 19),
     "paper_odd_commit_2chunks": (paper(dim=9, heads=3, chunk_size=5, commit_every=10, **F32), 37),
 }
+
+
+if "impl" in MemoryConfig.__dataclass_fields__:
+    FP32_CASES["tp_commit_2chunks_primal"] = (FP32_CASES["tp_commit_2chunks"][0].replace(
+        impl="primal"), 19)
 
 
 @pytest.mark.parametrize("name", list(FP32_CASES))

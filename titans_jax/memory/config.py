@@ -59,7 +59,17 @@ class MemoryConfig:
       recurrence: how the momentum / forgetting recurrences run across the chunks of a
         block: "associative" (jax.lax.associative_scan) or "dense" (the same sums as one
         K×K decay-matrix matmul). Does not change the result beyond rounding.
-      remat: rematerialise each commit-block step in the backward pass.
+      remat: rematerialise each commit-block step in the backward pass. None (default):
+        on for the dual path (its per-block intermediates cost more to write out than to
+        recompute), off for the primal path. Does not change the result.
+      impl: how a commit block is computed (docs/memory.md). "primal": per-chunk
+        gradients, recurrences over the per-chunk weight tensors and retrieval from K
+        materialised weight sets. "dual": the same maths with no per-chunk weights —
+        each layer's chunk gradient kept as per-token factors Σ z_i δ_iᵀ, the recurrences
+        run on K×(1+O+K) coefficient vectors, retrieval as a masked attention-like
+        matmul over the block's tokens; not available with spectral_norm_surprises
+        (Newton–Schulz is not linear). "auto" (default): "dual" wherever it is
+        available, else "primal". Does not change the result beyond rounding.
     """
 
     dim: int
@@ -102,7 +112,8 @@ class MemoryConfig:
     inner_dtype: str = "float32"
     chunks_per_block: Optional[int] = None
     recurrence: str = "associative"
-    remat: bool = False
+    remat: Optional[bool] = None
+    impl: str = "auto"
 
     def __post_init__(self):
         def bad(msg):
@@ -157,6 +168,11 @@ class MemoryConfig:
                 bad(f"{name}={getattr(self, name)!r} is not one of {DTYPES}")
         if self.recurrence not in ("associative", "dense"):
             bad(f"recurrence must be 'associative' or 'dense', got {self.recurrence!r}")
+        if self.impl not in ("auto", "dual", "primal"):
+            bad(f"impl must be 'auto', 'dual' or 'primal', got {self.impl!r}")
+        if self.impl == "dual" and self.spectral_norm_surprises:
+            bad("impl='dual' cannot express spectral_norm_surprises (Newton–Schulz is not "
+                "linear); use impl='auto' or 'primal'")
         if self.chunks_per_block is not None:
             if not (isinstance(self.chunks_per_block, int) and self.chunks_per_block > 0):
                 bad(f"chunks_per_block must be a positive int or None, got {self.chunks_per_block!r}")

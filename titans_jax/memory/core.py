@@ -6,11 +6,15 @@ How `apply` lays out a call (all shapes static, the stream position traced):
     earlier calls: the chunks already applied to the fast weights are masked out, the
     pending (not yet complete) chunk's tokens come from the state. So any split of a
     stream into calls gives the same result as one call.
-  * `lax.scan` over blocks carries (W, S, W̄). Inside a block: one gradient per chunk
-    at W̄ (`vmap` over chunks of `grad`), the soft clamp / lr modulation, momentum and
-    forgetting with `jax.lax.associative_scan`, Newton–Schulz, then retrieval of the
-    block's queries from the per-chunk weights. Only a block's worth of per-chunk
-    weights is ever materialised.
+  * `lax.scan` over blocks carries (W, S, W̄). Two forms of a block step, chosen by
+    `MemoryConfig.impl` (docs/memory.md):
+    primal (`_block_step`): one gradient per chunk at W̄ (`vmap` over chunks of
+    `grad`), the soft clamp / lr modulation, momentum and forgetting with
+    `jax.lax.associative_scan`, Newton–Schulz, then retrieval of the block's queries
+    from the per-chunk weights (a block's worth of per-chunk weights materialised);
+    dual (`dual.dual_block_step`, the default wherever it is exact): per-token gradient
+    factors, the recurrences on coefficient vectors, retrieval as a masked
+    attention-like matmul — no per-chunk weights.
   * Retrieval reads W_{r(t)}, r(t) = ⌊(t+1)/c⌋ − 1: queries are shifted one token to the
     right so that a group of c shifted queries shares one weight set.
   * Chunks that are incomplete (or were applied in an earlier call) enter the scans as
@@ -30,6 +34,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from titans_jax.memory.config import MemoryConfig
+from titans_jax.memory.dual import dual_block_step, use_dual
 from titans_jax.memory.networks import activation_fn, chunk_loss, memory_forward
 
 State = dict[str, Any]
@@ -423,8 +428,13 @@ def apply(params: dict, x: jax.Array, cfg: MemoryConfig, state: Optional[State] 
         if name in gates:
             blocks[name] = chunks_to_blocks(gates[name])
 
-    step = functools.partial(_block_step, cfg)
-    if cfg.remat:
+    dual = use_dual(cfg)
+    if dual:
+        step = functools.partial(dual_block_step, cfg,
+                                 functools.partial(linear_recurrence, impl=cfg.recurrence))
+    else:
+        step = functools.partial(_block_step, cfg)
+    if cfg.remat if cfg.remat is not None else dual:
         step = jax.checkpoint(step)
     carry0 = (state["weights"], state["momentum"], state["grad_point"])
     (weights, momentum, grad_point), y_blocks = lax.scan(step, carry0, blocks)

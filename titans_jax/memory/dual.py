@@ -1,0 +1,242 @@
+"""The dual form of one commit-block step (docs/memory.md): no per-chunk weights.
+
+Same inputs and outputs as `core._block_step` (the primal form), same maths.
+
+Every layer of the memory MLP is linear in its weight given its input, so the gradient
+of chunk c for layer l at the gradient point W̄ is a sum of outer products
+
+    G_c^l = Σ_{i∈c} z_i^l ⊗ δ_i^l          z: layer input (N×d_in), δ: ∂ℓ/∂(layer output)
+
+(θ_i is inside δ_i). Soft clamp and lr modulation scale G_c^l by a per-chunk,
+per-tensor scalar s_c^l, and momentum / forgetting are linear recurrences with scalar
+per-chunk coefficients, so every weight set of the block is a linear combination of the
+basis  [W_start, S_start^0 … S_start^{O−1}, G_0 … G_{K−1}]  (P = 1 + O + K entries).
+The coefficients are found by running the *same* recurrences (`linear_recurrence`) on
+coefficient vectors instead of tensors (B×H×K×P instead of B×H×K×d_in×d_out).
+
+Retrieval of a query q in chunk group j at layer l then needs no per-chunk weights:
+
+    z_q W_j^l = R_j0 · z_q W_start^l + Σ_o R_j,1+o · z_q S^{l,o}
+                + Σ_i R_j,1+O+c(i) · (−s_c(i)^l) · (z_q · z_i^l) δ_i^l
+
+— an attention-like N×N masked matmul over the block's N = K·C tokens. Only the
+block-end weights and momenta are formed explicitly (one weighted sum of outer products).
+
+Axis legend: B batch, H heads, K chunks per block, C chunk size, N = K·C tokens,
+d head width, i/o a layer's input/output width, O momentum orders, P = 1 + O + K
+coefficient basis, R rows (block-end W and S).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from titans_jax.memory.config import MemoryConfig
+from titans_jax.memory.networks import activation_fn, layernorm_noaffine
+
+
+def supports_dual(cfg: MemoryConfig) -> bool:
+    """Whether the dual form can express this config (Newton–Schulz is not linear)."""
+    return not cfg.spectral_norm_surprises
+
+
+def use_dual(cfg: MemoryConfig) -> bool:
+    """The path `apply` takes: "auto" picks the dual form wherever it is exact."""
+    if cfg.impl == "primal":
+        return False
+    return supports_dual(cfg)
+
+
+def _factors(cfg: MemoryConfig, wbar, keys_BHNd, values_BHNd, lr_BHN, K: int):
+    """Per-token layer inputs z^l and output errors δ^l of the block's loss at W̄, and
+    the per-chunk gradient of γ (B×H×K×d) when the memory has the residual norm."""
+    act = activation_fn(cfg.activation)
+    B, H, N, d = keys_BHNd.shape
+    C = N // K
+    eps = [jnp.zeros((B, H, N, wbar[f"w{l}"].shape[-1]), keys_BHNd.dtype)
+           for l in range(cfg.depth)]
+    gamma_K = (jnp.broadcast_to(wbar["gamma"][:, :, None], (B, H, K, d))
+               if cfg.residual_norm else None)
+
+    def loss(eps, gamma_K):
+        h, zs = keys_BHNd, []
+        for l in range(cfg.depth):
+            z = h if l == 0 else act(h)
+            zs.append(z)
+            h = jnp.einsum("bhni,bhio->bhno", z, wbar[f"w{l}"]) + eps[l]
+        if cfg.residual_norm:
+            gam = jnp.repeat(gamma_K, C, axis=2) + 1.0
+            h = layernorm_noaffine(h) * gam + keys_BHNd
+        per_token = jnp.square(h - values_BHNd).mean(-1)
+        return jnp.sum(per_token * lr_BHN), zs
+
+    _, vjp, zs = jax.vjp(loss, eps, gamma_K, has_aux=True)
+    deltas, g_gamma = vjp(jnp.ones((), keys_BHNd.dtype))
+    return zs, deltas, g_gamma
+
+
+def _grad_sq_norms(cfg: MemoryConfig, zs, deltas, g_gamma, K: int):
+    """‖G_c‖² per chunk and tensor (B×H×K) from Gram matrices: Σ_{i,i'} (z·z')(δ·δ')."""
+    out = {}
+    for l in range(cfg.depth):
+        z, dl = zs[l], deltas[l]
+        B, H, N = z.shape[:3]
+        C = N // K
+        zr = z.reshape(B, H, K, C, z.shape[-1])
+        dr = dl.reshape(B, H, K, C, dl.shape[-1])
+        gz = jnp.einsum("bhkci,bhkei->bhkce", zr, zr)
+        gd = jnp.einsum("bhkco,bhkeo->bhkce", dr, dr)
+        out[f"w{l}"] = jnp.maximum((gz * gd).sum((-1, -2)), 0.0)
+    if cfg.residual_norm:
+        out["gamma"] = jnp.square(g_gamma).sum(-1)
+    return out
+
+
+def _coefficients(cfg: MemoryConfig, block, recurrence):
+    """Coefficient rows over the basis [W_start, S^0…S^{O−1}, u_0…u_{K−1}] (u_c: the
+    unit surprise of chunk c, masked): the weights each retrieval group reads
+    (B×H×K×P), and the block-end weights and momenta (B×H×R×P, R = 1 + O)."""
+    valid_K = block["valid"]
+    B, H, K = block["lr"].shape[:3]
+    O = cfg.num_momentum_states
+    P = 1 + O + K
+    dtype = block["lr"].dtype
+    valid_b = valid_K[None, None, :]
+    mask = valid_b[..., None]
+
+    def unit(p):
+        return jnp.broadcast_to(jax.nn.one_hot(p, P, dtype=dtype)[None, None], (B, H, P))
+
+    surprise = jnp.broadcast_to(
+        jnp.concatenate([jnp.zeros((K, 1 + O), dtype), jnp.eye(K, dtype=dtype)], axis=1)[None, None],
+        (B, H, K, P))
+    surprise = jnp.where(mask, surprise, 0.0)
+    update = surprise
+    ends = []
+    if cfg.momentum:
+        orders, s = [], surprise
+        for o in range(cfg.momentum_order):
+            eta = jnp.where(valid_b, block["eta"][..., o], 1.0)
+            s = recurrence(eta, jnp.where(mask, s, 0.0), unit(1 + o))
+            orders.append(s)
+        ends = [s_o[:, :, -1] for s_o in orders]
+        if cfg.learned_momentum_combine:
+            stack = ([surprise] if cfg.learned_combine_include_zeroth else []) + orders
+            comb = block["combine"]
+            update = sum(comb[..., j][..., None] * s_j for j, s_j in enumerate(stack))
+        else:
+            update = orders[-1]
+    decay = (1.0 - block["alpha"]) if cfg.forget else jnp.ones((B, H, K), dtype)
+    decay = jnp.where(valid_b, decay, 1.0)
+    w_seq = recurrence(decay, jnp.where(mask, update, 0.0), unit(0))
+    lagged = jnp.concatenate([unit(0)[:, :, None], w_seq[:, :, :-1]], axis=2)
+    end_rows = jnp.stack([w_seq[:, :, -1]] + ends, axis=2)                  # B×H×R×P
+    return lagged, end_rows
+
+
+def _retrieve_via_attention(cfg, weights, momentum, zs, deltas, g_gamma, q, lagged, end_rows,
+                            scale, K):
+    """Retrieval as masked N×N attention over the block's factors; block-end weights as
+    one weighted sum of outer products. No per-chunk tensor of weight size."""
+    act = activation_fn(cfg.activation)
+    B, H, N, d = q.shape
+    C = N // K
+    O = cfg.num_momentum_states
+    start_tok = jnp.repeat(lagged[..., :1 + O], C, axis=2)                   # B×H×N×(1+O)
+
+    def grad_coef(rows, n):            # rows ...×P -> coefficient of G_c: ...×K
+        return rows[..., 1 + O:] * (-scale[n])[:, :, None, :]
+
+    def start_list(n):                 # [W_start, S_start^0, …], each B×H×...
+        return [weights[n]] + [momentum[n][o] for o in range(O)]
+
+    # ---- retrieval, layer by layer ----
+    h = q
+    for l in range(cfg.depth):
+        n = f"w{l}"
+        z = h if l == 0 else act(h)
+        if K == 1:   # one group: it reads W_start exactly (lagged row 0 is e_0)
+            h = jnp.einsum("bhni,bhio->bhno", z, weights[n])
+            continue
+        out = sum(start_tok[..., s:s + 1] * jnp.einsum("bhni,bhio->bhno", z, w)
+                  for s, w in enumerate(start_list(n)))
+        coef = grad_coef(lagged, n)                                           # B×H×K×K
+        coef_tok = jnp.repeat(jnp.repeat(coef, C, axis=2), C, axis=3)        # B×H×N×N
+        scores = jnp.einsum("bhni,bhmi->bhnm", z, zs[l]) * coef_tok
+        h = out + jnp.einsum("bhnm,bhmo->bhno", scores, deltas[l])
+    if cfg.residual_norm and K == 1:
+        h = layernorm_noaffine(h) * (weights["gamma"][:, :, None] + 1.0) + q
+    elif cfg.residual_norm:
+        coef = grad_coef(lagged, "gamma")
+        gam = jnp.einsum("bhkc,bhcd->bhkd", coef, g_gamma) + sum(
+            lagged[..., s:s + 1] * w[:, :, None] for s, w in enumerate(start_list("gamma")))
+        h = layernorm_noaffine(h) * (jnp.repeat(gam, C, axis=2) + 1.0) + q
+    y_BHKCd = h.reshape(B, H, K, C, d)
+
+    # ---- block-end weights and momenta ----
+    new_weights, new_momentum = {}, {}
+    R = end_rows.shape[2]
+    for n in cfg.fast_weight_names():
+        coef = grad_coef(end_rows, n)                                         # B×H×R×K
+        starts = start_list(n)
+        if n == "gamma":
+            grads = jnp.einsum("bhrk,bhkd->bhrd", coef, g_gamma)
+            grads = [grads[:, :, r] for r in range(R)]
+        elif K == 1:   # the one chunk gradient, then R scaled copies
+            l = int(n[1:])
+            g = jnp.einsum("bhin,bhno->bhio", jnp.swapaxes(zs[l], -1, -2), deltas[l])
+            grads = [coef[:, :, r, 0][:, :, None, None] * g for r in range(R)]
+        else:
+            l = int(n[1:])
+            coef_tok = jnp.repeat(coef, C, axis=3)                            # B×H×R×N
+            # One plain matmul zᵀ·[δ·c_0 | δ·c_1 | …] for all rows.
+            scaled = jnp.concatenate([deltas[l] * coef_tok[:, :, r, :, None] for r in range(R)],
+                                     axis=-1)                                 # B×H×N×(R·o)
+            zt = jnp.swapaxes(zs[l], -1, -2)
+            grads = jnp.einsum("bhin,bhno->bhio", zt, scaled)
+            o = deltas[l].shape[-1]
+            grads = [grads[..., r * o:(r + 1) * o] for r in range(R)]
+        expand = (slice(None), slice(None)) + (None,) * (starts[0].ndim - 2)
+        rows = [grads[r] + sum(end_rows[:, :, r, s][expand] * w for s, w in enumerate(starts))
+                for r in range(R)]
+        new_weights[n] = rows[0]
+        if O:
+            new_momentum[n] = jnp.stack(rows[1:])
+    return y_BHKCd, new_weights, new_momentum
+
+
+def dual_block_step(cfg: MemoryConfig, recurrence, carry, block):
+    """One block of K chunks in the dual form (module docstring). `recurrence` is
+    core.linear_recurrence with the config's implementation bound."""
+    weights, momentum, grad_point = carry
+    inner = jnp.dtype(cfg.inner_dtype)
+    B, H, K, C, d = block["keys"].shape
+    N = K * C
+
+    def tokens(t):
+        return t.astype(inner).reshape((B, H, N) + t.shape[4:])
+
+    keys, values, q = tokens(block["keys"]), tokens(block["values"]), tokens(block["queries"])
+    lr = tokens(block["lr"])
+
+    zs, deltas, g_gamma = _factors(cfg, grad_point, keys, values, lr, K)
+
+    # Per-chunk, per-tensor scale of the raw gradient (surprise = −scale · G).
+    names = cfg.fast_weight_names()
+    scale = {n: jnp.ones((B, H, K), inner) for n in names}
+    if cfg.max_grad_norm is not None:
+        half = cfg.max_grad_norm / 2.0
+        for n, sq in _grad_sq_norms(cfg, zs, deltas, g_gamma, K).items():
+            nonzero = sq > 0
+            norm = jnp.sqrt(jnp.where(nonzero, sq, 1.0))
+            scale[n] = jnp.where(nonzero, (jnp.tanh(norm / half) * half + half) / norm, 0.0)
+    if cfg.per_parameter_lr_modulation:
+        for i, n in enumerate(names):
+            scale[n] = scale[n] * block["lr_mod"][..., i]
+
+    lagged, end_rows = _coefficients(cfg, block, recurrence)
+    y_BHKCd, new_weights, new_momentum = _retrieve_via_attention(
+        cfg, weights, momentum, zs, deltas, g_gamma, q, lagged, end_rows, scale, K)
+    commit = block["commit"]
+    new_grad_point = {n: jnp.where(commit, new_weights[n], grad_point[n]) for n in grad_point}
+    return (new_weights, new_momentum, new_grad_point), y_BHKCd
