@@ -78,6 +78,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from titans_jax.memory import core as memory_core
 from titans_jax.memory.config import MemoryConfig
 from titans_jax.models.config import MEMORY_VARIANTS, TitansConfig, param_count_formula
 
@@ -146,25 +147,12 @@ def mlp_backward_flops_per_token(mcfg: MemoryConfig) -> int:
     return 2 * mlp_forward_flops_per_token(mcfg) - 2 * dims[0] * dims[1]
 
 
-def _chunks_per_block(mcfg: MemoryConfig, T: int) -> int:
-    """Mirror of `titans_jax.memory.core._chunks_per_block` (the scan block in chunks)."""
-    C = mcfg.chunk_size
-    new_chunks = max(1, T // C)
-    k = mcfg.commit_chunks
-    if k is None:
-        kb = mcfg.chunks_per_block or max(1, 64 // C)
-        return max(1, min(kb, -(-T // C)))
-    if new_chunks < k:
-        return max(div for div in range(1, k + 1) if k % div == 0 and div <= new_chunks)
-    return k
-
-
 def memory_tokens(mcfg: MemoryConfig, T: int, implementation_padding: bool = False) -> int:
     """Tokens one `memory.apply` call on T tokens runs its chunk-wise work over."""
     C = mcfg.chunk_size
     if not implementation_padding:
         return -(-T // C) * C
-    bt = _chunks_per_block(mcfg, T) * C
+    bt = memory_core._chunks_per_block(mcfg, T) * C  # the scan block, as run
     return -(-(bt - 1 + T) // bt) * bt
 
 
