@@ -52,11 +52,16 @@ def bench_one(chunk: int, seq: int, *, batch: int, dim: int, heads: int, dim_hea
     x_j = jnp.asarray(x_t.numpy())
     tokens = batch * seq
 
+    # titans-pytorch runs on the GPU when there is one (same hardware as JAX's default).
+    torch_device = "cuda" if torch.cuda.is_available() else "cpu"
+    nm = nm.to(torch_device)
+    x_t = x_t.to(torch_device)
+
     y_t = None
     if torch_too:
         with torch.no_grad():
             y_t, _ = nm(x_t)
-        y_t = y_t.numpy()
+        y_t = y_t.cpu().numpy()
 
     rows = []
     for impl in impls:
@@ -84,14 +89,20 @@ def bench_one(chunk: int, seq: int, *, batch: int, dim: int, heads: int, dim_hea
         rows.append(row)
 
     if torch_too:
+        def sync():
+            if torch_device == "cuda":
+                torch.cuda.synchronize()
+
         def torch_fwd():
             with torch.no_grad():
                 nm(x_t)
+            sync()
 
         def torch_fwd_bwd():
             nm.zero_grad(set_to_none=True)
             y, _ = nm(x_t)
             y.pow(2).mean().backward()
+            sync()
 
         t_f = tokens / _best_time(torch_fwd, repeats)
         t_fb = tokens / _best_time(torch_fwd_bwd, repeats)
