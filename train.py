@@ -15,6 +15,7 @@ per-device memory estimate and exits. Several processes (docs/sharding.md):
 import sys
 
 from titans_jax.data.text import DataError
+from titans_jax.sharding import MeshError
 from titans_jax.training import cli, loop
 from titans_jax.training.config import ConfigError
 
@@ -33,7 +34,7 @@ def main(argv=None) -> int:
         print(f"{k}: {v / 2**20:.1f} MiB" if k.endswith("bytes") else f"{k}: {v:,.0f}")
       return 0
     loop.train(cfg, args.workdir)
-  except (ConfigError, DataError) as e:
+  except (ConfigError, DataError, MeshError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except loop.TrainingDivergedError as e:

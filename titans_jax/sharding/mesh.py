@@ -84,7 +84,13 @@ def make_mesh(cfg: MeshConfig = MeshConfig(),
   """
   auto = (jax.sharding.AxisType.Auto,) * len(AXES)
   if devices is None:
-    shape = resolve_shape(cfg, jax.device_count())
+    try:
+      shape = resolve_shape(cfg, jax.device_count())
+    except MeshError as e:
+      hint = (" (a CPU dry run can simulate N devices with "
+              "XLA_FLAGS=--xla_force_host_platform_device_count=N)"
+              if jax.default_backend() == "cpu" else "")
+      raise MeshError(f"{e}{hint}") from None
     return jax.make_mesh(shape, AXES, axis_types=auto)
   devices = list(devices)
   shape = resolve_shape(cfg, len(devices))
