@@ -7,11 +7,15 @@
       --set data.paths=/data/train.bin
 
 Re-running with the same --workdir resumes from its latest checkpoint. --dry_run
-compiles the step for the config (no data, no parameters allocated) and exits.
+compiles the step for the config's mesh (no data, no parameters allocated), prints the
+per-device memory estimate and exits. Several processes (docs/sharding.md):
+
+  python train.py --config ... --coordinator_address=HOST:PORT --num_processes=N --process_id=I
 """
 import sys
 
 from titans_jax.data.text import DataError
+from titans_jax.sharding import MeshError
 from titans_jax.training import cli, loop
 from titans_jax.training.config import ConfigError
 
@@ -19,15 +23,18 @@ from titans_jax.training.config import ConfigError
 def main(argv=None) -> int:
   parser = cli.build_parser("Train a Titans model (see configs/ and docs/training.md).")
   parser.add_argument("--dry_run", action="store_true",
-                      help="AOT-compile the train step on abstract inputs, report sizes, exit")
+                      help="AOT-compile the train step for the mesh on abstract inputs, "
+                           "print per-device memory, exit")
+  cli.add_distributed_flags(parser)
   args, cfg = cli.parse(parser, argv)
   try:
+    cli.init_distributed(args)
     if args.dry_run:
       for k, v in loop.compile_step(cfg).items():
         print(f"{k}: {v / 2**20:.1f} MiB" if k.endswith("bytes") else f"{k}: {v:,.0f}")
       return 0
     loop.train(cfg, args.workdir)
-  except (ConfigError, DataError) as e:
+  except (ConfigError, DataError, MeshError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except loop.TrainingDivergedError as e:

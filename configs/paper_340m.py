@@ -10,6 +10,7 @@ Point it at your data (a flat .bin/.npy of token ids, or ArrayRecord documents):
 Pick the variant with --set model.variant=mag (mac, mag, mal, lmm, swa).
 """
 from titans_jax.models import TitansConfig
+from titans_jax.sharding import MeshConfig
 from titans_jax.training.config import Config, DataConfig, EvalConfig, TrainConfig
 
 
@@ -28,4 +29,8 @@ def get_config() -> Config:
                       niah_lengths=(),  # the S-NIAH grid is byte-level: off for 32K-token models
                       niah_depths=(0.0, 0.25, 0.5, 0.75, 1.0), niah_samples=16,
                       prompt="The", sample_tokens=64),
+      # FSDP over every device (params / Adam moments sharded along `embed`, batch
+      # split); e.g. --mesh.fsdp=8 --mesh.tensor=-1 to add tensor parallelism.
+      # Check the per-device memory first: --dry_run (docs/sharding.md).
+      mesh=MeshConfig(data=1, fsdp=-1, tensor=1),
   )

@@ -173,7 +173,11 @@ def test_dry_run_compiles_without_training(tmp_path, capsys):
   rc = train_cli.main(["--config", str(ROOT / "configs" / "tiny.py"), "--workdir",
                        str(tmp_path / "never"), "--dry_run", f"--train.steps={STEPS}",
                        "--train.checkpoint_every=8", "--train.log_every=4",
-                       "--train.warmup_steps=3", "--train.lr=0.01"])
+                       "--train.warmup_steps=3", "--train.lr=0.01",
+                       "--mesh.data=2", "--mesh.fsdp=2", "--mesh.tensor=-1"])
   out = capsys.readouterr().out
   assert rc == 0 and "params:" in out
+  # compiled for the configured (2, 2, 2) mesh, sizes per device
+  assert "mesh_fsdp: 2" in out and "mesh_tensor: 2" in out
+  assert "state_per_device_bytes:" in out and "peak_estimate_bytes:" in out
   assert not (tmp_path / "never").exists()

@@ -11,9 +11,11 @@ Flat streams are random-access `grain.MapDataset`s, so the iterator state is one
 and a resumed run sees exactly the batches an uninterrupted one would. ArrayRecord
 documents are packed by `grain.experimental.ConcatThenSplitIterDataset`.
 
-Multi-host: process p of P reads windows p, p + P, p + 2P, … of the shuffled epoch and
-yields its B = global_batch / P rows; the trainer assembles the global batch with
-`jax.make_array_from_process_local_data`.
+Multi-host: process p of P reads only windows p, p + P, p + 2P, … of the shuffled
+stream (synthetic kinds: examples p, p + P, …) and yields its B = global_batch / P
+rows, so every global batch holds the same examples for any P (ArrayRecord documents
+are split between processes before packing, so there the split depends on P). The
+trainer assembles the global batch with `jax.make_array_from_process_local_data`.
 """
 from __future__ import annotations
 
@@ -197,11 +199,13 @@ def train_dataset(data_cfg, corpus: Corpus, global_batch: int, *, seed: int,
     it = _record_stream(base, d, seed, repeat=True)
     return it.batch(batch, drop_remainder=True).map(_vocab_guard(corpus.vocab_size))
   ds = grain.MapDataset.source(WindowSource(corpus.train, d.seq_len))
-  ds = ds[process_index::process_count]
-  if len(ds) < batch:
-    raise DataError(f"training data holds {len(ds)} sequences of {d.seq_len} tokens per "
-                    f"process, fewer than one batch of {batch}")
-  ds = ds.repeat().shuffle(seed).map(_to_example).batch(batch, drop_remainder=True)
+  if len(ds) // process_count < batch:
+    raise DataError(f"training data holds {len(ds) // process_count} sequences of "
+                    f"{d.seq_len} tokens per process, fewer than one batch of {batch}")
+  # Shuffle the one global stream, then take every P-th window: global batch b is the
+  # same set of windows whatever the number of processes (P = 1: the plain stream).
+  ds = ds.repeat().shuffle(seed)[process_index::process_count]
+  ds = ds.map(_to_example).batch(batch, drop_remainder=True)
   return ds.to_iter_dataset()
 
 

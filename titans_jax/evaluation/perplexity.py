@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -12,8 +12,11 @@ LN2 = math.log(2.0)
 
 
 def evaluate_batches(eval_step: Callable, params, rest, batches: Sequence[dict[str, np.ndarray]],
-                     *, byte_level: bool) -> dict[str, float]:
+                     *, byte_level: bool, put: Optional[Callable] = None) -> dict[str, float]:
   """Token-weighted mean loss over `batches` with `eval_step` from `make_eval_step`.
+
+  `put` turns a (process-local) numpy batch into the step's input arrays (default:
+  `jnp.asarray`; the trainer passes its mesh's `put_batch`).
 
   Returns:
     {"loss": nats per target, "perplexity", "bits_per_byte" or "bits_per_token",
@@ -22,7 +25,8 @@ def evaluate_batches(eval_step: Callable, params, rest, batches: Sequence[dict[s
   if not batches:
     raise ValueError("no held-out batches to evaluate")
   tot_ce = tot_w = tot_ok = 0.0
-  sums = [eval_step(params, rest, jax.tree.map(jnp.asarray, b)) for b in batches]
+  put = put or (lambda b: jax.tree.map(jnp.asarray, b))
+  sums = [eval_step(params, rest, put(b)) for b in batches]
   for s_ce, s_w, s_ok in jax.device_get(sums):
     tot_ce += float(s_ce)
     tot_w += float(s_w)

@@ -11,6 +11,7 @@ import json
 import pathlib
 from typing import Callable, Optional
 
+import jax
 
 from titans_jax.data import pipeline
 from titans_jax.evaluation import niah, perplexity, sampling
@@ -44,6 +45,10 @@ def load_for_eval(workdir, cfg: Optional[config_lib.Config] = None, step: Option
     else:
       ck.check_compatible(cfg, step)
     graphdef, abstract = loop.abstract_train_state(cfg)
+    # Evaluation runs on one device: restore every shard there, whatever mesh wrote it.
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one),
+                            abstract)
     state = ck.restore(step, abstract)
   finally:
     ck.close()

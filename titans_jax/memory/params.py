@@ -92,3 +92,46 @@ def init(key: jax.Array, cfg: MemoryConfig) -> dict:
     if cfg.has_out_proj:
         params["out_proj"] = _uniform(next(keys), (H, d, D), H * d, dtype)
     return params
+
+
+# Logical axis names of each slow parameter (rules: titans_jax.sharding.RULES). The
+# memory's head axis is `mem_heads`, so one rule places W0, the per-head projections and
+# (through the same name in `NeuralMemory`) the fast weights and momentum together.
+_AXES_BY_KEY = {
+    "store_norm": {"scale": ("norm",)},
+    "retrieve_norm": {"scale": ("norm",)},
+    "q_proj": ("embed", "mem_heads", None),
+    "k_proj": ("embed", "mem_heads", None),
+    "v_proj": ("embed", "mem_heads", None),
+    "q_norm": {"gamma": ("mem_heads", None)},
+    "k_norm": {"gamma": ("mem_heads", None)},
+    "post_norm": {"gamma": ("mem_heads", None)},
+    "attn_pool": {"w": ("embed", None), "b": (None,)},
+    "gate": {"w": ("embed", "mem_heads")},
+    "out_proj": ("mem_heads", None, "embed"),
+}
+_CONV = {"kernel": ("conv", "mem_heads", None), "bias": ("mem_heads", None)}
+_HEAD_GATES = ("lr", "decay", "momentum", "momentum_combine", "lr_modulation")
+
+
+def logical_axes(params: dict) -> dict:
+    """The logical axis names of every leaf of `params` (same tree; leaves: tuples).
+
+    Works on arrays or ShapeDtypeStructs; W0 leaves are H×... (heads first, the rest of
+    each head's fast weight whole).
+    """
+    out: dict = {}
+    for key, value in params.items():
+        if key == "W0":
+            out[key] = {n: ("mem_heads",) + (None,) * (w.ndim - 1) for n, w in value.items()}
+        elif key in ("q_conv", "k_conv", "v_conv"):
+            out[key] = dict(_CONV)
+        elif key in _HEAD_GATES:
+            out[key] = {"w": ("embed", "mem_heads") + (None,) * (value["w"].ndim - 2),
+                        "b": ("mem_heads",) + (None,) * (value["b"].ndim - 1)}
+        elif key in _AXES_BY_KEY:
+            out[key] = _AXES_BY_KEY[key]
+        else:  # a parameter this table does not know yet: replicated, never wrong
+            out[key] = jax.tree.map(lambda x: (None,) * x.ndim, value)
+    return out
+

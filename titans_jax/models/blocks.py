@@ -40,6 +40,11 @@ from titans_jax.layers.rope import apply_rope
 from titans_jax import memory as memory_lib
 from titans_jax.memory.module import NeuralMemory
 from titans_jax.models.config import TitansConfig
+from titans_jax.sharding import constrain
+
+# Logical activation names (rules: titans_jax.sharding.RULES).
+ACT_BTD = ("batch", "length", "act_embed")
+ACT_BTHK = ("batch", "length", "act_heads", None)
 
 Cache = dict[str, Any]
 KINDS = ("swa", "mag", "mal", "lmm", "mac", "seg")
@@ -105,7 +110,7 @@ class Block(nnx.Module):
     def __call__(self, x_BTD: jax.Array, want_cache: bool = False):
         h = self.mix_norm(x_BTD)
         mix, cache = getattr(self, f"_{self.kind}")(h, want_cache)
-        x_BTD = x_BTD + mix.astype(x_BTD.dtype)
+        x_BTD = x_BTD + constrain(mix, ACT_BTD).astype(x_BTD.dtype)
         x_BTD = x_BTD + self.ffn(self.ffn_norm(x_BTD)).astype(x_BTD.dtype)
         return x_BTD, cache
 
@@ -114,7 +119,7 @@ class Block(nnx.Module):
         ring-buffer cache."""
         T = src_BTD.shape[1]
         positions = jnp.arange(T)
-        q, k, v = self.attn.qkv(src_BTD)
+        q, k, v = (constrain(t, ACT_BTHK) for t in self.attn.qkv(src_BTD))
         q, k = self._rope(q, positions), self._rope(k, positions)
         y = attn_lib.sliding_window_attention(q, k, v, self.cfg.window, pk, pv,
                                               impl=self.cfg.attn_impl)
@@ -170,7 +175,7 @@ class Block(nnx.Module):
         context of the retrieval stream. Returns (h_BTD, new_conv)."""
         mcfg = self.cfg.memory_config
         y, new_conv = memory_lib.retrieve(self.memory.param_tree(), x_BTD, mcfg, weights, conv)
-        return y.astype(x_BTD.dtype), new_conv
+        return constrain(y.astype(x_BTD.dtype), ACT_BTD), new_conv
 
     def _mac_segment(self, carry, x_BLD, pk, pv, with_memory: bool):
         """One (possibly partial, length L ≤ S) segment from its start.
@@ -196,9 +201,9 @@ class Block(nnx.Module):
         y = attn_lib.segment_attention(q, keys, values, mask, impl=self.cfg.attn_impl)
         if not with_memory:
             return carry, self.attn.out(y), kv
-        y_D = self._merge(y)
+        y_D = constrain(self._merge(y), ACT_BTD)
         m, mem = self.memory(y_D, mem)
-        o = self._gate(y_D, m)
+        o = constrain(self._gate(y_D, m), ACT_BTD)
         return (mem, rconv), self.attn.out(self._split(o)), kv
 
     def _mac_forward(self, h, want_cache, with_memory):

@@ -24,6 +24,11 @@ from jax import lax
 from titans_jax.layers.basic import Embed, Linear, RMSNorm
 from titans_jax.models.blocks import Block
 from titans_jax.models.config import TitansConfig
+from titans_jax.sharding import constrain
+
+# Logical names of the residual stream and the logits (rules: titans_jax.sharding.RULES).
+ACT_BTD = ("batch", "length", "act_embed")
+ACT_BTV = ("batch", "length", "act_vocab")
 
 _POLICIES = {
     "full": None,
@@ -59,14 +64,15 @@ class Titans(nnx.Module):
     def _logits(self, x_BTD):
         x_BTD = self.final_norm(x_BTD)
         if self.cfg.tie_embeddings:
-            return self.embed.attend(x_BTD)
-        return self.head(x_BTD)
+            return constrain(self.embed.attend(x_BTD), ACT_BTV)
+        return constrain(self.head(x_BTD), ACT_BTV)
 
     def _scan_run(self, stack: Block, x_BTD, want_cache: bool):
         graphdef, state = nnx.split(stack)
 
         def body(x, layer_state):
-            return nnx.merge(graphdef, layer_state)(x, want_cache)
+            x, cache = nnx.merge(graphdef, layer_state)(x, want_cache)
+            return constrain(x, ACT_BTD), cache
 
         if self.cfg.remat != "none":
             body = jax.checkpoint(body, policy=_POLICIES[self.cfg.remat], prevent_cse=True)
@@ -75,7 +81,7 @@ class Titans(nnx.Module):
     # ----------------------------------------------------------------- forward ---
     def __call__(self, tokens_BT: jax.Array) -> jax.Array:
         """Logits B×T×V (in cfg.dtype) for tokens B×T starting at position 0."""
-        x = self.embed(tokens_BT)
+        x = constrain(self.embed(tokens_BT), ACT_BTD)
         for stack in self.runs:
             x, _ = self._scan_run(stack, x, False)
         return self._logits(x)

@@ -16,14 +16,14 @@ from titans_jax.training import config as config_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.py"
-_SECTIONS = ("model.", "data.", "train.", "eval.", "name=")
+_SECTIONS = ("model.", "data.", "train.", "eval.", "mesh.", "name=")
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       description=description,
       epilog="Any config field: --set section.field=value or --section.field=value "
-             "(sections: model, data, train, eval). Lists: comma-separated.",
+             "(sections: model, data, train, eval, mesh). Lists: comma-separated.",
       formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", default=None,
                  help=f"config file (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
@@ -31,6 +31,22 @@ def build_parser(description: str) -> argparse.ArgumentParser:
   p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                  help="override a config field; repeatable")
   return p
+
+
+def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+  """--coordinator_address / --num_processes / --process_id (or the JAX_* env vars)."""
+  g = parser.add_argument_group("multi-process (jax.distributed; default: JAX_* env vars)")
+  g.add_argument("--coordinator_address", default=None, help="host:port of process 0")
+  g.add_argument("--num_processes", type=int, default=None)
+  g.add_argument("--process_id", type=int, default=None)
+
+
+def init_distributed(args) -> bool:
+  """jax.distributed.initialize from the flags / environment (before any device use)."""
+  from titans_jax.sharding import distributed
+  return distributed.initialize(getattr(args, "coordinator_address", None),
+                                getattr(args, "num_processes", None),
+                                getattr(args, "process_id", None))
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None):

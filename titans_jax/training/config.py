@@ -21,6 +21,8 @@ import types
 import typing
 from typing import Any, Sequence
 
+from titans_jax.sharding.mesh import MeshConfig
+
 
 class ConfigError(ValueError):
   """A config file or override is invalid; the message names the offending key/path."""
@@ -137,13 +139,14 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """One experiment: model preset + data + training + evaluation."""
+  """One experiment: model preset + data + training + evaluation + device mesh."""
 
   name: str
   model: Any  # titans_jax.models.TitansConfig (frozen dataclass)
   data: DataConfig = DataConfig()
   train: TrainConfig = TrainConfig()
   eval: EvalConfig = EvalConfig()
+  mesh: MeshConfig = MeshConfig()  # titans_jax.sharding: (data, fsdp, tensor) sizes
 
 
 # ----------------------------------------------------------------------------- loading
@@ -352,6 +355,15 @@ def validate(cfg: Config) -> None:
   for depth in e.niah_depths:
     if not 0.0 <= depth <= 1.0:
       raise ConfigError(f"eval.niah_depths contains {depth}, not in [0, 1]")
+  m = cfg.mesh
+  for axis, size in (("data", m.data), ("fsdp", m.fsdp), ("tensor", m.tensor)):
+    if size == 0 or size < -1:
+      raise ConfigError(f"mesh.{axis}={size} must be a positive size or -1 (fill)")
+  if [m.data, m.fsdp, m.tensor].count(-1) > 1:
+    raise ConfigError(f"mesh: at most one of data/fsdp/tensor may be -1, got "
+                      f"({m.data}, {m.fsdp}, {m.tensor})")
+  if m.memory_heads not in ("tensor", "replicated"):
+    raise ConfigError(f"mesh.memory_heads={m.memory_heads!r}: expected tensor or replicated")
   vocab = getattr(cfg.model, "vocab_size", None)
   if vocab is not None and d.kind in ("text", "niah") and vocab < 256:
     raise ConfigError(f"model.vocab_size={vocab} < 256 cannot hold byte-level data")
@@ -403,4 +415,5 @@ def config_from_dict(data: dict) -> Config:
   return Config(name=data.get("name", "restored"), model=model,
                 data=from_dict(DataConfig, data.get("data", {})),
                 train=from_dict(TrainConfig, data.get("train", {})),
-                eval=from_dict(EvalConfig, data.get("eval", {})))
+                eval=from_dict(EvalConfig, data.get("eval", {})),
+                mesh=from_dict(MeshConfig, data.get("mesh", {})))

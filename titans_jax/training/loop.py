@@ -27,7 +27,7 @@ from titans_jax.data import pipeline
 from titans_jax.data.text import DataError
 from titans_jax.evaluation import perplexity
 from titans_jax.training import checkpointing, config as config_lib, optimizer as opt_lib
-from titans_jax.training import train_state as ts
+from titans_jax.training import sharded, train_state as ts
 from titans_jax.training.metrics import LN2, MetricsWriter, Progress, fmt_duration
 
 
@@ -50,8 +50,9 @@ class TrainResult:
 def build_model(model_cfg, seed: int) -> nnx.Module:
   """The Titans model of `model_cfg` with parameters drawn from `seed`.
 
-  Initialisation runs as one jitted program (not op by op): much faster on CPU, and
-  the place where `out_shardings` will make the state born sharded.
+  Initialisation runs as one jitted program (not op by op): much faster on CPU. This
+  builds an unsharded model (notebooks, eval); training builds its state born sharded
+  through `titans_jax.training.sharded.setup`.
   """
   graphdef, init = _model_init(model_cfg, seed)
   return nnx.merge(graphdef, init())
@@ -81,43 +82,54 @@ def abstract_train_state(cfg: config_lib.Config):
   return graphdef, jax.eval_shape(make)
 
 
-def to_device(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-  """Process-local numpy batch -> global jax arrays (one process: a plain device_put).
+def compile_step(cfg: config_lib.Config, mesh: Optional[jax.sharding.Mesh] = None
+                 ) -> dict[str, float]:
+  """AOT-compiles the train step for `cfg` on its mesh, on abstract inputs.
 
-  With several processes each holds its rows; the global batch is assembled with
-  `jax.make_array_from_process_local_data` over a batch-sharded layout.
-  """
-  if jax.process_count() == 1:
-    return jax.tree.map(jnp.asarray, batch)
-  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+  No parameter is allocated and no data read: the state and batch are
+  ShapeDtypeStructs carrying their shardings. Catches shape errors and, via XLA's
+  memory analysis of the partitioned program, configs that do not fit, before any
+  step runs. Sizes are per device, in bytes (where XLA reports them).
 
-
-def compile_step(cfg: config_lib.Config) -> dict[str, float]:
-  """AOT-compiles the train step for `cfg` on abstract inputs (no parameter allocated).
-
-  Catches shape errors and, via XLA's memory analysis, out-of-memory configs before
-  any data is read or any step runs. Returns sizes in bytes (where XLA reports them).
+  Args:
+    cfg: the experiment config; `cfg.mesh` gives the mesh over all devices.
+    mesh: compile for this mesh instead (e.g. from an AOT topology).
   """
   config_lib.validate(cfg)
-  tcfg, T = cfg.train, cfg.data.seq_len
-  graphdef, abstract = abstract_train_state(cfg)
-  B = tcfg.batch_size // jax.process_count()
-  batch = {"inputs": jax.ShapeDtypeStruct((B, T), jnp.int32),
-           "targets": jax.ShapeDtypeStruct((B, T), jnp.int32),
-           "weights": jax.ShapeDtypeStruct((B, T), jnp.float32)}
-  step_fn = ts.make_train_step(graphdef, opt_lib.make_optimizer(tcfg),
-                               opt_lib.lr_schedule(tcfg), tcfg.grad_accum_steps)
-  compiled = step_fn.lower(abstract, batch).compile()
-  out = {"params": float(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params)))}
+  su = sharded.setup_for(cfg, mesh)
+  B, T = cfg.train.batch_size, cfg.data.seq_len
+  batch = {k: jax.ShapeDtypeStruct((B, T), dt, sharding=su.batch_sharding((B, T)))
+           for k, dt in (("inputs", jnp.int32), ("targets", jnp.int32),
+                         ("weights", jnp.float32))}
+  compiled = su.step.lower(su.abstract, batch).compile()
+  mesh = su.mesh
+  out = {"params": float(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(su.abstract.params))),
+         "devices": float(mesh.size)}
+  for ax in mesh.axis_names:
+    out[f"mesh_{ax}"] = float(mesh.shape[ax])
+  out["state_per_device_bytes"] = float(_bytes_per_device(su.abstract))
   mem = compiled.memory_analysis()
   if mem is not None:
-    for k in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
-              "generated_code_size_in_bytes"):
+    for k in ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+              "temp_size_in_bytes", "generated_code_size_in_bytes"):
       if hasattr(mem, k):
         out[k] = float(getattr(mem, k))
+    if all(k in out for k in ("argument_size_in_bytes", "output_size_in_bytes",
+                              "temp_size_in_bytes")):
+      # donated state: outputs alias the arguments
+      out["peak_estimate_bytes"] = (out["argument_size_in_bytes"] + out["output_size_in_bytes"]
+                                    - out.get("alias_size_in_bytes", 0.0)
+                                    + out["temp_size_in_bytes"])
   return out
+
+
+def _bytes_per_device(abstract) -> int:
+  """Bytes of one device's shards of an abstract (sharded) pytree."""
+  total = 0
+  for x in jax.tree.leaves(abstract):
+    shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) else x.shape
+    total += int(np.prod(shape)) * jnp.dtype(x.dtype).itemsize
+  return total
 
 
 class _Preemption:
@@ -170,7 +182,8 @@ def prepare(cfg: config_lib.Config, workdir: str | pathlib.Path):
 
 def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
           stop_after_step: Optional[int] = None,
-          log: Callable[[str], None] = print) -> TrainResult:
+          log: Callable[[str], None] = print,
+          mesh: Optional[jax.sharding.Mesh] = None) -> TrainResult:
   """Trains `cfg` in `workdir`, resuming from its latest checkpoint if there is one.
 
   Args:
@@ -178,7 +191,8 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
     workdir: where checkpoints, TensorBoard events, metrics.jsonl and config.json go.
     stop_after_step: stop (with a checkpoint) after this step, as if preempted; the
       schedule still spans `cfg.train.steps`, so a later call continues identically.
-    log: where progress lines go.
+    log: where progress lines go (process 0 only).
+    mesh: train on this mesh instead of `cfg.mesh` over all devices.
 
   Raises:
     TrainingDivergedError: the loss / gradient became NaN or Inf.
@@ -188,13 +202,12 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
   corpus, existing = prepare(cfg, workdir)
   tcfg, dcfg = cfg.train, cfg.data
   pid, pcount = jax.process_index(), jax.process_count()
+  if pid != 0:  # logs and metrics from process 0 only
+    log = lambda line: None
 
-  tx = opt_lib.make_optimizer(tcfg)
-  schedule = opt_lib.lr_schedule(tcfg)
-  model = build_model(cfg.model, tcfg.seed)
-  graphdef, state = ts.create_train_state(model, tx)
-  del model
-  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+  # The state is born sharded on the config's mesh (or restored straight into it).
+  su = sharded.setup_for(cfg, mesh)
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(su.abstract.params))
   data_iter = iter(pipeline.train_dataset(dcfg, corpus, tcfg.batch_size, seed=dcfg.shuffle_seed,
                                           process_index=pid, process_count=pcount))
 
@@ -203,18 +216,21 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
   start = 0
   if existing:
     start = ck.latest_step()
-    state = ck.restore(start, state, data_iter)
+    state = ck.restore(start, su.abstract, data_iter)
     log(f"resumed from {ck.directory / str(start)} (step {start})")
+  else:
+    state = su.init()
   if pid == 0:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config_lib.to_json(cfg))
   writer = MetricsWriter(workdir, enabled=pid == 0)
+  mesh_desc = ",".join(f"{a}={n}" for a, n in su.mesh.shape.items())
   log(f"{cfg.name}: {cfg.model.variant} model, {n_params / 1e6:.2f}M params, "
       f"{tcfg.steps} steps of {tcfg.batch_size}x{dcfg.seq_len} tokens, data={dcfg.kind}, "
-      f"workdir={workdir}")
+      f"mesh ({mesh_desc}) over {pcount} process(es), workdir={workdir}")
 
-  step_fn = ts.make_train_step(graphdef, tx, schedule, tcfg.grad_accum_steps)
-  eval_step = ts.make_eval_step(graphdef)
+  step_fn = su.step
+  eval_step = su.eval_step
   eval_data = None
 
   def run_eval(state) -> Optional[dict[str, float]]:
@@ -230,7 +246,7 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
     if not eval_data:
       return None
     return perplexity.evaluate_batches(eval_step, state.params, state.rest, eval_data,
-                                       byte_level=corpus.byte_level)
+                                       byte_level=corpus.byte_level, put=su.put_batch)
 
   losses: dict[int, float] = {}
   progress = Progress(tcfg.steps, start)
@@ -265,7 +281,7 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
   try:
     with _Preemption() as preempt:
       for step in range(start + 1, tcfg.steps + 1):
-        batch = to_device(next(data_iter))
+        batch = su.put_batch(next(data_iter))
         state, metrics = step_fn(state, batch)
         if pending is not None:
           check(*pending)
