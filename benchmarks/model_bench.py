@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import traceback
 
@@ -86,17 +85,12 @@ def run(args) -> dict:
             print(f"  {v}: {row['tokens_per_s']:,.0f} tokens/s, step {1e3 * row['step_s_median']:.1f} ms, "
                   f"compile {row['compile_s']:.1f} s", flush=True)
         if args.out:
-            _write(args.out, result)
+            timing.write_json(args.out, result)
     result["device"]["loadavg_end"] = timing.device_info()["loadavg"]
     if args.out:
-        _write(args.out, result)
+        timing.write_json(args.out, result)
     print(timing.markdown_table(result["rows"]))
     return result
-
-
-def _write(path, result):
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
 
 
 def main(argv=None):

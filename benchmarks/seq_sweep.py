@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import time
 import traceback
@@ -94,7 +93,7 @@ def run(args) -> dict:
             result["rows"].append(row)
             timing.add_baseline_ratios(result["rows"])
             if args.out:
-                _write(args.out, result)
+                timing.write_json(args.out, result)
     return _finish(args, result)
 
 
@@ -103,7 +102,7 @@ def _finish(args, result):
 
     result["device"]["loadavg_end"] = timing.device_info()["loadavg"]
     if args.out:
-        _write(args.out, result)
+        timing.write_json(args.out, result)
     if args.plot:
         plot(result, args.plot)
     print(table(result["rows"]))
@@ -148,11 +147,6 @@ def plot(result: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _write(path, result):
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
 
 
 def main(argv=None):

@@ -13,6 +13,7 @@ Axis legend: B batch, T sequence.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import platform
 import statistics
@@ -221,3 +222,9 @@ def add_baseline_ratios(rows: list[dict], baseline: str = "swa") -> None:
         b = base.get((r["batch"], r["seq"], r["dtype"]))
         if "tokens_per_s" in r:
             r[f"vs_{baseline}"] = r["tokens_per_s"] / b if b else None
+
+
+def write_json(path: str, result: dict) -> None:
+    """Rewrite a benchmark's JSON (called after every point, so a cut-short run keeps it)."""
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
