@@ -20,8 +20,6 @@ process for each one's own peak).
 from __future__ import annotations
 
 import argparse
-import datetime
-import sys
 import traceback
 
 VARIANTS = ("mac", "mag", "mal", "lmm", "swa")
@@ -60,12 +58,7 @@ def run(args) -> dict:
     overrides = timing.parse_overrides(args.set)
     overrides.update({k: getattr(args, k) for k in ("remat", "attn_impl") if getattr(args, k)})
     args.dtype = timing.resolve_dtype(args.dtype)
-    result = {
-        "benchmark": "model_bench",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python"] + sys.argv),
-        "args": vars(args), "device": timing.device_info(), "rows": [],
-    }
+    result = timing.new_result("model_bench", args)
     print(f"# {result['device']['device_kind']} ({jax.default_backend()}), jax {jax.__version__}, "
           f"load {result['device']['loadavg']}; preset {args.preset}, B={args.batch} "
           f"T={args.seq} {args.dtype}, {args.steps} timed steps", flush=True)

@@ -15,8 +15,6 @@ The JSON is rewritten after every point, so a killed run keeps what it measured.
 from __future__ import annotations
 
 import argparse
-import datetime
-import sys
 import time
 import traceback
 
@@ -59,12 +57,7 @@ def run(args) -> dict:
         args.seqs = [128, 256, 512] if jax.default_backend() == "cpu" else \
             [1024, 2048, 4096, 8192, 16384, 32768]
     overrides = timing.parse_overrides(args.set)
-    result = {
-        "benchmark": "seq_sweep",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python"] + sys.argv),
-        "args": vars(args), "device": timing.device_info(), "rows": [],
-    }
+    result = timing.new_result("seq_sweep", args)
     print(f"# {result['device']['device_kind']}, load {result['device']['loadavg']}; "
           f"preset {args.preset} {args.dtype}", flush=True)
     stopped: set[str] = set()

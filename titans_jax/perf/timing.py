@@ -12,11 +12,13 @@ Axis legend: B batch, T sequence.
 """
 from __future__ import annotations
 
+import datetime
 import gc
 import json
 import os
 import platform
 import statistics
+import sys
 import time
 from typing import Optional
 
@@ -228,3 +230,13 @@ def write_json(path: str, result: dict) -> None:
     """Rewrite a benchmark's JSON (called after every point, so a cut-short run keeps it)."""
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
+
+
+def new_result(benchmark: str, args) -> dict:
+    """The JSON every benchmark writes: what ran, when, with which flags, on what."""
+    return {
+        "benchmark": benchmark,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python"] + sys.argv),
+        "args": vars(args), "device": device_info(), "rows": [],
+    }
