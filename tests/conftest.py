@@ -10,3 +10,18 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+import gc  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_jax_caches_per_module():
+    """Drop the compiled executables of earlier test files before each one: in one long
+    `pytest` process they pile up, and the sharded-step compiles of test_sharding crashed
+    inside XLA (SIGSEGV in backend_compile) after the rest of the suite, never alone."""
+    jax.clear_caches()
+    gc.collect()
+    yield
