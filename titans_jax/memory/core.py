@@ -361,7 +361,8 @@ def apply(params: dict, x: jax.Array, cfg: MemoryConfig, state: Optional[State] 
     """
     _check_input(x, cfg, state)
     B, T, _ = x.shape
-    if state is None:
+    fresh = state is None   # the stream starts here: position 0 is known statically
+    if fresh:
         state = init_state(params, cfg, B)
     act_dtype = jnp.dtype(cfg.dtype)
     inner = jnp.dtype(cfg.inner_dtype)
@@ -373,7 +374,9 @@ def apply(params: dict, x: jax.Array, cfg: MemoryConfig, state: Optional[State] 
     # ---- buffer layout (see module docstring) ----
     kb = _chunks_per_block(cfg, T)
     block_tokens = kb * C
-    num_blocks = -(-(block_tokens - 1 + T) // block_tokens)
+    # The call's tokens start anywhere inside the current block (a traced position), so
+    # the buffer leaves room for a block's worth of earlier tokens, unless it is fresh.
+    num_blocks = -(-((0 if fresh else block_tokens - 1) + T) // block_tokens)
     L, G = num_blocks * block_tokens, num_blocks * kb
     pos = state["pos"]
     chunk_index = pos // C                  # absolute index of the chunk being filled
@@ -429,12 +432,11 @@ def apply(params: dict, x: jax.Array, cfg: MemoryConfig, state: Optional[State] 
             blocks[name] = chunks_to_blocks(gates[name])
 
     dual = use_dual(cfg)
-    if dual:
-        step = functools.partial(dual_block_step, cfg,
-                                 functools.partial(linear_recurrence, impl=cfg.recurrence))
-    else:
-        step = functools.partial(_block_step, cfg)
-    if cfg.remat if cfg.remat is not None else dual:
+    remat = cfg.remat if cfg.remat is not None else dual
+    recurrence = functools.partial(linear_recurrence, impl=cfg.recurrence)
+    step = (functools.partial(dual_block_step, cfg, recurrence) if dual
+            else functools.partial(_block_step, cfg))
+    if remat:
         step = jax.checkpoint(step)
     carry0 = (state["weights"], state["momentum"], state["grad_point"])
     (weights, momentum, grad_point), y_blocks = lax.scan(step, carry0, blocks)

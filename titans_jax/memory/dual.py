@@ -134,81 +134,41 @@ def _coefficients(cfg: MemoryConfig, block, recurrence):
     return lagged, end_rows
 
 
-def _retrieve_via_attention(cfg, weights, momentum, zs, deltas, g_gamma, q, lagged, end_rows,
-                            scale, K):
-    """Retrieval as masked N×N attention over the block's factors; block-end weights as
-    one weighted sum of outer products. No per-chunk tensor of weight size."""
-    act = activation_fn(cfg.activation)
-    B, H, N, d = q.shape
-    C = N // K
+def _end_gradients(cfg, zs, deltas, g_gamma, end_rows, scale, K):
+    """The gradient part of each block-end row: Σ_c coef_rc · (−s_c) · G_c per fast
+    weight, as R tensors of weight size (one weighted sum of outer products; no per-chunk
+    tensor of weight size)."""
     O = cfg.num_momentum_states
-    start_tok = jnp.repeat(lagged[..., :1 + O], C, axis=2)                   # B×H×N×(1+O)
-
-    def grad_coef(rows, n):            # rows ...×P -> coefficient of G_c: ...×K
-        return rows[..., 1 + O:] * (-scale[n])[:, :, None, :]
-
-    def start_list(n):                 # [W_start, S_start^0, …], each B×H×...
-        return [weights[n]] + [momentum[n][o] for o in range(O)]
-
-    # ---- retrieval, layer by layer ----
-    h = q
-    for l in range(cfg.depth):
-        n = f"w{l}"
-        z = h if l == 0 else act(h)
-        if K == 1:   # one group: it reads W_start exactly (lagged row 0 is e_0)
-            h = jnp.einsum("bhni,bhio->bhno", z, weights[n])
-            continue
-        out = sum(start_tok[..., s:s + 1] * jnp.einsum("bhni,bhio->bhno", z, w)
-                  for s, w in enumerate(start_list(n)))
-        coef = grad_coef(lagged, n)                                           # B×H×K×K
-        coef_tok = jnp.repeat(jnp.repeat(coef, C, axis=2), C, axis=3)        # B×H×N×N
-        scores = jnp.einsum("bhni,bhmi->bhnm", z, zs[l]) * coef_tok
-        h = out + jnp.einsum("bhnm,bhmo->bhno", scores, deltas[l])
-    if cfg.residual_norm and K == 1:
-        h = layernorm_noaffine(h) * (weights["gamma"][:, :, None] + 1.0) + q
-    elif cfg.residual_norm:
-        coef = grad_coef(lagged, "gamma")
-        gam = jnp.einsum("bhkc,bhcd->bhkd", coef, g_gamma) + sum(
-            lagged[..., s:s + 1] * w[:, :, None] for s, w in enumerate(start_list("gamma")))
-        h = layernorm_noaffine(h) * (jnp.repeat(gam, C, axis=2) + 1.0) + q
-    y_BHKCd = h.reshape(B, H, K, C, d)
-
-    # ---- block-end weights and momenta ----
-    new_weights, new_momentum = {}, {}
     R = end_rows.shape[2]
+    out = {}
     for n in cfg.fast_weight_names():
-        coef = grad_coef(end_rows, n)                                         # B×H×R×K
-        starts = start_list(n)
+        coef = end_rows[..., 1 + O:] * (-scale[n])[:, :, None, :]             # B×H×R×K
         if n == "gamma":
             grads = jnp.einsum("bhrk,bhkd->bhrd", coef, g_gamma)
-            grads = [grads[:, :, r] for r in range(R)]
-        elif K == 1:   # the one chunk gradient, then R scaled copies
-            l = int(n[1:])
-            g = jnp.einsum("bhin,bhno->bhio", jnp.swapaxes(zs[l], -1, -2), deltas[l])
-            grads = [coef[:, :, r, 0][:, :, None, None] * g for r in range(R)]
-        else:
-            l = int(n[1:])
-            coef_tok = jnp.repeat(coef, C, axis=3)                            # B×H×R×N
-            # One plain matmul zᵀ·[δ·c_0 | δ·c_1 | …] for all rows.
-            scaled = jnp.concatenate([deltas[l] * coef_tok[:, :, r, :, None] for r in range(R)],
-                                     axis=-1)                                 # B×H×N×(R·o)
-            zt = jnp.swapaxes(zs[l], -1, -2)
-            grads = jnp.einsum("bhin,bhno->bhio", zt, scaled)
-            o = deltas[l].shape[-1]
-            grads = [grads[..., r * o:(r + 1) * o] for r in range(R)]
-        expand = (slice(None), slice(None)) + (None,) * (starts[0].ndim - 2)
-        rows = [grads[r] + sum(end_rows[:, :, r, s][expand] * w for s, w in enumerate(starts))
-                for r in range(R)]
-        new_weights[n] = rows[0]
-        if O:
-            new_momentum[n] = jnp.stack(rows[1:])
-    return y_BHKCd, new_weights, new_momentum
+            out[n] = tuple(grads[:, :, r] for r in range(R))
+            continue
+        l = int(n[1:])
+        zt = jnp.swapaxes(zs[l], -1, -2)
+        if K == 1:   # the one chunk gradient, then R scaled copies
+            g = jnp.einsum("bhin,bhno->bhio", zt, deltas[l])
+            out[n] = tuple(coef[:, :, r, 0][:, :, None, None] * g for r in range(R))
+            continue
+        C = zs[l].shape[2] // K
+        coef_tok = jnp.repeat(coef, C, axis=3)                                # B×H×R×N
+        # One plain matmul zᵀ·[δ·c_0 | δ·c_1 | …] for all rows.
+        scaled = jnp.concatenate([deltas[l] * coef_tok[:, :, r, :, None] for r in range(R)],
+                                 axis=-1)                                     # B×H×N×(R·o)
+        grads = jnp.einsum("bhin,bhno->bhio", zt, scaled)
+        o = deltas[l].shape[-1]
+        out[n] = tuple(grads[..., r * o:(r + 1) * o] for r in range(R))
+    return out
 
 
-def dual_block_step(cfg: MemoryConfig, recurrence, carry, block):
-    """One block of K chunks in the dual form (module docstring). `recurrence` is
-    core.linear_recurrence with the config's implementation bound."""
-    weights, momentum, grad_point = carry
+def token_terms(cfg: MemoryConfig, recurrence, grad_point, block):
+    """What a block needs besides the carried (W, S), all of token or chunk size: the
+    per-token factors at W̄, the per-chunk gradient scales and the coefficient rows.
+    (Computing these for all blocks at once, outside the scan, when W̄ never moves was
+    measured slower on CPU: 2026-11-30, docs/memory.md §5.)"""
     inner = jnp.dtype(cfg.inner_dtype)
     B, H, K, C, d = block["keys"].shape
     N = K * C
@@ -235,8 +195,76 @@ def dual_block_step(cfg: MemoryConfig, recurrence, carry, block):
             scale[n] = scale[n] * block["lr_mod"][..., i]
 
     lagged, end_rows = _coefficients(cfg, block, recurrence)
-    y_BHKCd, new_weights, new_momentum = _retrieve_via_attention(
-        cfg, weights, momentum, zs, deltas, g_gamma, q, lagged, end_rows, scale, K)
+    return {"q": q, "zs": zs, "deltas": deltas, "g_gamma": g_gamma, "scale": scale,
+            "lagged": lagged, "end_rows": end_rows}
+
+
+def retrieve_block(cfg: MemoryConfig, weights, momentum, terms):
+    """The block's retrieval from its start weights (B×H×K×C×d): masked N×N attention
+    over the block's factors for the in-block updates. No per-chunk tensor of weight size."""
+    act = activation_fn(cfg.activation)
+    q, zs, deltas, g_gamma = terms["q"], terms["zs"], terms["deltas"], terms["g_gamma"]
+    lagged, scale = terms["lagged"], terms["scale"]
+    B, H, N, d = q.shape
+    K = lagged.shape[2]
+    C = N // K
+    O = cfg.num_momentum_states
+    start_tok = jnp.repeat(lagged[..., :1 + O], C, axis=2)                   # B×H×N×(1+O)
+
+    def grad_coef(n):                  # coefficient of G_c for each group: B×H×K×K
+        return lagged[..., 1 + O:] * (-scale[n])[:, :, None, :]
+
+    def start_list(n):                 # [W_start, S_start^0, …], each B×H×...
+        return [weights[n]] + [momentum[n][o] for o in range(O)]
+
+    h = q
+    for l in range(cfg.depth):
+        n = f"w{l}"
+        z = h if l == 0 else act(h)
+        if K == 1:   # one group: it reads W_start exactly (lagged row 0 is e_0)
+            h = jnp.einsum("bhni,bhio->bhno", z, weights[n])
+            continue
+        out = sum(start_tok[..., s:s + 1] * jnp.einsum("bhni,bhio->bhno", z, w)
+                  for s, w in enumerate(start_list(n)))
+        coef_tok = jnp.repeat(jnp.repeat(grad_coef(n), C, axis=2), C, axis=3)  # B×H×N×N
+        scores = jnp.einsum("bhni,bhmi->bhnm", z, zs[l]) * coef_tok
+        h = out + jnp.einsum("bhnm,bhmo->bhno", scores, deltas[l])
+    if cfg.residual_norm and K == 1:
+        h = layernorm_noaffine(h) * (weights["gamma"][:, :, None] + 1.0) + q
+    elif cfg.residual_norm:
+        gam = jnp.einsum("bhkc,bhcd->bhkd", grad_coef("gamma"), g_gamma) + sum(
+            lagged[..., s:s + 1] * w[:, :, None] for s, w in enumerate(start_list("gamma")))
+        h = layernorm_noaffine(h) * (jnp.repeat(gam, C, axis=2) + 1.0) + q
+    return h.reshape(B, H, K, C, d)
+
+
+def advance(cfg: MemoryConfig, weights, momentum, end_rows, end_grads):
+    """Block-end (W, S) from block-start (W, S): per row r, Σ_s end_rows[r, s] · start_s
+    plus the gradient part. Elementwise over weight-size tensors."""
+    O = cfg.num_momentum_states
+    R = end_rows.shape[2]
+    new_weights, new_momentum = {}, {}
+    for n in cfg.fast_weight_names():
+        starts = [weights[n]] + [momentum[n][o] for o in range(O)]
+        expand = (slice(None), slice(None)) + (None,) * (starts[0].ndim - 2)
+        rows = [end_grads[n][r] + sum(end_rows[:, :, r, s][expand] * w for s, w in enumerate(starts))
+                for r in range(R)]
+        new_weights[n] = rows[0]
+        if O:
+            new_momentum[n] = jnp.stack(rows[1:])
+    return new_weights, new_momentum
+
+
+def dual_block_step(cfg: MemoryConfig, recurrence, carry, block):
+    """One block of K chunks in the dual form (module docstring), for a scan that carries
+    (W, S, W̄). `recurrence` is core.linear_recurrence with the config's implementation."""
+    weights, momentum, grad_point = carry
+    terms = token_terms(cfg, recurrence, grad_point, block)
+    y_BHKCd = retrieve_block(cfg, weights, momentum, terms)
+    K = terms["lagged"].shape[2]
+    end_grads = _end_gradients(cfg, terms["zs"], terms["deltas"], terms["g_gamma"],
+                               terms["end_rows"], terms["scale"], K)
+    new_weights, new_momentum = advance(cfg, weights, momentum, terms["end_rows"], end_grads)
     commit = block["commit"]
     new_grad_point = {n: jnp.where(commit, new_weights[n], grad_point[n]) for n in grad_point}
     return (new_weights, new_momentum, new_grad_point), y_BHKCd
