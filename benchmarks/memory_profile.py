@@ -14,6 +14,7 @@ op into four groups:
 
   python benchmarks/memory_profile.py --chunk 16 --seq 1024
   python benchmarks/memory_profile.py --chunk 64 --seq 1024 --top 25 --json out.json
+  python benchmarks/memory_profile.py --chunk 64 --torch   # titans-pytorch's split too
 
 Op times are summed over the traced steps and divided by their number; on the CPU they
 include the profiler's own overhead, so compare shares, not absolute times.
@@ -99,6 +100,43 @@ def profile(chunk: int, seq: int, *, batch: int = 2, dim: int = 384, heads: int 
     }
 
 
+def profile_torch(chunk: int, seq: int, *, batch: int = 2, dim: int = 384, heads: int = 4,
+                  dim_head: int = 64, steps: int = 2, top: int = 10) -> dict:
+    """The same f+b of titans_pytorch.NeuralMemory under torch.profiler: self CPU time of
+    each aten op, grouped into matmuls (mm/bmm/addmm/matmul/einsum kernels) and the rest."""
+    import torch
+    from titans_pytorch import NeuralMemory
+
+    torch.manual_seed(0)
+    nm = NeuralMemory(dim=dim, chunk_size=chunk, heads=heads, dim_head=dim_head,
+                      default_model_kwargs=dict(depth=2, expansion_factor=4.0))
+    x = torch.randn(batch, seq, dim)
+
+    def step():
+        nm.zero_grad(set_to_none=True)
+        y, _ = nm(x)
+        y.square().mean().backward()
+
+    step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    groups, rows = collections.Counter(), []
+    for ev in prof.key_averages():
+        us = ev.self_cpu_time_total / steps
+        if us <= 0:
+            continue
+        kind = "matmul" if ev.key in ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm",
+                                      "aten::addbmm") else "other"
+        groups[kind] += us
+        rows.append((us, ev.key))
+    total = sum(groups.values())
+    rows.sort(reverse=True)
+    return {"total_op_ms": total / 1e3, "share": {k: v / total for k, v in groups.items()},
+            "ms": {k: v / 1e3 for k, v in groups.items()},
+            "top_ops": [{"ms": us / 1e3, "op": k} for us, k in rows[:top]]}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--chunk", type=int, default=16)
@@ -107,6 +145,8 @@ def main():
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--impl", default="auto", choices=["auto", "dual", "primal"])
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--torch", action="store_true",
+                    help="also profile titans_pytorch.NeuralMemory's f+b (CPU, torch.profiler)")
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args()
     res = profile(args.chunk, args.seq, batch=args.batch, steps=args.steps, impl=args.impl,
@@ -118,6 +158,14 @@ def main():
     print("top ops:")
     for r in res["top_ops"]:
         print(f"  {r['ms']:7.2f} ms  {r['op']:28s} {r['shape']:34s} {r['source']}")
+    if args.torch:
+        res["torch"] = profile_torch(args.chunk, args.seq, batch=args.batch, steps=args.steps)
+        t = res["torch"]
+        print(f"titans-pytorch f+b: {t['total_op_ms']:.1f} ms of ops (self time) per step")
+        for k in sorted(t["share"]):
+            print(f"  {k:18s} {t['ms'][k]:8.1f} ms  {100 * t['share'][k]:5.1f} %")
+        for r in t["top_ops"]:
+            print(f"  {r['ms']:7.2f} ms  {r['op']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
