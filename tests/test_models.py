@@ -3,11 +3,15 @@ overfitting a fixed batch, for every variant.
 
 To keep compile time low, each variant compiles three functions once (module-scoped):
 the training loss with its gradient (which also returns the full-forward logits, reused
-by the causality and decode checks), the prefill and the one-token decode step.
+by the causality and decode checks), the prefill and the one-token decode step. They
+are compiled ahead of the tests, several variants at a time, in a thread pool.
 
 Tiny shapes: window W = 8, MAC segment S = 8, memory chunk c = 4, T = 32, so positions
 3, 7, 8, 15, 16, 23 sit on and beside chunk, window and segment boundaries.
 """
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,6 +68,31 @@ def harness(variant) -> Harness:
     if variant not in _HARNESS:
         _HARNESS[variant] = Harness(variant)
     return _HARNESS[variant]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compile_concurrently(_fresh_jax_caches_per_module):
+    """Compile every variant's functions ahead of the tests, one variant per worker
+    thread, several variants at a time (XLA's compiler releases the GIL): the training
+    function (AOT, for the one token shape every loss_grad call below uses), and
+    prefill of 5 and 16 tokens and the decode step, by calling them once on the
+    variant's own model (no model is touched by two threads). The tests' calls then
+    reuse these executables; every check runs on the main thread, afterwards. It asks for
+    conftest's cache-clearing fixture so that it surely runs after it."""
+    tokens = _tokens(0, length=T + 1)
+
+    def compile_variant(variant):
+        h = harness(variant)
+        h.loss_grad.lower(h.params, tokens).compile()
+        _, cache = prefill(h.model, tokens[:, :PROMPT])
+        prefill(h.model, tokens[:, :16])
+        jax.block_until_ready(decode_step(h.model, tokens[:, PROMPT], cache))
+
+    for v in VARIANTS:  # build the models first, on this thread
+        harness(v)
+    with ThreadPoolExecutor(max(1, min(len(VARIANTS), os.cpu_count() or 1))) as pool:
+        for f in [pool.submit(compile_variant, v) for v in VARIANTS]:
+            f.result()
 
 
 def _tokens(seed, batch=2, length=T):

@@ -120,8 +120,29 @@ def _assert_float32_testable(rows):
                        "tests nothing of ours; change its seed or knobs: " + ", ".join(loose))
 
 
+@pytest.fixture(scope="module")
+def _grid_float32_compiled():
+    """The float32 grid's programs (C.jitted "apply" and "grad", one pair per case),
+    compiled ahead of its tests, two at a time in threads (XLA's compiler releases the
+    GIL); C.compare's calls then reuse them. The torch modules are built here on the
+    main thread (build_torch seeds torch and restores its global RNG); only jax's
+    lowering and compilation run in the threads."""
+    from concurrent.futures import ThreadPoolExecutor
+    jobs = []
+    for p in GRID_F32:
+        seed, knobs = p.values
+        k = C.Knobs(**knobs)
+        cfg, params = from_torch(C.build_torch(k, seed=seed, dtype="float32"))
+        x = jnp.asarray(C.make_input(seed, BATCH, SEQ, k.dim, "float32"))
+        jobs += [(C.jitted(name), params, x, cfg) for name in ("apply", "grad")]
+    with ThreadPoolExecutor(max(1, min(2, os.cpu_count() or 1))) as pool:
+        for f in [pool.submit(lambda fn, p, x, c: fn.lower(p, x, c).compile(), *job)
+                  for job in jobs]:
+            f.result()
+
+
 @pytest.mark.parametrize("seed,knobs", GRID_F32)
-def test_grid_float32_output_state_and_grads(seed, knobs):
+def test_grid_float32_output_state_and_grads(seed, knobs, _grid_float32_compiled):
     rows = C.compare(seq_len=SEQ, batch=BATCH, dtype="float32", grads=True, seed=seed, **knobs)
     names = {r["quantity"] for r in rows}
     assert "output" in names and any(n.startswith("grad.W0.") for n in names)

@@ -5,9 +5,15 @@ equal to the same step on one device, for MAC, MAG, MAL and LMM.
 The model is the tiny preset at 1 layer with 4 attention and 4 memory heads (so that
 tensor=4 really splits heads), batch 8 (so that data·fsdp = 8 splits rows), T = 16.
 Each variant compiles its step 4 times (1 device + 3 meshes), which is most of this
-module's run time; states are placed on each mesh with device_put from the reference
-(the jitted, born-sharded init is tested once, below).
+module's run time: the four compilations run ahead of time in a thread pool (XLA's
+compiler releases the GIL, so they overlap with each other and with the next one's
+tracing), then the jitted steps are called one after the other and hit those compiled
+executables. States are placed on each mesh with device_put from the reference (the
+jitted, born-sharded init is tested once, below).
 """
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -99,19 +105,31 @@ def test_state_is_born_sharded():
   assert w0.sharding.spec == P(None, "tensor")  # (layers, mem_heads, d, d)
 
 
+def _compile_steps_concurrently(setups, batch):
+  """`su.step.lower(...).compile()` of every setup, several at a time. Only compilation
+  runs in the threads (each call's tracing holds the GIL, XLA's compile does not); the
+  steps themselves run afterwards, one at a time, and reuse these executables."""
+  def compile_one(su):
+    su.step.lower(su.abstract, su.put_batch(batch)).compile()
+  with ThreadPoolExecutor(max(1, min(len(setups), os.cpu_count() or 1))) as pool:
+    for f in [pool.submit(compile_one, su) for su in setups]:
+      f.result()
+
+
 @pytest.mark.parametrize("variant", ["mac", "mag", "mal", "lmm"])
 def test_one_step_equals_single_device(variant):
   model = _model(variant)
   batch = _batch()
   ref = sharded.setup(model, TRAIN, sharding.single_device_mesh(), donate=False)
+  setups = {shape: sharded.setup(model, TRAIN, _mesh(shape), donate=False) for shape in MESHES}
+  _compile_steps_concurrently([ref, *setups.values()], batch)
   state0 = ref.init()
   want_state, want = ref.step(state0, ref.put_batch(batch))
   want_params = jax.tree.map(np.asarray, want_state.params)
   moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), want_state.params,
                        state0.params)
   assert max(jax.tree.leaves(moved)) > 1e-4  # the step really updates the parameters
-  for shape in MESHES:
-    su = sharded.setup(model, TRAIN, _mesh(shape), donate=False)
+  for shape, su in setups.items():
     state = jax.device_put(state0, su.shardings)
     new, got = su.step(state, su.put_batch(batch))
     for x, sh in zip(jax.tree.leaves(new), jax.tree.leaves(su.shardings)):

@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def _cfg():
   return config_lib.apply_overrides(config_lib.load_config(ROOT / "configs" / "tiny.py"),
-                                    ["model.memory_heads=2"])
+                                    ["model.memory_heads=2", "model.num_layers=1"])
 
 
 def _mesh(shape):

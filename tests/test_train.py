@@ -19,7 +19,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # train.py
 import eval as eval_cli  # noqa: E402
 import train as train_cli  # noqa: E402
 from titans_jax.data.text import DataError
-from titans_jax.training import checkpointing, config as config_lib, loop
+from titans_jax.training import checkpointing, config as config_lib, loop, sharded
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 24
@@ -158,12 +158,23 @@ def test_bad_input_never_touches_checkpoints(base_run, tmp_path, capsys):
   assert _snapshot(workdir) == before
 
 
-def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   first = loop.train(_cfg(), tmp_path, stop_after_step=8, log=lambda s: None)
   assert first.final_step == 8
   before = _snapshot(tmp_path)
+  # Step 9 goes non-finite through its batch (NaN loss weights), not through a changed
+  # train config (lr=inf), so the run reuses the module's compiled step instead of
+  # compiling another; the step-level guard against an overflowing lr with finite
+  # gradients is tested in test_train_step.py.
+  put_batch = sharded.ShardedSetup.put_batch
+
+  def poisoned(self, batch):
+    return put_batch(self, {**batch, "weights": np.full_like(batch["weights"], np.nan)})
+
+  monkeypatch.setattr(sharded.ShardedSetup, "put_batch", poisoned)
   with pytest.raises(loop.TrainingDivergedError, match=r"non-finite .* step 9.*checkpoints/8 is intact"):
-    loop.train(_cfg(lr=float("inf")), tmp_path, log=lambda s: None)
+    loop.train(_cfg(), tmp_path, log=lambda s: None)
+  monkeypatch.undo()
   assert checkpointing.existing_steps(tmp_path) == [8]
   assert {k: v for k, v in _snapshot(tmp_path).items() if k.startswith("checkpoints")} == \
       {k: v for k, v in before.items() if k.startswith("checkpoints")}
@@ -174,7 +185,8 @@ def test_dry_run_compiles_without_training(tmp_path, capsys):
                        str(tmp_path / "never"), "--dry_run", f"--train.steps={STEPS}",
                        "--train.checkpoint_every=8", "--train.log_every=4",
                        "--train.warmup_steps=3", "--train.lr=0.01",
-                       "--mesh.data=2", "--mesh.fsdp=2", "--mesh.tensor=-1"])
+                       "--mesh.data=2", "--mesh.fsdp=2", "--mesh.tensor=-1",
+                       "--model.num_layers=1"])  # one layer: a smaller compile, same checks
   out = capsys.readouterr().out
   assert rc == 0 and "params:" in out
   # compiled for the configured (2, 2, 2) mesh, sizes per device
