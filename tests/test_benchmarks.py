@@ -1,6 +1,7 @@
 """Smoke runs of benchmarks/model_bench.py and benchmarks/seq_sweep.py on the tiny
 preset (one layer, short sequences, one timed step): valid JSON with the fields the
-GPU suite reads, the SWA ratio, and the plot."""
+GPU suite reads, the SWA ratio, and the plot; and of benchmarks/memory_profile.py on a
+small memory layer."""
 import importlib.util
 import json
 import pathlib
@@ -46,3 +47,17 @@ def test_seq_sweep_smoke_with_plot(tmp_path):
     assert [(r["variant"], r["seq"]) for r in res["rows"]] == [("swa", 16), ("swa", 32)]
     assert all(r["tokens_per_s"] > 0 and r["mfu"] > 0 for r in res["rows"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_memory_profile_groups_every_op_of_both_libraries():
+    """benchmarks/memory_profile.py on a small layer: the per-op times of the f+b are found
+    in the trace, fall into the four groups, and the titans-pytorch split is filled in."""
+    mod = _load("memory_profile")
+    res = mod.profile(8, 64, batch=1, dim=32, heads=2, dim_head=16, steps=1, top=5)
+    assert res["total_op_ms"] > 0
+    assert set(res["share"]) <= {"outside, matmul", "outside, other", "scan, matmul", "scan, other"}
+    assert res["ms"]["scan, matmul"] > 0 and res["ms"]["outside, matmul"] > 0
+    assert abs(sum(res["share"].values()) - 1.0) < 1e-9
+    assert len(res["top_ops"]) == 5
+    t = mod.profile_torch(8, 64, batch=1, dim=32, heads=2, dim_head=16, steps=1)
+    assert t["ms"]["matmul"] > 0 and t["ms"]["other"] > 0
