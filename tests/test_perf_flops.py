@@ -160,7 +160,8 @@ def test_swa_attention_and_padding_formulas():
     assert useful == cfg.num_layers * 2 * 2 * D * pairs
     mcfg = TitansConfig.preset("tiny", variant="lmm").memory_config   # chunk 4
     assert F.memory_tokens(mcfg, 32) == 32
-    assert F.memory_tokens(mcfg, 32, implementation_padding=True) == 36
+    assert F.memory_tokens(mcfg, 32, implementation_padding=True) == 32           # fresh
+    assert F.memory_tokens(mcfg, 32, implementation_padding=True, streamed=True) == 36
 
 
 def test_step_flops_totals_and_mfu():

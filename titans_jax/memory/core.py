@@ -27,7 +27,7 @@ size, O momentum orders.
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -347,14 +347,18 @@ def _block_step(cfg: MemoryConfig, carry, block):
     return (new_weights, new_momentum, new_grad_point), y_BHKCd
 
 
-def apply(params: dict, x: jax.Array, cfg: MemoryConfig, state: Optional[State] = None):
+def apply(params: dict, x: jax.Array, cfg: MemoryConfig, state: Optional[State] = None,
+          *, constrain_fresh_state: Optional[Callable[[State], State]] = None):
     """Store x into the memory and retrieve from it (SPEC §1). Pure; jit with cfg static.
 
     Args:
       params: slow parameters from `init`.
       x: B×T×D input, any T ≥ 1.
       cfg: the MemoryConfig the params were built with.
-      state: from `init_state` or a previous call; None starts a fresh memory.
+      state: from `init_state` or a previous call; None starts a fresh memory (and
+        lets the call skip the room kept for earlier tokens of a continued stream).
+      constrain_fresh_state: applied to the state built when `state` is None (the nnx
+        module pins its sharding with it).
 
     Returns:
       (y, new_state): y is B×T×D in cfg.dtype; new_state continues the stream exactly.
@@ -364,6 +368,8 @@ def apply(params: dict, x: jax.Array, cfg: MemoryConfig, state: Optional[State] 
     fresh = state is None   # the stream starts here: position 0 is known statically
     if fresh:
         state = init_state(params, cfg, B)
+        if constrain_fresh_state is not None:
+            state = constrain_fresh_state(state)
     act_dtype = jnp.dtype(cfg.dtype)
     inner = jnp.dtype(cfg.inner_dtype)
     x = x.astype(act_dtype)

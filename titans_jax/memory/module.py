@@ -12,6 +12,7 @@ Outside a `titans_jax.sharding.use_rules` context the constraints are no-ops.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
@@ -82,11 +83,12 @@ class NeuralMemory(nnx.Module):
 
     def __call__(self, x: jax.Array, state: Optional[dict] = None):
         params = self.param_tree()
-        if state is None and sharding_rules.active_mesh() is not None:
-            state = core.init_state(params, self.cfg, x.shape[0])  # what apply would build
+        pin = functools.partial(constrain_state, cfg=self.cfg)
         if state is not None:
-            state = constrain_state(state, self.cfg)
-        y, new_state = core.apply(params, x, self.cfg, state)
+            state = pin(state)
+        # A fresh memory stays `None` (apply then knows it starts at position 0); the
+        # state apply builds for it is pinned like a given one.
+        y, new_state = core.apply(params, x, self.cfg, state, constrain_fresh_state=pin)
         # The output's layout is pinned too: left to propagation, XLA (jax 0.10.2) gave
         # wrong rows for MAC on a (2, 2, 2) mesh in the RMSNorm that follows (rows of two
         # batch shards exchanged); see docs/sharding.md.

@@ -50,9 +50,10 @@ unless it is the head):
 
 By default the memory terms count T_m/c chunks of the tokens actually given
 (`⌈T_m/c⌉`); `implementation_padding=True` counts the buffer the current
-`titans_jax.memory.core.apply` really runs — it aligns the call to whole scan blocks and
-always carries one block more than the tokens fill (the pending chunk of a streamed
-call), i.e. ⌈(b−1+T_m)/b⌉·b tokens for blocks of b — plus the final-token retrieval.
+`titans_jax.memory.core.apply` really runs — it aligns the call to whole scan blocks,
+⌈T_m/b⌉·b tokens for blocks of b, and a call that continues a state (MAC's segments)
+carries one block more for the earlier tokens of its first block, ⌈(b−1+T_m)/b⌉·b —
+plus the final-token retrieval.
 That is what XLA executes (and what the tests compare with); the default is what the
 model *needs* and what MFU should be computed from.
 
@@ -147,20 +148,24 @@ def mlp_backward_flops_per_token(mcfg: MemoryConfig) -> int:
     return 2 * mlp_forward_flops_per_token(mcfg) - 2 * dims[0] * dims[1]
 
 
-def memory_tokens(mcfg: MemoryConfig, T: int, implementation_padding: bool = False) -> int:
-    """Tokens one `memory.apply` call on T tokens runs its chunk-wise work over."""
+def memory_tokens(mcfg: MemoryConfig, T: int, implementation_padding: bool = False,
+                  streamed: bool = False) -> int:
+    """Tokens one `memory.apply` call on T tokens runs its chunk-wise work over.
+    `streamed`: the call continues a state (MAC's segments), so its buffer has room for
+    a block's worth of earlier tokens; a fresh call (`state=None`) starts at a block."""
     C = mcfg.chunk_size
     if not implementation_padding:
         return -(-T // C) * C
     bt = memory_core._chunks_per_block(mcfg, T) * C  # the scan block, as run
-    return -(-(bt - 1 + T) // bt) * bt
+    return -(-((bt - 1 if streamed else 0) + T) // bt) * bt
 
 
 def memory_apply_flops(mcfg: MemoryConfig, batch: int, tokens: int,
-                       implementation_padding: bool = False) -> dict[str, int]:
+                       implementation_padding: bool = False,
+                       streamed: bool = False) -> dict[str, int]:
     """Forward FLOPs of one `memory.apply` (store + retrieve) on batch×tokens×D."""
     B, T, D, Hm, d, C = batch, tokens, mcfg.dim, mcfg.heads, mcfg.head_dim, mcfg.chunk_size
-    L = memory_tokens(mcfg, T, implementation_padding)
+    L = memory_tokens(mcfg, T, implementation_padding, streamed)
     G = L // C
     inner = Hm * d
     proj = 3 * matmul_flops(B * T, D, inner)                    # q, k, v
@@ -277,7 +282,8 @@ def forward_flops(cfg: TitansConfig, batch: int, seq: int, *,
                 if mem:
                     out["qkvo_proj"] += count * 2 * matmul_flops(B * L, D, D)   # k, v of h
                     _add(out, memory_retrieve_flops(mcfg, B, L), count)
-                    _add(out, memory_apply_flops(mcfg, B, L, implementation_padding), count)
+                    _add(out, memory_apply_flops(mcfg, B, L, implementation_padding,
+                                                 streamed=True), count)
     return out
 
 
