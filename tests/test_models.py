@@ -9,14 +9,12 @@ are compiled ahead of the tests, several variants at a time, in a thread pool.
 Tiny shapes: window W = 8, MAC segment S = 8, memory chunk c = 4, T = 32, so positions
 3, 7, 8, 15, 16, 23 sit on and beside chunk, window and segment boundaries.
 """
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from compile_ahead import run_concurrently
 from flax import nnx
 
 from titans_jax.models import Titans, TitansConfig, decode_step, generate, prefill
@@ -90,9 +88,7 @@ def _compile_concurrently(_fresh_jax_caches_per_module):
 
     for v in VARIANTS:  # build the models first, on this thread
         harness(v)
-    with ThreadPoolExecutor(max(1, min(len(VARIANTS), os.cpu_count() or 1))) as pool:
-        for f in [pool.submit(compile_variant, v) for v in VARIANTS]:
-            f.result()
+    run_concurrently(lambda v=v: compile_variant(v) for v in VARIANTS)
 
 
 def _tokens(seed, batch=2, length=T):

@@ -42,6 +42,7 @@ from titans_jax.interop import compare as C  # noqa: E402
 from titans_jax.interop.titans_pytorch import (  # noqa: E402
     UnsupportedTorchSetting, from_torch, state_from_torch, state_to_torch)
 from titans_jax.memory import MemoryConfig  # noqa: E402
+from compile_ahead import run_concurrently  # noqa: E402
 
 pytestmark = pytest.mark.parity
 
@@ -127,18 +128,15 @@ def _grid_float32_compiled():
     GIL); C.compare's calls then reuse them. The torch modules are built here on the
     main thread (build_torch seeds torch and restores its global RNG); only jax's
     lowering and compilation run in the threads."""
-    from concurrent.futures import ThreadPoolExecutor
     jobs = []
     for p in GRID_F32:
         seed, knobs = p.values
         k = C.Knobs(**knobs)
         cfg, params = from_torch(C.build_torch(k, seed=seed, dtype="float32"))
         x = jnp.asarray(C.make_input(seed, BATCH, SEQ, k.dim, "float32"))
-        jobs += [(C.jitted(name), params, x, cfg) for name in ("apply", "grad")]
-    with ThreadPoolExecutor(max(1, min(2, os.cpu_count() or 1))) as pool:
-        for f in [pool.submit(lambda fn, p, x, c: fn.lower(p, x, c).compile(), *job)
-                  for job in jobs]:
-            f.result()
+        jobs += [lambda fn=C.jitted(name), p=params, x=x, c=cfg: fn.lower(p, x, c).compile()
+                 for name in ("apply", "grad")]
+    run_concurrently(jobs, max_workers=2)
 
 
 @pytest.mark.parametrize("seed,knobs", GRID_F32)

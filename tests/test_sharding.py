@@ -11,13 +11,11 @@ tracing), then the jitted steps are called one after the other and hit those com
 executables. States are placed on each mesh with device_put from the reference (the
 jitted, born-sharded init is tested once, below).
 """
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_ahead import run_concurrently
 from jax.sharding import PartitionSpec as P
 
 from titans_jax import sharding
@@ -109,11 +107,8 @@ def _compile_steps_concurrently(setups, batch):
   """`su.step.lower(...).compile()` of every setup, several at a time. Only compilation
   runs in the threads (each call's tracing holds the GIL, XLA's compile does not); the
   steps themselves run afterwards, one at a time, and reuse these executables."""
-  def compile_one(su):
-    su.step.lower(su.abstract, su.put_batch(batch)).compile()
-  with ThreadPoolExecutor(max(1, min(len(setups), os.cpu_count() or 1))) as pool:
-    for f in [pool.submit(compile_one, su) for su in setups]:
-      f.result()
+  run_concurrently(lambda su=su: su.step.lower(su.abstract, su.put_batch(batch)).compile()
+                   for su in setups)
 
 
 @pytest.mark.parametrize("variant", ["mac", "mag", "mal", "lmm"])
