@@ -201,6 +201,15 @@ def _chunks_per_block(cfg: MemoryConfig, T: int) -> int:
         if new_chunks < k else k
 
 
+def buffer_tokens(cfg: MemoryConfig, T: int, fresh: bool) -> int:
+    """Length L of the block-aligned buffer `apply` runs a T-token call over. A call that
+    continues a stream starts anywhere inside its current block (a traced position), so
+    its buffer leaves room for a block's worth of earlier tokens; a fresh one does not."""
+    block_tokens = _chunks_per_block(cfg, T) * cfg.chunk_size
+    num_blocks = -(-((0 if fresh else block_tokens - 1) + T) // block_tokens)
+    return num_blocks * block_tokens
+
+
 def _place(pending, new, pending_start, new_start, length):
     """Buffer of `length` tokens (axis 1) with the pending chunk at `pending_start`,
     then the new tokens written over it from `new_start`."""
@@ -380,10 +389,8 @@ def apply(params: dict, x: jax.Array, cfg: MemoryConfig, state: Optional[State] 
     # ---- buffer layout (see module docstring) ----
     kb = _chunks_per_block(cfg, T)
     block_tokens = kb * C
-    # The call's tokens start anywhere inside the current block (a traced position), so
-    # the buffer leaves room for a block's worth of earlier tokens, unless it is fresh.
-    num_blocks = -(-((0 if fresh else block_tokens - 1) + T) // block_tokens)
-    L, G = num_blocks * block_tokens, num_blocks * kb
+    L = buffer_tokens(cfg, T, fresh)
+    num_blocks, G = L // block_tokens, L // C
     pos = state["pos"]
     chunk_index = pos // C                  # absolute index of the chunk being filled
     pending_count = pos % C

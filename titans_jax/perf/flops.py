@@ -156,8 +156,7 @@ def memory_tokens(mcfg: MemoryConfig, T: int, implementation_padding: bool = Fal
     C = mcfg.chunk_size
     if not implementation_padding:
         return -(-T // C) * C
-    bt = memory_core._chunks_per_block(mcfg, T) * C  # the scan block, as run
-    return -(-((bt - 1 if streamed else 0) + T) // bt) * bt
+    return memory_core.buffer_tokens(mcfg, T, fresh=not streamed)  # the buffer, as run
 
 
 def memory_apply_flops(mcfg: MemoryConfig, batch: int, tokens: int,
