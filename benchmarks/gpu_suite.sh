@@ -5,7 +5,9 @@
 #   (b) the memory layer vs titans-pytorch   (benchmarks/memory_bench.py)
 #   (c) whole-model training steps, 170m mag/mal/swa at 4K tokens, bf16
 #                                            (benchmarks/model_bench.py)
-#   (d) a short sequence-length sweep        (benchmarks/seq_sweep.py)
+#       with a profile of one step per variant (time per scope, ops per step, busy)
+#   (d) where the memory layer's time goes    (benchmarks/memory_profile.py)
+#   (e) a short sequence-length sweep        (benchmarks/seq_sweep.py)
 # Every step has its own timeout, so a slow one cannot eat the others' time, and every
 # benchmark rewrites its JSON after each point, so a step cut short keeps what it had.
 # Results (JSON, PNG, one log) go to $OUT (default ./gpu_out).
@@ -13,21 +15,24 @@
 #   bash benchmarks/make_wheels.sh                  # here, once
 #   bash benchmarks/gpu_suite.sh                    # there: carry .whl, timeout_s 600
 #
-# Budgets (seconds) can be changed: T_MEM, T_MODEL, T_SWEEP; sizes: PRESET, MODEL_SEQ,
-# MODEL_BATCH, MEM_ARGS, SWEEP_TOKENS, SWEEP_SEQS, SWEEP_VARIANTS (a CPU dry run:
-# PRESET=tiny MODEL_SEQ=64 SWEEP_SEQS="32 64" MEM_ARGS="--seq 256 --chunks 16 --repeats 1").
+# Budgets (seconds) can be changed: T_MEM, T_MODEL, T_PROF, T_SWEEP; sizes: PRESET, MODEL_SEQ,
+# MODEL_BATCH, MEM_ARGS, PROF_ARGS, SWEEP_TOKENS, SWEEP_SEQS, SWEEP_VARIANTS (a CPU dry
+# run: PRESET=tiny MODEL_SEQ=64 SWEEP_SEQS="32 64" MEM_ARGS="--seq 256 --chunks 16
+# --repeats 1" PROF_ARGS="--chunk 16 --seq 256").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 LOG="$OUT/suite.log"
-T_MEM=${T_MEM:-110}
+T_MEM=${T_MEM:-100}
 T_MODEL=${T_MODEL:-220}
-T_SWEEP=${T_SWEEP:-170}
+T_PROF=${T_PROF:-50}
+T_SWEEP=${T_SWEEP:-150}
 PRESET=${PRESET:-170m}
 MODEL_SEQ=${MODEL_SEQ:-4096}
 MODEL_BATCH=${MODEL_BATCH:-4}
 MEM_ARGS=${MEM_ARGS:-"--chunks 16 64 --seq 1024 4096 --repeats 2"}
+PROF_ARGS=${PROF_ARGS:-"--chunk 16 --seq 4096"}
 SWEEP_TOKENS=${SWEEP_TOKENS:-16384}
 SWEEP_SEQS=${SWEEP_SEQS:-"1024 4096 16384"}
 SWEEP_VARIANTS=${SWEEP_VARIANTS:-"swa mag lmm"}
@@ -71,12 +76,18 @@ step() {  # step NAME SECONDS CMD... : run with a hard timeout, log its output
 XLA_PYTHON_CLIENT_PREALLOCATE=false JAX_DEFAULT_MATMUL_PRECISION=highest step memory_bench "$T_MEM" \
   "$PY" benchmarks/memory_bench.py $MEM_ARGS --json "$OUT/memory_bench.json"
 
-# (c) whole model, 170m, 4K tokens, bf16 ----------------------------------------------
+# (c) whole model, 170m, 4K tokens, bf16, and a profile of one step of each -----------
+# The profile says what limits MFU: the share of each scope (memory blocks, the rest of
+# the memory, attention, ffn, other), kernels per step and the device's busy fraction.
 step model_bench "$T_MODEL" \
   "$PY" benchmarks/model_bench.py --preset "$PRESET" --variants mag mal swa --seq "$MODEL_SEQ" \
-  --batch "$MODEL_BATCH" --dtype bf16 --steps 5 --out "$OUT/model_bench.json"
+  --batch "$MODEL_BATCH" --dtype bf16 --steps 5 --profile 1 --out "$OUT/model_bench.json"
 
-# (d) short sequence sweep -------------------------------------------------------------
+# (d) the memory layer's f+b by op group, chunk 16 at 4K (fp32, as memory_bench) --------
+XLA_PYTHON_CLIENT_PREALLOCATE=false JAX_DEFAULT_MATMUL_PRECISION=highest step memory_profile "$T_PROF" \
+  "$PY" benchmarks/memory_profile.py $PROF_ARGS --top 20 --json "$OUT/memory_profile.json"
+
+# (e) short sequence sweep -------------------------------------------------------------
 # shellcheck disable=SC2086
 step seq_sweep "$T_SWEEP" \
   "$PY" benchmarks/seq_sweep.py --preset "$PRESET" --variants $SWEEP_VARIANTS --seqs $SWEEP_SEQS \

@@ -1,16 +1,19 @@
 """Where the memory layer's forward+backward time goes: a per-op CPU/GPU profile.
 
-Runs the jitted f+b of `memory.apply` (the memory_bench config) under `jax.profiler`,
-reads the trace back with `jax.profiler.ProfileData` and sums the time of each compiled
-op into four groups:
+Runs the jitted f+b of `memory.apply` (the memory_bench config) under `jax.profiler`
+(`titans_jax.perf.profile`) and sums the time of each compiled op into four groups:
 
-  * outside the scan, matmuls: the q/k/v/lr/gate/output projections and their backward
-    (work titans-pytorch does in the same amount);
-  * outside the scan, other: norms, activations, layout copies, buffer initialisation;
-  * inside the scan (one commit block per step), matmuls: gradient factors, retrieval,
-    block-end weights and their backward;
-  * inside the scan, other: elementwise work, most of it over weight-size tensors
+  * "memory, matmul" (outside the scan): the q/k/v/lr/gate/output projections and their
+    backward (work titans-pytorch does in the same amount);
+  * "memory, other": norms, activations, layout copies, buffer initialisation;
+  * "memory_block, matmul" (inside the scan, one commit block per step): gradient
+    factors, retrieval, block-end weights and their backward;
+  * "memory_block, other": elementwise work, most of it over weight-size tensors
     (block-end weights, carried cotangents).
+
+It also reports the ops executed per step and `busy` (summed op time / wall time): on a
+GPU, a busy fraction well under 1 is time the device waits for the scan's kernel
+launches — the case for fusing a block step into one kernel.
 
   python benchmarks/memory_profile.py --chunk 16 --seq 1024
   python benchmarks/memory_profile.py --chunk 64 --seq 1024 --top 25 --json out.json
@@ -23,31 +26,19 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
 import json
-import re
-import tempfile
 
 import jax
 import jax.numpy as jnp
 
-
-def _op_table(hlo_text: str) -> dict[str, tuple[str, str]]:
-    """instruction name -> (its HLO text after '=', op_name metadata)."""
-    table = {}
-    for m in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = ([^\n]*)", hlo_text, re.M):
-        meta = re.search(r'op_name="([^"]*)"', m.group(2))
-        table[m.group(1)] = (m.group(2), meta.group(1) if meta else "")
-    return table
-
-
-def _is_matmul(name: str, text: str) -> bool:
-    # XLA:CPU emits matmuls as dot / dot_general or as YNNPACK fusions around a dot.
-    return name.startswith(("dot", "ynn_fusion", "cublas", "gemm")) or " dot(" in text
+from titans_jax.perf import profile as prof_lib
 
 
 def profile(chunk: int, seq: int, *, batch: int = 2, dim: int = 384, heads: int = 4,
             dim_head: int = 64, steps: int = 2, impl: str = "auto", top: int = 15) -> dict:
+    """The jitted f+b of the memory_bench layer under `titans_jax.perf.profile`: groups
+    "memory_block, …" (one commit block of the scan, and its backward) and "memory, …"
+    (the rest of the layer: projections, gates, buffers)."""
     import torch
     from titans_pytorch import NeuralMemory
 
@@ -62,42 +53,11 @@ def profile(chunk: int, seq: int, *, batch: int = 2, dim: int = 384, heads: int 
     x = jax.random.normal(jax.random.key(0), (batch, seq, dim))
     fwd_bwd = jax.jit(jax.value_and_grad(
         lambda p, x: jnp.mean(jnp.square(memory.apply(p, x, cfg)[0]))))
-    jax.block_until_ready(fwd_bwd(params, x))
-    ops = _op_table(fwd_bwd.lower(params, x).compile().as_text())
-
-    with tempfile.TemporaryDirectory() as trace_dir:
-        with jax.profiler.trace(trace_dir):
-            for _ in range(steps):
-                jax.block_until_ready(fwd_bwd(params, x))
-        xspace = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)[0]
-        data = jax.profiler.ProfileData.from_file(xspace)
-        per_op = collections.Counter()
-        for plane in data.planes:
-            for line in plane.lines:
-                for ev in line.events:
-                    # Leaf ops only: executor and loop events enclose the ops they run.
-                    if ev.name in ops and not ev.name.startswith(("while", "call", "conditional")):
-                        per_op[ev.name] += ev.duration_ns / steps
-
-    groups = collections.Counter()
-    rows = []
-    for name, ns in per_op.items():
-        text, op_name = ops[name]
-        where = "scan" if "/while/" in op_name else "outside"
-        kind = "matmul" if _is_matmul(name, text) else "other"
-        groups[f"{where}, {kind}"] += ns
-        rows.append((ns, name, text.split(" ")[0], op_name[-80:]))
-    total = sum(groups.values())
-    rows.sort(reverse=True)
-    return {
-        "chunk": chunk, "seq": seq, "batch": batch, "impl": impl, "steps": steps,
-        "device": jax.devices()[0].device_kind, "jax": jax.__version__,
-        "total_op_ms": total / 1e6,
-        "share": {k: v / total for k, v in sorted(groups.items())},
-        "ms": {k: v / 1e6 for k, v in sorted(groups.items())},
-        "top_ops": [{"ms": ns / 1e6, "op": n, "shape": s, "source": src}
-                    for ns, n, s, src in rows[:top]],
-    }
+    compiled = fwd_bwd.lower(params, x).compile()
+    res = prof_lib.profile_steps(lambda: jax.block_until_ready(compiled(params, x)),
+                                 compiled.as_text(), steps=steps, top=top)
+    res.update(chunk=chunk, seq=seq, batch=batch, impl=impl, jax=jax.__version__)
+    return res
 
 
 def profile_torch(chunk: int, seq: int, *, batch: int = 2, dim: int = 384, heads: int = 4,
@@ -152,12 +112,8 @@ def main():
     res = profile(args.chunk, args.seq, batch=args.batch, steps=args.steps, impl=args.impl,
                   top=args.top)
     print(f"memory layer f+b, chunk {res['chunk']}, T {res['seq']}, B {res['batch']}, "
-          f"impl {res['impl']}, {res['device']}: {res['total_op_ms']:.1f} ms of ops per step")
-    for k, share in res["share"].items():
-        print(f"  {k:18s} {res['ms'][k]:8.1f} ms  {100 * share:5.1f} %")
-    print("top ops:")
-    for r in res["top_ops"]:
-        print(f"  {r['ms']:7.2f} ms  {r['op']:28s} {r['shape']:34s} {r['source']}")
+          f"impl {res['impl']}")
+    print(prof_lib.format_profile(res))
     if args.torch:
         res["torch"] = profile_torch(args.chunk, args.seq, batch=args.batch, steps=args.steps)
         t = res["torch"]

@@ -41,7 +41,12 @@ def parse_args(argv=None):
     ap.add_argument("--remat", default=None, help="override the preset's remat policy")
     ap.add_argument("--attn_impl", default=None, help="override attention kernel")
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                    help="TitansConfig overrides, e.g. num_layers=1 memory_chunk=16")
+                    help="config overrides, e.g. num_layers=1 memory_chunk=16 "
+                         "memory.commit_every=64 (memory.FIELD: a MemoryConfig field)")
+    ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                    help="also profile STEPS steps per variant: time per scope (memory "
+                         "blocks, memory, attention, ffn, other), matmul share, ops per "
+                         "step, device busy fraction (titans_jax.perf.profile)")
     ap.add_argument("--no_baseline", action="store_true", help="do not add swa")
     ap.add_argument("--out", default=None, help="write the JSON here (after every variant)")
     return ap.parse_args(argv)
@@ -50,7 +55,7 @@ def parse_args(argv=None):
 def run(args) -> dict:
     import jax
 
-    from titans_jax.perf import timing
+    from titans_jax.perf import profile as prof_lib, timing
 
     variants = list(dict.fromkeys(args.variants))
     if not args.no_baseline and "swa" not in variants:
@@ -66,7 +71,8 @@ def run(args) -> dict:
         cfg = timing.model_config(args.preset, v, args.dtype, **overrides)
         try:
             row = timing.time_train_step(cfg, args.batch, args.seq, steps=args.steps,
-                                         warmup=args.warmup, peak_flops=args.peak_flops)
+                                         warmup=args.warmup, peak_flops=args.peak_flops,
+                                         profile_steps=args.profile)
         except Exception as e:  # noqa: BLE001 - e.g. OOM at one size: record, go on
             traceback.print_exc()
             row = {"variant": v, "batch": args.batch, "seq": args.seq, "dtype": cfg.dtype,
@@ -77,6 +83,8 @@ def run(args) -> dict:
         if "error" not in row:
             print(f"  {v}: {row['tokens_per_s']:,.0f} tokens/s, step {1e3 * row['step_s_median']:.1f} ms, "
                   f"compile {row['compile_s']:.1f} s", flush=True)
+            if "profile" in row:
+                print(prof_lib.format_profile(row["profile"]), flush=True)
         if args.out:
             timing.write_json(args.out, result)
     result["device"]["loadavg_end"] = timing.device_info()["loadavg"]

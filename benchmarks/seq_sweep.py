@@ -36,7 +36,7 @@ def parse_args(argv=None):
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--peak_flops", type=float, default=None)
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                    help="TitansConfig overrides, e.g. num_layers=1")
+                    help="config overrides, e.g. num_layers=1 memory.commit_every=64")
     ap.add_argument("--max_step_s", type=float, default=None,
                     help="skip a variant's longer lengths once one step takes longer")
     ap.add_argument("--time_budget_s", type=float, default=None,

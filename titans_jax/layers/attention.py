@@ -96,6 +96,7 @@ def window_block_mask(num_blocks: int, window: int, num_persistent: int) -> jax.
     return blocks
 
 
+@jax.named_scope("attention")   # perf.profile groups ops by scope
 def sliding_window_attention(q_BTHK, k_BTHK, v_BTHK, window: int,
                              pk_BPHK: Optional[jax.Array] = None,
                              pv_BPHK: Optional[jax.Array] = None,
@@ -143,6 +144,7 @@ def ring_slot_positions(pos: jax.Array, window: int) -> jax.Array:
     return pos - jnp.mod(pos - s, window)
 
 
+@jax.named_scope("attention")
 def decode_window_attention(q_B1HK, k_ring_BWHK, v_ring_BWHK, pos, window: int,
                             pk_BPHK=None, pv_BPHK=None, impl: str = "xla"):
     """One query at position `pos` against the ring buffer (already holding pos) and the
@@ -168,6 +170,7 @@ def segment_mask(num_queries: int, seg_len: int, num_persistent: int, with_memor
     return jnp.concatenate(parts, axis=-1)
 
 
+@jax.named_scope("attention")
 def segment_attention(q_BQHK, keys, values, mask_QC, impl: str = "xla"):
     """Attention of a segment's queries over concatenated key groups ([P ‖ h ‖ x])."""
     k = jnp.concatenate([k.astype(q_BQHK.dtype) for k in keys], axis=1)

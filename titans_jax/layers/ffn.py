@@ -17,5 +17,6 @@ class SwiGLU(nnx.Module):
         self.up = Linear((dim, hidden), ("embed", "mlp"), "BTD,DF->BTF", dim, **kw)
         self.down = Linear((hidden, dim), ("mlp", "embed"), "BTF,FD->BTD", hidden, **kw)
 
+    @jax.named_scope("ffn")   # perf.profile groups ops by scope
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
         return self.down(jax.nn.silu(self.gate(x_BTD)) * self.up(x_BTD))

@@ -356,6 +356,7 @@ def _block_step(cfg: MemoryConfig, carry, block):
     return (new_weights, new_momentum, new_grad_point), y_BHKCd
 
 
+@jax.named_scope("memory")      # profiles group the layer's ops by these scopes (perf.profile)
 def apply(params: dict, x: jax.Array, cfg: MemoryConfig, state: Optional[State] = None,
           *, constrain_fresh_state: Optional[Callable[[State], State]] = None):
     """Store x into the memory and retrieve from it (SPEC §1). Pure; jit with cfg static.
@@ -447,8 +448,9 @@ def apply(params: dict, x: jax.Array, cfg: MemoryConfig, state: Optional[State] 
     dual = use_dual(cfg)
     remat = cfg.remat if cfg.remat is not None else dual
     recurrence = functools.partial(linear_recurrence, impl=cfg.recurrence)
-    step = (functools.partial(dual_block_step, cfg, recurrence) if dual
-            else functools.partial(_block_step, cfg))
+    step = jax.named_scope("memory_block")(
+        functools.partial(dual_block_step, cfg, recurrence) if dual
+        else functools.partial(_block_step, cfg))
     if remat:
         step = jax.checkpoint(step)
     carry0 = (state["weights"], state["momentum"], state["grad_point"])
@@ -504,6 +506,7 @@ def _finish_output(params, y_BTHd, xr_BTD, cfg: MemoryConfig):
     return y_BTHd.reshape(y_BTHd.shape[:2] + (cfg.inner_width,))
 
 
+@jax.named_scope("memory")
 def retrieve(params: dict, x: jax.Array, cfg: MemoryConfig, weights: dict, conv=None):
     """Read-only retrieval y = M*_W(q(x)) with fixed fast weights (no store, no update).
 

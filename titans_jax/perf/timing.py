@@ -42,12 +42,15 @@ def resolve_dtype(dtype: str) -> str:
 
 
 def parse_overrides(items) -> dict:
-    """["num_layers=1", "remat=none"] -> {"num_layers": 1, "remat": "none"}."""
+    """["num_layers=1", "remat=none", "memory.commit_every=64"] -> {"num_layers": 1,
+    "remat": "none", "memory.commit_every": 64}."""
     import ast
 
     out = {}
     for item in items or ():
-        key, _, value = item.partition("=")
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not FIELD=VALUE")
         try:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -56,8 +59,19 @@ def parse_overrides(items) -> dict:
 
 
 def model_config(preset: str, variant: str, dtype: str = "bf16", **overrides) -> TitansConfig:
-    """The preset of `variant` computing in `dtype` (parameters stay float32)."""
-    return TitansConfig.preset(preset, variant=variant, dtype=DTYPE_ALIASES[dtype], **overrides)
+    """The preset of `variant` computing in `dtype` (parameters stay float32).
+
+    Overrides named `memory.FIELD` change that field of the memory's MemoryConfig (e.g.
+    `memory.commit_every=64`, `memory.impl="primal"`); the others are TitansConfig fields.
+    """
+    memory_changes = {k.split(".", 1)[1]: v for k, v in overrides.items()
+                      if k.startswith("memory.")}
+    model_changes = {k: v for k, v in overrides.items() if not k.startswith("memory.")}
+    cfg = TitansConfig.preset(preset, variant=variant, dtype=DTYPE_ALIASES[dtype],
+                              **model_changes)
+    if memory_changes:
+        cfg = cfg.replace(memory=cfg.memory_config.replace(**memory_changes))
+    return cfg
 
 
 def device_info() -> dict:
@@ -109,7 +123,8 @@ def random_batch(batch: int, seq: int, vocab: int, seed: int = 0) -> dict[str, j
 
 def time_train_step(cfg: TitansConfig, batch: int, seq: int, *, steps: int = 5,
                     warmup: int = 1, seed: int = 0,
-                    peak_flops: Optional[float] = None, jit_init: bool = True) -> dict:
+                    peak_flops: Optional[float] = None, jit_init: bool = True,
+                    profile_steps: int = 0) -> dict:
     """Times the full training step (forward + backward + AdamW) of `Titans(cfg)`.
 
     Args:
@@ -121,6 +136,10 @@ def time_train_step(cfg: TitansConfig, batch: int, seq: int, *, steps: int = 5,
       jit_init: initialise the parameters with one jitted program, as `train()` does
         (False: op by op — measured slower on CPU, 18 s vs 7.5 s for a 1-layer tiny
         LMM; neither changes what is timed).
+      profile_steps: if > 0, also profile that many steps after the timed ones
+        (`titans_jax.perf.profile`: time per scope — memory blocks, rest of the memory,
+        attention, FFN, other — matmul vs other, ops per step, device busy fraction),
+        returned under "profile".
 
     Returns:
       A JSON-ready dict: config, timings (median/min/max step seconds, tokens/s),
@@ -167,6 +186,16 @@ def time_train_step(cfg: TitansConfig, batch: int, seq: int, *, steps: int = 5,
         times.append(time.perf_counter() - t0)
     loss = float(metrics["loss"])
     memory.update(_device_memory())
+    profile = None
+    if profile_steps > 0:
+        from titans_jax.perf import profile as prof_lib
+
+        def run_step():
+            nonlocal state, metrics
+            state, metrics = compiled(state, data)
+            jax.block_until_ready((state, metrics))
+
+        profile = prof_lib.profile_steps(run_step, compiled.as_text(), steps=profile_steps)
     del state, compiled
     gc.collect()
 
@@ -185,6 +214,7 @@ def time_train_step(cfg: TitansConfig, batch: int, seq: int, *, steps: int = 5,
         "achieved_flops_per_s": fl["total"] / step_s, "peak_flops": peak_flops,
         "mfu": flops_lib.model_flops_utilization(fl["total"], step_s, peak_flops),
         "memory": memory, "final_loss": loss,
+        **({"profile": profile} if profile is not None else {}),
     }
 
 

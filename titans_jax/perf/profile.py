@@ -1,0 +1,233 @@
+"""Where a compiled program's time goes: a per-op profile read back from `jax.profiler`.
+
+`profile_steps(run_step, hlo_text)` runs a step a few times without the profiler (wall
+time), then under `jax.profiler.trace`, reads the trace with `jax.profiler.ProfileData`
+and sums the time of every op of the program into groups
+
+    "<component>, <matmul|other>"
+
+where the component is the innermost of the named scopes the library puts on its code
+(`jax.named_scope`) that the op's source carries:
+
+  * ``memory_block``: one commit block of the memory's `lax.scan` (gradient factors,
+    recurrences, retrieval, block end) and its backward;
+  * ``memory``: the rest of the memory layer (projections, gates, buffer layout, norms);
+  * ``attention``: the attention kernels (sliding window, MAC segments);
+  * ``ffn``: the SwiGLU feed-forward;
+  * ``other``: everything else (embedding, q/k/v/o projections, norms, loss, optimizer);
+  * ``unnamed``: ops XLA left without source information (see `op_table`).
+
+What counts as one op: on the CPU each executed XLA thunk (events of the XLA:CPU thread
+pools); on a GPU each kernel on the device's streams (host-side launch events are not
+counted again). Reported per step: the summed op time, the number of ops executed, and
+their ratio to the wall time of a step (`busy`): on a GPU a `busy` well under 1 means the
+device idles between kernels (launch- or host-bound); on the CPU ops of the two thread
+pools overlap, so `busy` can exceed 1. Op times under the profiler include its overhead:
+compare shares and counts, not absolute times.
+"""
+from __future__ import annotations
+
+import collections
+import glob
+import re
+import tempfile
+import time
+from typing import Any, Callable
+
+import jax
+
+#: The scopes put on the library's code, most specific first (an op inside a memory
+#: block is also inside the memory).
+SCOPES = ("memory_block", "memory", "attention", "ffn")
+
+_CONTAINERS = ("while", "call", "conditional")   # loop/call thunks enclose the ops they run
+
+
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\{\s*$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$")
+_OPCODE = re.compile(r"\s([a-z][\w\-]*)\(")
+_CALLEES = re.compile(r"\b(?:calls|body|condition|to_apply)=%?([\w.\-]+)"
+                      r"|branch_computations=\{([^}]*)\}")
+
+
+def op_table(hlo_text: str, scopes=SCOPES) -> dict[str, tuple[str, str, str]]:
+    """Compiled HLO instruction name -> (its text after '=', its source op_name, its
+    component).
+
+    The component is the first of `scopes` in the op's own op_name metadata. XLA's
+    passes drop that metadata from many instructions (most dots of a loop body, fusions
+    they create), so it is also resolved from where the op sits: anything in the body of
+    a `while` loop that the memory's code created is in the memory's block scan
+    ("memory_block", the first scope); an op without a name takes the component of the
+    instruction that calls its computation (a fusion, a call); one with neither is
+    "unnamed".
+    """
+    instrs: dict[str, tuple[str, str, str]] = {}     # name -> (text, op_name, computation)
+    caller: dict[str, str] = {}                       # computation -> calling instruction
+    comp = ""
+    for line in hlo_text.splitlines():
+        head = _COMPUTATION.match(line)
+        if head and not line.startswith(" "):
+            comp = head.group(1)
+            continue
+        m = _INSTRUCTION.match(line)
+        if not m:
+            continue
+        name, text = m.group(1), m.group(2)
+        meta = re.search(r'op_name="([^"]*)"', text)
+        instrs[name] = (text, meta.group(1) if meta else "", comp)
+        for single, several in _CALLEES.findall(text):
+            for callee in ([single] if single else re.findall(r"%?([\w.\-]+)", several)):
+                caller.setdefault(callee, name)
+
+    block_scope, memory_scopes = scopes[0], set(scopes[:2])
+    memo: dict[str, str] = {}
+
+    def opcode(name):
+        m = _OPCODE.search(instrs[name][0])
+        return m.group(1) if m else ""
+
+    def in_memory_loop(comp_name):
+        seen = set()
+        while comp_name in caller and comp_name not in seen:
+            seen.add(comp_name)
+            call = caller[comp_name]
+            if opcode(call) == "while" and resolve(call) in memory_scopes:
+                return True
+            comp_name = instrs[call][2]
+        return False
+
+    def resolve(name):
+        if name in memo:
+            return memo[name]
+        memo[name] = "unnamed"                        # guards a cyclic call graph
+        text, src, comp_name = instrs[name]
+        if in_memory_loop(comp_name):
+            out = block_scope
+        elif src:
+            out = component(src, scopes)
+        elif comp_name in caller:
+            out = resolve(caller[comp_name])
+        else:
+            out = "unnamed"
+        memo[name] = out
+        return out
+
+    return {n: (text, src, resolve(n)) for n, (text, src, _) in instrs.items()}
+
+
+def module_name(hlo_text: str) -> str:
+    m = re.search(r"^HloModule ([\w.\-]+)", hlo_text, re.M)
+    return m.group(1) if m else ""
+
+
+def is_matmul(name: str, text: str) -> bool:
+    """Dots, and the library calls XLA emits for them (XLA:CPU YNNPACK fusions, cuBLAS /
+    cuBLASLt custom calls, Triton GEMM fusions)."""
+    return (name.startswith(("dot", "ynn_fusion", "cublas", "gemm"))
+            or " dot(" in text or "__cublas" in text or "triton_gemm" in text)
+
+
+def component(op_name: str, scopes=SCOPES) -> str:
+    """The first of `scopes` that appears as a scope of `op_name` (e.g. in
+    'jit(step)/transpose(jvp(memory))/while/body/memory_block/dot_general'), else 'other'."""
+    for s in scopes:
+        if re.search(rf"(?:^|[/(]){re.escape(s)}(?:[)/]|$)", op_name):
+            return s
+    return "other"
+
+
+def _device_planes(data):
+    planes = list(data.planes)
+    gpu = [p for p in planes if p.name.startswith("/device:GPU")]
+    return gpu or planes, bool(gpu)
+
+
+def profile_steps(run_step: Callable[[], Any], hlo_text: str, *, steps: int = 2,
+                  top: int = 15, scopes=SCOPES) -> dict:
+    """Profiles `steps` calls of `run_step` (which runs the compiled program whose
+    `as_text()` is `hlo_text` once and blocks until it is done).
+
+    Returns a JSON-ready dict: wall_ms and op_ms per step, ops_per_step, busy, and the
+    per-group ms and share, plus the `top` ops by time. Ops the trace shows without an
+    HLO instruction of this program (e.g. a library kernel not annotated) are summed in
+    `unattributed_ms`.
+    """
+    ops = op_table(hlo_text, scopes)
+    module = module_name(hlo_text)
+    run_step()                                   # warm: nothing left to compile
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        run_step()
+    wall_ns = (time.perf_counter() - t0) * 1e9 / steps
+
+    events = []                                  # (op name, module or None, duration ns)
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir):
+            for _ in range(steps):
+                run_step()
+        xspace = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)[0]
+        data = jax.profiler.ProfileData.from_file(xspace)
+        planes, on_gpu = _device_planes(data)
+        for plane in planes:
+            for line in plane.lines:
+                if on_gpu and not line.name.startswith("Stream"):
+                    continue                     # derived lines repeat the kernels
+                for ev in line.events:
+                    stats = dict(ev.stats) if ev.stats else {}
+                    events.append((stats.get("hlo_op") or ev.name, stats.get("hlo_module"),
+                                   ev.duration_ns))
+    # Keep this program's ops (not e.g. a transfer's); if the trace names its modules
+    # differently from the HLO text, keep every op whose name the program has.
+    ours = any(mod == module for _, mod, _ in events)
+    per_op = collections.Counter()
+    count = 0
+    unattributed = 0.0
+    for name, mod, ns in events:
+        if ours and mod is not None and mod != module:
+            continue
+        if name in ops:
+            if name.startswith(_CONTAINERS):
+                continue
+            per_op[name] += ns / steps
+            count += 1
+        elif on_gpu:
+            unattributed += ns / steps
+
+    groups = collections.Counter()
+    rows = []
+    for name, ns in per_op.items():
+        text, src, comp = ops[name]
+        kind = "matmul" if is_matmul(name, text) else "other"
+        groups[f"{comp}, {kind}"] += ns
+        rows.append((ns, name, text.split(" ")[0], comp, src[-80:]))
+    total = sum(groups.values())
+    rows.sort(reverse=True)
+    return {
+        "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+        "steps": steps, "wall_ms": wall_ns / 1e6, "op_ms": total / 1e6,
+        "ops_per_step": count / steps, "busy": total / wall_ns if wall_ns else None,
+        "unattributed_ms": unattributed / 1e6,
+        "ms": {k: v / 1e6 for k, v in sorted(groups.items())},
+        "share": {k: v / total for k, v in sorted(groups.items())} if total else {},
+        "matmul_share": (sum(v for k, v in groups.items() if k.endswith("matmul")) / total
+                         if total else None),
+        "top_ops": [{"ms": ns / 1e6, "op": n, "shape": s, "component": c, "source": src}
+                    for ns, n, s, c, src in rows[:top]],
+    }
+
+
+def format_profile(res: dict) -> str:
+    """A few lines for a log: totals, the groups, the top ops."""
+    lines = [f"{res['device']}: wall {res['wall_ms']:.1f} ms/step, ops {res['op_ms']:.1f} ms/step "
+             f"({res['ops_per_step']:.0f} ops, busy {res['busy']:.2f}), "
+             f"matmul share {100 * (res['matmul_share'] or 0):.1f} %"]
+    if res.get("unattributed_ms"):
+        lines.append(f"  unattributed device time {res['unattributed_ms']:.1f} ms/step")
+    for k, share in res["share"].items():
+        lines.append(f"  {k:22s} {res['ms'][k]:9.1f} ms  {100 * share:5.1f} %")
+    lines.append("  top ops:")
+    for r in res["top_ops"]:
+        lines.append(f"  {r['ms']:8.2f} ms  {r['op']:26s} {r['shape']:30s} {r['component']:12s} "
+                     f"{r['source']}")
+    return "\n".join(lines)
