@@ -119,7 +119,8 @@ def table(rows) -> str:
 
 
 def plot(result: dict, path: str) -> None:
-    """tokens/s vs sequence length (log-x), one line per variant."""
+    """tokens/s vs sequence length (log-log, so that a flat line — linear cost — reads as
+    flat for slow and fast variants alike), one line per variant."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,10 +132,13 @@ def plot(result: dict, path: str) -> None:
         pts = sorted((r["seq"], r["tokens_per_s"]) for r in rows if r["variant"] == v)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=v)
     ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
     ax.set_xlabel("sequence length (tokens)")
     ax.set_ylabel("training tokens / s")
     a = result["args"]
-    ax.set_title(f"{a['preset']} {a['dtype']} on {result['device']['device_kind']}")
+    per_step = (f", B·T = max(T, {a['tokens']})" if a.get("tokens") else f", B = {a.get('batch')}")
+    ax.set_title(f"{a['preset']} {a['dtype']} on {result['device']['device_kind']}{per_step}, "
+                 f"{result.get('date', '')[:10]}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()

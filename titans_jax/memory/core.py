@@ -356,6 +356,20 @@ def _block_step(cfg: MemoryConfig, carry, block):
     return (new_weights, new_momentum, new_grad_point), y_BHKCd
 
 
+def _tied_gradient_point(step):
+    """A (W, S) scan step from a (W, S, W̄) one, for configs where W̄ = W at every block
+    start (every block ends with a commit)."""
+    def tied(carry, block):
+        weights, momentum = carry
+        (weights, momentum, _), y = step((weights, momentum, weights), block)
+        return (weights, momentum), y
+    return tied
+
+
+def _maybe_remat(step, remat: bool):
+    return jax.checkpoint(step) if remat else step
+
+
 @jax.named_scope("memory")      # profiles group the layer's ops by these scopes (perf.profile)
 def apply(params: dict, x: jax.Array, cfg: MemoryConfig, state: Optional[State] = None,
           *, constrain_fresh_state: Optional[Callable[[State], State]] = None):
@@ -451,10 +465,18 @@ def apply(params: dict, x: jax.Array, cfg: MemoryConfig, state: Optional[State] 
     step = jax.named_scope("memory_block")(
         functools.partial(dual_block_step, cfg, recurrence) if dual
         else functools.partial(_block_step, cfg))
-    if remat:
-        step = jax.checkpoint(step)
-    carry0 = (state["weights"], state["momentum"], state["grad_point"])
-    (weights, momentum, grad_point), y_blocks = lax.scan(step, carry0, blocks)
+    if cfg.commit_chunks == 1:
+        # Commit after every chunk (the paper's exact mini-batch GD): a block is one
+        # chunk and W̄ = W at every block start, so the scan carries W once — one
+        # weight-size carry fewer to select, stack for the backward and differentiate.
+        (weights, momentum), y_blocks = lax.scan(
+            _maybe_remat(_tied_gradient_point(step), remat),
+            (state["weights"], state["momentum"]), blocks)
+        grad_point = weights
+    else:
+        carry0 = (state["weights"], state["momentum"], state["grad_point"])
+        (weights, momentum, grad_point), y_blocks = lax.scan(
+            _maybe_remat(step, remat), carry0, blocks)
 
     # N×B×H×K×C×d -> B×L×H×d (shifted by one token), then the last token with final W.
     y_shift = jnp.moveaxis(y_blocks, 0, 1).reshape(B, num_blocks, H, kb, C, d)
