@@ -1,7 +1,7 @@
 """Where the memory layer's forward+backward time goes: a per-op CPU/GPU profile.
 
 Runs the jitted f+b of `memory.apply` (the memory_bench config) under `jax.profiler`
-(`titans_jax.perf.profile`) and sums the time of each compiled op into four groups:
+(`titans_jax.perf.profile`) and sums the time of each compiled op into groups, chiefly:
 
   * "memory, matmul" (outside the scan): the q/k/v/lr/gate/output projections and their
     backward (work titans-pytorch does in the same amount);
@@ -9,7 +9,9 @@ Runs the jitted f+b of `memory.apply` (the memory_bench config) under `jax.profi
   * "memory_block, matmul" (inside the scan, one commit block per step): gradient
     factors, retrieval, block-end weights and their backward;
   * "memory_block, other": elementwise work, most of it over weight-size tensors
-    (block-end weights, carried cotangents).
+    (block-end weights, carried cotangents);
+  * and small "other, …" (the loss) and "unnamed, …" (ops XLA left without a source
+    name outside any loop, e.g. the zero-filled buffers the scan stacks carries into).
 
 It also reports the ops executed per step and `busy` (summed op time / wall time): on a
 GPU, a busy fraction well under 1 is time the device waits for the scan's kernel

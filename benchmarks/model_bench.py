@@ -72,7 +72,7 @@ def run(args) -> dict:
         try:
             row = timing.time_train_step(cfg, args.batch, args.seq, steps=args.steps,
                                          warmup=args.warmup, peak_flops=args.peak_flops,
-                                         profile_steps=args.profile)
+                                         profile_runs=args.profile)
         except Exception as e:  # noqa: BLE001 - e.g. OOM at one size: record, go on
             traceback.print_exc()
             row = {"variant": v, "batch": args.batch, "seq": args.seq, "dtype": cfg.dtype,

@@ -77,7 +77,7 @@ def test_memory_profile_groups_every_op_of_both_libraries():
     assert t["ms"]["matmul"] > 0 and t["ms"]["other"] > 0
 
 
-def test_profile_component_reads_the_innermost_library_scope():
+def test_profile_component_reads_the_most_specific_library_scope():
     from titans_jax.perf.profile import component
 
     assert component("jit(train_step)/jvp()/while/body/memory/while/body/memory_block/mul") \

@@ -162,6 +162,39 @@ def test_remat_same_values_and_gradients(impl):
         assert_trees_close(g_r, g, 1e-12, "remat gradients")
 
 
+@pytest.mark.parametrize("impl", ["dual", "primal"])
+def test_tied_gradient_point_equals_carried(impl, monkeypatch):
+    """With a commit after every chunk the block scan carries (W, S) and reads W̄ = W
+    (core._carries_gradient_point). The (W, S, W̄) scan it replaces gives the same
+    outputs, states and slow-parameter gradients on a stream split on and off chunk
+    boundaries."""
+    from titans_jax.memory import core
+
+    cfg = paper(chunk_size=3).replace(impl=impl)
+    assert not core._carries_gradient_point(cfg)
+    splits = [(0, 4), (4, 5), (5, 9), (9, T_STREAM)]
+
+    def run():
+        # Fresh jit wrappers: the patched and unpatched runs must trace separately.
+        stream = jax.jit(apply, static_argnames="cfg")
+        with jax.enable_x64(True):
+            params, x = make_inputs(cfg, T_STREAM, seed=5)
+            r = jnp.asarray(np.random.default_rng(6).normal(size=(2, T_STREAM, cfg.dim)))
+            state, ys = init_state(params, cfg, x.shape[0]), []
+            for a, b in splits:
+                y, state = stream(params, x[:, a:b], cfg, state)
+                ys.append(y)
+            grads = jax.jit(jax.grad(lambda p: jnp.sum(apply(p, x, cfg)[0] * r)))(params)
+            return jnp.concatenate(ys, axis=1), state, grads
+
+    y_tied, state_tied, g_tied = run()
+    monkeypatch.setattr(core, "_carries_gradient_point", lambda cfg: True)
+    y_carried, state_carried, g_carried = run()
+    np.testing.assert_allclose(np.asarray(y_tied), np.asarray(y_carried), rtol=1e-12, atol=1e-12)
+    assert_trees_close(state_tied, state_carried, 1e-12, "state")
+    assert_trees_close(g_tied, g_carried, 1e-12, "gradients")
+
+
 # ------------------------------------------------------------------ validation ---
 
 def test_bad_configs_raise():

@@ -6,7 +6,9 @@ How `apply` lays out a call (all shapes static, the stream position traced):
     earlier calls: the chunks already applied to the fast weights are masked out, the
     pending (not yet complete) chunk's tokens come from the state. So any split of a
     stream into calls gives the same result as one call.
-  * `lax.scan` over blocks carries (W, S, W̄). Two forms of a block step, chosen by
+  * `lax.scan` over blocks carries (W, S, W̄) — or (W, S) alone when every chunk
+    commits (`commit_every = chunk_size`), where W̄ = W at every block start and the
+    state's `grad_point` is always its `weights`. Two forms of a block step, chosen by
     `MemoryConfig.impl` (docs/memory.md):
     primal (`_block_step`): one gradient per chunk at W̄ (`vmap` over chunks of
     `grad`), the soft clamp / lr modulation, momentum and forgetting with
@@ -356,9 +358,16 @@ def _block_step(cfg: MemoryConfig, carry, block):
     return (new_weights, new_momentum, new_grad_point), y_BHKCd
 
 
+def _carries_gradient_point(cfg: MemoryConfig) -> bool:
+    """Whether the block scan carries W̄ apart from W. Not when every chunk commits: a
+    block is then one chunk (kb = 1), a block that completes its chunk commits, one that
+    does not leaves W unchanged, so W̄ = W at every block start."""
+    return cfg.commit_chunks != 1
+
+
 def _tied_gradient_point(step):
     """A (W, S) scan step from a (W, S, W̄) one, for configs where W̄ = W at every block
-    start (every block ends with a commit)."""
+    start (`_carries_gradient_point` is False)."""
     def tied(carry, block):
         weights, momentum = carry
         (weights, momentum, _), y = step((weights, momentum, weights), block)
@@ -381,6 +390,8 @@ def apply(params: dict, x: jax.Array, cfg: MemoryConfig, state: Optional[State] 
       cfg: the MemoryConfig the params were built with.
       state: from `init_state` or a previous call; None starts a fresh memory (and
         lets the call skip the room kept for earlier tokens of a continued stream).
+        With `commit_every = chunk_size` its `grad_point` is not read: in that mode
+        every state `init_state` and `apply` make has grad_point = weights.
       constrain_fresh_state: applied to the state built when `state` is None (the nnx
         module pins its sharding with it).
 
@@ -465,7 +476,7 @@ def apply(params: dict, x: jax.Array, cfg: MemoryConfig, state: Optional[State] 
     step = jax.named_scope("memory_block")(
         functools.partial(dual_block_step, cfg, recurrence) if dual
         else functools.partial(_block_step, cfg))
-    if cfg.commit_chunks == 1:
+    if not _carries_gradient_point(cfg):
         # Commit after every chunk (the paper's exact mini-batch GD): a block is one
         # chunk and W̄ = W at every block start, so the scan carries W once — one
         # weight-size carry fewer to select, stack for the backward and differentiate.

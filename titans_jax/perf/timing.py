@@ -124,7 +124,7 @@ def random_batch(batch: int, seq: int, vocab: int, seed: int = 0) -> dict[str, j
 def time_train_step(cfg: TitansConfig, batch: int, seq: int, *, steps: int = 5,
                     warmup: int = 1, seed: int = 0,
                     peak_flops: Optional[float] = None, jit_init: bool = True,
-                    profile_steps: int = 0) -> dict:
+                    profile_runs: int = 0) -> dict:
     """Times the full training step (forward + backward + AdamW) of `Titans(cfg)`.
 
     Args:
@@ -136,7 +136,7 @@ def time_train_step(cfg: TitansConfig, batch: int, seq: int, *, steps: int = 5,
       jit_init: initialise the parameters with one jitted program, as `train()` does
         (False: op by op — measured slower on CPU, 18 s vs 7.5 s for a 1-layer tiny
         LMM; neither changes what is timed).
-      profile_steps: if > 0, also profile that many steps after the timed ones
+      profile_runs: if > 0, also profile that many steps after the timed ones
         (`titans_jax.perf.profile`: time per scope — memory blocks, rest of the memory,
         attention, FFN, other — matmul vs other, ops per step, device busy fraction),
         returned under "profile".
@@ -187,7 +187,7 @@ def time_train_step(cfg: TitansConfig, batch: int, seq: int, *, steps: int = 5,
     loss = float(metrics["loss"])
     memory.update(_device_memory())
     profile = None
-    if profile_steps > 0:
+    if profile_runs > 0:
         from titans_jax.perf import profile as prof_lib
 
         def run_step():
@@ -195,7 +195,7 @@ def time_train_step(cfg: TitansConfig, batch: int, seq: int, *, steps: int = 5,
             state, metrics = compiled(state, data)
             jax.block_until_ready((state, metrics))
 
-        profile = prof_lib.profile_steps(run_step, compiled.as_text(), steps=profile_steps)
+        profile = prof_lib.profile_steps(run_step, compiled.as_text(), steps=profile_runs)
     del state, compiled
     gc.collect()
 
