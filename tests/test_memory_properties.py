@@ -176,7 +176,8 @@ def test_tied_gradient_point_equals_carried(impl, monkeypatch):
 
     def run():
         # Fresh jit wrappers: the patched and unpatched runs must trace separately.
-        stream = jax.jit(apply, static_argnames="cfg")
+        fast = {"xla_backend_optimization_level": 0}       # as apply_jit: quick compiles
+        stream = jax.jit(apply, static_argnames="cfg", compiler_options=fast)
         with jax.enable_x64(True):
             params, x = make_inputs(cfg, T_STREAM, seed=5)
             r = jnp.asarray(np.random.default_rng(6).normal(size=(2, T_STREAM, cfg.dim)))
@@ -184,7 +185,8 @@ def test_tied_gradient_point_equals_carried(impl, monkeypatch):
             for a, b in splits:
                 y, state = stream(params, x[:, a:b], cfg, state)
                 ys.append(y)
-            grads = jax.jit(jax.grad(lambda p: jnp.sum(apply(p, x, cfg)[0] * r)))(params)
+            grads = jax.jit(jax.grad(lambda p: jnp.sum(apply(p, x, cfg)[0] * r)),
+                            compiler_options=fast)(params)
             return jnp.concatenate(ys, axis=1), state, grads
 
     y_tied, state_tied, g_tied = run()
