@@ -134,6 +134,12 @@ def _coefficients(cfg: MemoryConfig, block, recurrence):
     return lagged, end_rows
 
 
+def _surprise_coefficients(rows, scale_BHK, O: int):
+    """Rows over the basis [W_start, S_start^o…, G_0…G_{K−1}] (B×H×R×P) -> the coefficient
+    of each chunk's raw gradient G_c (B×H×R×K): its basis coefficient times −s_c."""
+    return rows[..., 1 + O:] * (-scale_BHK)[:, :, None, :]
+
+
 def _end_gradients(cfg, zs, deltas, g_gamma, end_rows, scale, K):
     """The gradient part of each block-end row: Σ_c coef_rc · (−s_c) · G_c per fast
     weight, as R tensors of weight size (one weighted sum of outer products; no per-chunk
@@ -142,7 +148,7 @@ def _end_gradients(cfg, zs, deltas, g_gamma, end_rows, scale, K):
     R = end_rows.shape[2]
     out = {}
     for n in cfg.fast_weight_names():
-        coef = end_rows[..., 1 + O:] * (-scale[n])[:, :, None, :]             # B×H×R×K
+        coef = _surprise_coefficients(end_rows, scale[n], O)                   # B×H×R×K
         if n == "gamma":
             grads = jnp.einsum("bhrk,bhkd->bhrd", coef, g_gamma)
             out[n] = tuple(grads[:, :, r] for r in range(R))
@@ -212,7 +218,7 @@ def retrieve_block(cfg: MemoryConfig, weights, momentum, terms):
     start_tok = jnp.repeat(lagged[..., :1 + O], C, axis=2)                   # B×H×N×(1+O)
 
     def grad_coef(n):                  # coefficient of G_c for each group: B×H×K×K
-        return lagged[..., 1 + O:] * (-scale[n])[:, :, None, :]
+        return _surprise_coefficients(lagged, scale[n], O)
 
     def start_list(n):                 # [W_start, S_start^0, …], each B×H×...
         return [weights[n]] + [momentum[n][o] for o in range(O)]

@@ -48,7 +48,6 @@ _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$")
 _OPCODE = re.compile(r"\s([a-z][\w\-]*)\(")
 _CALLEES = re.compile(r"\b(?:calls|body|condition|to_apply|true_computation|false_computation)"
                       r"=%?([\w.\-]+)|\b(?:branch_computations|called_computations)=\{([^}]*)\}")
-_SHAPE = re.compile(r"^(.*?)\s[a-z][\w\-]*\(")
 
 
 def op_table(hlo_text: str, scopes=SCOPES) -> dict[str, tuple[str, str, str]]:
@@ -88,15 +87,17 @@ def op_table(hlo_text: str, scopes=SCOPES) -> dict[str, tuple[str, str, str]]:
         if src:
             body[comp_name].append(src)
 
+    loop_memo: dict[str, bool] = {}               # per computation, not per instruction
+
     def in_memory_loop(comp_name):
-        seen = set()
-        while comp_name in caller and comp_name not in seen:
-            seen.add(comp_name)
-            call = caller[comp_name]
-            if opcode(instrs[call][0]) == "while" and resolve(call) in memory_scopes:
-                return True
-            comp_name = instrs[call][2]
-        return False
+        if comp_name not in loop_memo:
+            loop_memo[comp_name] = False              # guards a cyclic call graph
+            call = caller.get(comp_name)
+            if call is not None:
+                loop_memo[comp_name] = (
+                    (opcode(instrs[call][0]) == "while" and resolve(call) in memory_scopes)
+                    or in_memory_loop(instrs[call][2]))
+        return loop_memo[comp_name]
 
     def resolve(name):
         if name in memo:
@@ -136,8 +137,9 @@ def callees(instruction_text: str) -> list[str]:
 
 
 def shape_of(instruction_text: str) -> str:
-    m = _SHAPE.match(instruction_text)
-    return m.group(1) if m else instruction_text.split(" ")[0]
+    """The result shape: the text before the opcode."""
+    m = _OPCODE.search(instruction_text)
+    return instruction_text[:m.start()] if m else instruction_text.split(" ")[0]
 
 
 def module_name(hlo_text: str) -> str:
