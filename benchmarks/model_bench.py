@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import traceback
 
-VARIANTS = ("mac", "mag", "mal", "lmm", "swa")
+from titans_jax.models.config import VARIANTS
 
 
 def parse_args(argv=None):
@@ -42,7 +42,8 @@ def parse_args(argv=None):
     ap.add_argument("--attn_impl", default=None, help="override attention kernel")
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                     help="config overrides, e.g. num_layers=1 memory_chunk=16 "
-                         "memory.commit_every=64 (memory.FIELD: a MemoryConfig field)")
+                         "memory.commit_every=64: model-relative keys, parsed as train.py's "
+                         "--set model.KEY=VALUE (python train.py --help lists them)")
     ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
                     help="also profile STEPS steps per variant: time per scope (memory "
                          "blocks, memory, attention, ffn, other), matmul share, ops per "
@@ -60,15 +61,15 @@ def run(args) -> dict:
     variants = list(dict.fromkeys(args.variants))
     if not args.no_baseline and "swa" not in variants:
         variants.append("swa")
-    overrides = timing.parse_overrides(args.set)
-    overrides.update({k: getattr(args, k) for k in ("remat", "attn_impl") if getattr(args, k)})
+    overrides = list(args.set)
+    overrides += [f"{k}={getattr(args, k)}" for k in ("remat", "attn_impl") if getattr(args, k)]
     args.dtype = timing.resolve_dtype(args.dtype)
     result = timing.new_result("model_bench", args)
     print(f"# {result['device']['device_kind']} ({jax.default_backend()}), jax {jax.__version__}, "
           f"load {result['device']['loadavg']}; preset {args.preset}, B={args.batch} "
           f"T={args.seq} {args.dtype}, {args.steps} timed steps", flush=True)
     for v in variants:
-        cfg = timing.model_config(args.preset, v, args.dtype, **overrides)
+        cfg = timing.model_config(args.preset, v, args.dtype, overrides)
         try:
             row = timing.time_train_step(cfg, args.batch, args.seq, steps=args.steps,
                                          warmup=args.warmup, peak_flops=args.peak_flops,

@@ -56,7 +56,7 @@ def run(args) -> dict:
     if args.seqs is None:
         args.seqs = [128, 256, 512] if jax.default_backend() == "cpu" else \
             [1024, 2048, 4096, 8192, 16384, 32768]
-    overrides = timing.parse_overrides(args.set)
+    overrides = list(args.set)
     result = timing.new_result("seq_sweep", args)
     print(f"# {result['device']['device_kind']}, load {result['device']['loadavg']}; "
           f"preset {args.preset} {args.dtype}", flush=True)
@@ -69,7 +69,7 @@ def run(args) -> dict:
             if args.time_budget_s and time.time() - t_start > args.time_budget_s:
                 print(f"# time budget spent: stopping before {v} at {seq}", flush=True)
                 return _finish(args, result)
-            cfg = timing.model_config(args.preset, v, args.dtype, **overrides)
+            cfg = timing.model_config(args.preset, v, args.dtype, overrides)
             try:
                 row = timing.time_train_step(cfg, batch, seq, steps=args.steps,
                                              warmup=args.warmup, peak_flops=args.peak_flops)

@@ -1,6 +1,6 @@
-"""A naive float64 NumPy reference of the neural long-term memory (SPEC §1).
+"""A naive float64 NumPy reference of the neural long-term memory (docs/spec.md §1).
 
-Written straight from SPEC §1 and the titans-pytorch 0.5.5 details it lists; it shares
+Written straight from docs/spec.md §1 and the titans-pytorch 0.5.5 details it lists; it shares
 no code with `titans_jax/memory/core.py` or `networks.py`. It only reads a
 `MemoryConfig` and the slow-parameter pytree produced by `titans_jax.memory.init`.
 

@@ -91,14 +91,15 @@ def test_profile_component_reads_the_most_specific_library_scope():
 
 def test_model_config_memory_overrides():
     from titans_jax.perf import timing
+    from titans_jax.training.config import ConfigError
 
-    over = timing.parse_overrides(["num_layers=1", "memory.commit_every=64",
-                                   "memory.impl=primal"])
-    cfg = timing.model_config("tiny", "mag", "fp32", **over)
+    cfg = timing.model_config("tiny", "mag", "fp32",
+                              ["num_layers=1", "memory.commit_every=64", "memory.impl=primal"])
     assert cfg.num_layers == 1
     assert cfg.memory_config.commit_every == 64 and cfg.memory_config.impl == "primal"
-    assert cfg.memory_config.chunk_size == cfg.memory_chunk     # the rest of the preset kept
-    with pytest.raises(ValueError, match="not a multiple"):
-        timing.model_config("tiny", "mag", "fp32", **{"memory.commit_every": 6})
-    with pytest.raises(ValueError, match="FIELD=VALUE"):
-        timing.parse_overrides(["num_layers"])
+    preset = timing.TitansConfig.preset("tiny", variant="mag")
+    assert cfg.memory_config.chunk_size == preset.memory_chunk  # the rest of the preset kept
+    with pytest.raises(ConfigError, match="not a multiple"):
+        timing.model_config("tiny", "mag", "fp32", ["memory.commit_every=6"])
+    with pytest.raises(ConfigError, match="key=value"):
+        timing.model_config("tiny", "mag", "fp32", ["num_layers"])

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from test_memory_reference import F32, apply_jit, compare, make_inputs, paper, tp
+from helpers import F32, apply_jit, compare, make_inputs, paper, tp
 from titans_jax.memory import MemoryConfig, apply
 from titans_jax.memory.dual import use_dual
 

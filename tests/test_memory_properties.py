@@ -1,4 +1,4 @@
-"""Properties of the memory's fast path (SPEC §1) that need no reference:
+"""Properties of the memory's fast path (docs/spec.md §1) that need no reference:
 
 streaming == one call (any split, single tokens included), gradients vs finite
 differences, causality, config / input validation, the nnx module, remat, and the
@@ -14,7 +14,7 @@ from flax import nnx
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from test_memory_reference import (F32, apply_jit,
+from helpers import (F32, apply_jit,
                                    make_inputs, make_params, paper, tp)
 from titans_jax import NeuralMemory
 from titans_jax.memory import MemoryConfig, apply, init, init_state

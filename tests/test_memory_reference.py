@@ -1,7 +1,7 @@
 """The fast memory path (`titans_jax.memory.apply`) against the naive float64 reference.
 
 x64 configs must agree to 1e-10 (outputs and the final fast weights, momentum and
-gradient point); a few fp32 configs to 1e-5. Every mode of SPEC §1 and every optional
+gradient point); a few fp32 configs to 1e-5. Every mode of docs/spec.md §1 and every optional
 knob is exercised with randomised slow parameters (non-zero norm gammas, biases, pool
 weights) so that no knob hides behind its neutral initialisation.
 """
@@ -14,93 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import F32, X64, apply_jit, compare, make_inputs, make_params, paper, tp  # noqa: F401
 from reference_memory import mem_grad, mem_loss, newton_schulz, reference_apply
 from titans_jax.memory import MemoryConfig, apply, init, init_state
-
-X64 = dict(dtype="float64", param_dtype="float64", inner_dtype="float64")
-
-# The memory's jit; compiled once per (config, shape). Optimisation level 0 only makes
-# XLA compile faster on these tiny shapes; it does not change the maths.
-apply_jit = jax.jit(apply, static_argnames="cfg",
-                    compiler_options={"xla_backend_optimization_level": 0})
-
-def make_params(cfg, seed):
-    """Random slow parameters in `init`'s layout (its pytree structure, shapes, dtypes).
-
-    Values are drawn with NumPy at init-like scales, with every norm scale/gamma, bias
-    and pool weight non-zero so that no knob hides behind a neutral initialisation.
-    (Running `init` itself would compile many PRNG kernels, slow on CPU; its layout is
-    all that matters here.)"""
-    abstract = jax.eval_shape(lambda: init(jax.random.key(0), cfg))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        keys = [getattr(p, "key", None) for p in path]
-        shape = leaf.shape
-        n = rng.normal(size=shape)
-        if keys[-1] == "scale":                       # RMSNorm scales
-            v = 1.0 + 0.2 * n
-        elif keys[-1] == "gamma":                     # (γ + 1) gammas, fast and slow
-            v = 0.2 * n
-        elif keys[0] == "attn_pool":                  # far from the mean pool
-            v = n
-        elif keys[-1] in ("b", "bias"):
-            v = 0.5 * n
-        else:
-            if keys[0] == "W0":
-                fan_in = shape[-2]
-            elif keys[0] == "out_proj":
-                fan_in = shape[0] * shape[1]
-            else:                                     # D×..., conv kernel K×H×d
-                fan_in = shape[0]
-            v = n / math.sqrt(fan_in)
-        return jnp.asarray(v, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, abstract)
-
-
-def make_inputs(cfg, T, B=2, seed=0):
-    params = make_params(cfg, seed + 100)
-    x = np.random.default_rng(seed + 7).normal(size=(B, T, cfg.dim))
-    return params, jnp.asarray(x, jnp.dtype(cfg.dtype))
-
-
-def compare(cfg, T, rtol, atol, B=2, seed=0):
-    params, x = make_inputs(cfg, T, B, seed)
-    y, state = apply_jit(params, x, cfg)
-    y_ref, ref = reference_apply(params, x, cfg)
-    np.testing.assert_allclose(np.asarray(y, np.float64), y_ref, rtol=rtol, atol=atol,
-                               err_msg="retrieved output y")
-    for part in ("weights", "grad_point", "momentum"):
-        assert sorted(state[part]) == sorted(ref[part]), part
-        for name, want in ref[part].items():
-            got = np.asarray(state[part][name], np.float64)
-            assert got.shape == want.shape, (part, name, got.shape, want.shape)
-            np.testing.assert_allclose(got, want, rtol=rtol, atol=atol,
-                                       err_msg=f"final state {part}[{name!r}]")
-    assert int(state["pos"]) == T
-    # The reference changes something: the memory actually moved (and y is not trivial).
-    for name, w in ref["weights"].items():
-        w0 = np.broadcast_to(np.asarray(params["W0"][name], np.float64), w.shape)
-        if T >= cfg.chunk_size:
-            assert np.abs(w - w0).max() > 1e-6, f"fast weight {name} never updated"
-    return y_ref
-
-
-def tp(**kw):
-    """titans-pytorch mode, small and in float64 unless overridden."""
-    base = dict(dim=8, heads=2, chunk_size=4, expansion=2.0)
-    base.update(X64)
-    base.update(kw)
-    return MemoryConfig.titans_pytorch(**base)
-
-
-def paper(**kw):
-    base = dict(dim=8, heads=2, chunk_size=4, expansion=2.0)
-    base.update(X64)
-    base.update(kw)
-    return MemoryConfig.paper(**base)
-
 
 # name -> (config, T)
 X64_CASES = {
@@ -179,7 +95,6 @@ def test_fast_path_matches_reference_x64(name):
 # fp32: moderate inner learning rates keep the memory dynamics well conditioned (with
 # max_lr = 1 over 37 tokens a 1e-7 input change moves y by ~1e-4 in exact arithmetic,
 # so no fp32 implementation could match to 1e-5).
-F32 = dict(dtype="float32", param_dtype="float32", inner_dtype="float32")
 FP32_CASES = {
     "tp_commit_none": (tp(dim=16, commit_every=None, max_lr=0.1, **F32), 19),
     "tp_commit_2chunks": (tp(dim=16, commit_every=8, max_lr=0.1, **F32), 19),

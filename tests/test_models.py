@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from compile_ahead import run_concurrently
+from helpers import run_concurrently
 from flax import nnx
 
 from titans_jax.models import Titans, TitansConfig, decode_step, generate, prefill

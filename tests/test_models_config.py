@@ -11,8 +11,7 @@ from flax import nnx
 
 from titans_jax.memory import MemoryConfig
 from titans_jax.models import Titans, TitansConfig, param_count_formula
-
-VARIANTS = ("mac", "mag", "mal", "lmm", "swa")
+from titans_jax.models.config import VARIANTS
 SCALES = {"170m": 170e6, "340m": 340e6, "400m": 400e6, "760m": 760e6}
 
 

@@ -42,7 +42,7 @@ from titans_jax.interop import compare as C  # noqa: E402
 from titans_jax.interop.titans_pytorch import (  # noqa: E402
     UnsupportedTorchSetting, from_torch, state_from_torch, state_to_torch)
 from titans_jax.memory import MemoryConfig  # noqa: E402
-from compile_ahead import run_concurrently  # noqa: E402
+from helpers import run_concurrently  # noqa: E402
 
 pytestmark = pytest.mark.parity
 
@@ -59,7 +59,7 @@ def test_reference_versions():
 
 
 # Each config switches on several knobs so that, together, the grid covers every knob
-# of SPEC §1 (and odd sizes: heads 3, head width 5, chunk 5, sequence 37). Where a
+# of docs/spec.md §1 (and odd sizes: heads 3, head width 5, chunk 5, sequence 37). Where a
 # float32 stream is sensitive (see docs/titans_pytorch.md §5) max_lr is 0.1; max_lr = 1
 # runs in the first and fourth configs and in every float64 test. float32 runs each
 # config as adjusted by F32_CASES below.

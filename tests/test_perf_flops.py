@@ -9,7 +9,7 @@ compared with our count as-is, and the tests work around both:
     masking and concatenation of fast weights, the cross-entropy) that model FLOPs
     leave out (module docstring of titans_jax.perf.flops).
 The memory runs its primal path here (`MemoryConfig.impl="primal"`): model FLOPs count
-the algorithm as SPEC §1 states it; the default dual path (docs/memory.md) executes
+the algorithm as docs/spec.md §1 states it; the default dual path (docs/memory.md) executes
 different matmuls for the same result (at this config ~17% more dot FLOPs).
 Checks, on the forward+backward of the cross-entropy (a tiny config per variant: D = 128,
 1 layer, memory 2 heads of 64 with chunk 16, T = 32):
@@ -45,7 +45,7 @@ def _cfg(variant):
                               memory_heads=2, memory_chunk=16, window=32, segment_len=32)
     if variant == "swa":
         return cfg
-    # Model FLOPs are the memory's algorithm as SPEC §1 writes it (one gradient per chunk,
+    # Model FLOPs are the memory's algorithm as docs/spec.md §1 writes it (one gradient per chunk,
     # retrieval through per-chunk weights): that is the primal path's HLO. The default
     # dual path computes the same numbers with a different set of matmuls.
     return cfg.replace(memory=cfg.memory_config.replace(impl="primal"))

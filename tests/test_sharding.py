@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from compile_ahead import run_concurrently
+from helpers import run_concurrently
 from jax.sharding import PartitionSpec as P
 
 from titans_jax import sharding

@@ -74,7 +74,7 @@ REFERENCES = ("float64", "same")
 
 @dataclasses.dataclass(frozen=True)
 class Knobs:
-    """The titans-pytorch NeuralMemory settings the comparison builds (SPEC §1)."""
+    """The titans-pytorch NeuralMemory settings the comparison builds (docs/spec.md §1)."""
     dim: int = 16
     heads: int = 1
     dim_head: Optional[int] = None      # None: titans-pytorch's default (= dim)

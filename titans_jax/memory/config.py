@@ -1,4 +1,4 @@
-"""MemoryConfig: every knob of the neural long-term memory (SPEC §1), frozen and hashable.
+"""MemoryConfig: every knob of the neural long-term memory (docs/spec.md §1), frozen and hashable.
 
 The config is a static argument of `apply` (it changes shapes and control flow), so it
 must stay a frozen dataclass of plain Python values.
@@ -9,6 +9,8 @@ import dataclasses
 import math
 from typing import Optional
 
+from titans_jax.fieldcheck import check_types
+
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu", "identity")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 
@@ -17,7 +19,7 @@ DTYPES = ("float32", "bfloat16", "float16", "float64")
 class MemoryConfig:
     """Configuration of one neural long-term memory layer.
 
-    Two presets build the two modes of SPEC §1: `MemoryConfig.paper(...)` (conv + SiLU +
+    Two presets build the two modes of docs/spec.md §1: `MemoryConfig.paper(...)` (conv + SiLU +
     L2-normalised q/k, exact chunk-wise mini-batch GD) and
     `MemoryConfig.titans_pytorch(...)` (the defaults of titans-pytorch 0.5.5).
 
@@ -28,7 +30,9 @@ class MemoryConfig:
       chunk_size: c, tokens sharing one gradient (and one α, η).
       commit_every: tokens per commit block (a multiple of c); the gradient point moves
         to the current fast weights at the end of each block. None: it never moves.
-      depth, expansion, activation: the memory MLP M_W (depth 1 = linear d×d memory).
+      depth: layers of the memory MLP M_W (1 = a linear d×d memory).
+      expansion: hidden width of M_W as a multiple of dim_head.
+      activation: nonlinearity of M_W between its layers.
       residual_norm: wrap M_W as LayerNorm_noaffine(mlp(x)) * (γ + 1) + x.
       pre_norm: RMSNorm of the input before store (k, v, θ, gates) and retrieve (q, gate),
         two separate norms as in titans-pytorch.
@@ -41,19 +45,24 @@ class MemoryConfig:
       gate: per-head sigmoid gate on the retrieved values; None = (heads > 1).
       out_proj: merge heads with an output projection; None = (heads > 1).
       max_lr: θ_t = max_lr · sigmoid(w_θ·x_t + b_θ).
-      momentum, momentum_order, learned_momentum_combine, learned_combine_include_zeroth:
-        the momentum recurrence S_j = η_j S_{j-1} + u_j, stacked `momentum_order` times,
-        the last order (or a learned softmax mix of the orders) being the update.
+      momentum: the momentum recurrence S_j = η_j S_{j-1} + u_j (off: S_j = u_j).
+      momentum_order: the recurrence stacked this many times; the last order is the
+        update.
+      learned_momentum_combine: a learned softmax mix of the orders is the update.
+      learned_combine_include_zeroth: the mix includes the raw surprise u_j.
       forget: the forgetting gate α (off: W_j = W_{j-1} + S_j).
       attn_pool_chunks: pool each chunk with learned attention instead of the mean.
-      per_parameter_lr_modulation, max_mem_layer_modulation: a learned per-chunk,
-        per-fast-weight-tensor scale of the gradient in (0, max_mem_layer_modulation).
+      per_parameter_lr_modulation: a learned per-chunk, per-fast-weight-tensor scale
+        of the gradient in (0, max_mem_layer_modulation).
+      max_mem_layer_modulation: upper bound of that scale (> 0).
       max_grad_norm: titans-pytorch's soft clamp of each chunk's gradient norm.
       spectral_norm_surprises: Newton–Schulz orthogonalisation of matrix updates.
-      init_lr_bias, init_momentum_bias, init_decay_bias: if set, the matching gate starts
-        with zero weight and this bias.
-      dtype: activation dtype; param_dtype: slow parameters; inner_dtype: fast weights,
-        momentum and the inner gradient.
+      init_lr_bias: if set, the θ gate starts with zero weight and this bias.
+      init_momentum_bias: if set, the η gate starts with zero weight and this bias.
+      init_decay_bias: if set, the α gate starts with zero weight and this bias.
+      dtype: activation dtype.
+      param_dtype: dtype of the slow parameters.
+      inner_dtype: dtype of the fast weights, the momentum and the inner gradient.
       chunks_per_block: chunks processed together per scan step when commit_every is
         None (None: chosen from the sequence length). Does not change the result.
       recurrence: how the momentum / forgetting recurrences run across the chunks of a
@@ -119,6 +128,7 @@ class MemoryConfig:
         def bad(msg):
             raise ValueError(f"MemoryConfig: {msg}")
 
+        check_types(self, "MemoryConfig")
         if not (isinstance(self.dim, int) and self.dim > 0):
             bad(f"dim must be a positive int, got {self.dim!r}")
         if not (isinstance(self.heads, int) and self.heads > 0):
@@ -163,6 +173,8 @@ class MemoryConfig:
             bad(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
         if self.max_lr <= 0:
             bad(f"max_lr must be > 0, got {self.max_lr!r}")
+        if self.max_mem_layer_modulation <= 0:
+            bad(f"max_mem_layer_modulation must be > 0, got {self.max_mem_layer_modulation!r}")
         for name in ("dtype", "param_dtype", "inner_dtype"):
             if getattr(self, name) not in DTYPES:
                 bad(f"{name}={getattr(self, name)!r} is not one of {DTYPES}")

@@ -1,4 +1,4 @@
-"""The neural long-term memory as pure functions: `init_state` and `apply` (SPEC §1).
+"""The neural long-term memory as pure functions: `init_state` and `apply` (docs/spec.md §1).
 
 How `apply` lays out a call (all shapes static, the stream position traced):
   * The call's tokens are written into a buffer aligned to *blocks* of `kb` chunks
@@ -382,7 +382,7 @@ def _maybe_remat(step, remat: bool):
 @jax.named_scope("memory")      # profiles group the layer's ops by these scopes (perf.profile)
 def apply(params: dict, x: jax.Array, cfg: MemoryConfig, state: Optional[State] = None,
           *, constrain_fresh_state: Optional[Callable[[State], State]] = None):
-    """Store x into the memory and retrieve from it (SPEC §1). Pure; jit with cfg static.
+    """Store x into the memory and retrieve from it (docs/spec.md §1). Pure; jit with cfg static.
 
     Args:
       params: slow parameters from `init`.

@@ -59,7 +59,7 @@ def constrain_state(state: dict, cfg: MemoryConfig) -> dict:
 
 
 class NeuralMemory(nnx.Module):
-    """Neural long-term memory layer (SPEC §1) as an nnx module.
+    """Neural long-term memory layer (docs/spec.md §1) as an nnx module.
 
     Example:
       mem = NeuralMemory(MemoryConfig.paper(dim=64, heads=2), rngs=nnx.Rngs(0))
@@ -92,5 +92,5 @@ class NeuralMemory(nnx.Module):
         # The output's layout is pinned too: left to propagation, XLA (jax 0.10.2) gave
         # wrong rows for MAC on a (2, 2, 2) mesh in the RMSNorm that follows (rows of two
         # batch shards exchanged); see docs/sharding.md.
-        y = sharding_rules.constrain(y, ("batch", "length", "act_embed"))
+        y = sharding_rules.constrain(y, sharding_rules.ACT_BTD)
         return y, constrain_state(new_state, self.cfg)

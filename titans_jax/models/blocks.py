@@ -2,7 +2,7 @@
 
   x ← x + Mixer(RMSNorm(x));   x ← x + SwiGLU(RMSNorm(x))
 
-Mixers (SPEC §2; h = the normed block input, P = the layer's persistent tokens):
+Mixers (docs/spec.md §2; h = the normed block input, P = the layer's persistent tokens):
   swa — sliding-window attention over [P ‖ h] (P unrotated, always visible).
   mag — y = SWA([P ‖ h]), m = M([P ‖ h]) (the memory also reads P first);
         o = RMSNorm(y) ⊙ σ(RMSNorm(m)), then the output projection.
@@ -41,10 +41,7 @@ from titans_jax import memory as memory_lib
 from titans_jax.memory.module import NeuralMemory
 from titans_jax.models.config import TitansConfig
 from titans_jax.sharding import constrain
-
-# Logical activation names (rules: titans_jax.sharding.RULES).
-ACT_BTD = ("batch", "length", "act_embed")
-ACT_BTHK = ("batch", "length", "act_heads", None)
+from titans_jax.sharding.rules import ACT_BTD, ACT_BTHK
 
 Cache = dict[str, Any]
 KINDS = ("swa", "mag", "mal", "lmm", "mac", "seg")

@@ -18,13 +18,14 @@ import dataclasses
 import math
 from typing import Optional
 
+from titans_jax.fieldcheck import check_types
+from titans_jax.layers.attention import IMPLS as ATTN_IMPLS
 from titans_jax.memory.config import MemoryConfig
 
 VARIANTS = ("mac", "mag", "mal", "lmm", "swa")
 MEMORY_VARIANTS = ("mac", "mag", "mal", "lmm")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_nothing")
 DTYPES = ("float32", "bfloat16", "float16")
-ATTN_IMPLS = ("auto", "xla", "dot_product", "cudnn", "splash")
 
 # name -> (dim, num_layers, heads, target parameter count)
 _SCALES = {
@@ -38,32 +39,47 @@ _FFN_MULTIPLE = 64
 
 @dataclasses.dataclass(frozen=True)
 class TitansConfig:
-    """Configuration of a Titans language model.
+    """Configuration of a Titans language model (docs/spec.md §2: the model family).
+
+    The memory of the memory layers is resolved here, from one source: `memory=None`
+    means the paper's memory (`default_memory()`) built from `dim`, `dtype`,
+    `param_dtype` and the shortcuts `memory_heads` / `memory_chunk`; an explicit
+    `memory` must agree with `dim`, and a shortcut given next to it must agree with
+    it (an error names both otherwise). `memory_config` is the resolved MemoryConfig.
 
     Attributes:
-      variant: "mac" | "mag" | "mal" | "lmm" | "swa" (SPEC §2).
-      vocab_size, dim, num_layers, heads: the usual; head width is dim // heads.
+      variant: sequence mixer of the memory layers: "mac" | "mag" | "mal" | "lmm" |
+        "swa" (docs/spec.md §2).
+      vocab_size: number of token ids (256 for byte-level data).
+      dim: model width D.
+      num_layers: number of residual blocks.
+      heads: attention heads; the head width is dim // heads (even, for RoPE).
       ffn_hidden: SwiGLU hidden width; None = 8/3·dim rounded up to a multiple of 64.
       window: sliding-window size W of the attention (swa, mag, mal): query t sees keys
         t−W+1 … t plus the persistent tokens.
-      segment_len: MAC segment length S (attention is within [P ‖ h_i ‖ S_i]); must be a
+      segment_len: MAC segment length S (attention is within [P ‖ h_i ‖ S_i]); a
         multiple of the memory chunk size so that each segment's update is whole chunks.
       num_persistent: N_p learned persistent-memory tokens per layer (0 = none).
-      memory: the MemoryConfig of every memory layer; None = `default_memory()`, the
-        paper's memory with pre_norm off (the block's norm already normalises its input)
-        and `memory_heads` heads, chunk size `memory_chunk`.
-      memory_heads, memory_chunk: knobs of the default memory.
+      memory: MemoryConfig of every memory layer; None = default_memory(): the paper's
+        memory with pre_norm off (the block's norm already normalises its input).
+      memory_heads: heads of the default memory (None = 1); must equal memory.heads
+        when memory is given.
+      memory_chunk: chunk size of the default memory (None = 4); must equal
+        memory.chunk_size when memory is given.
       memory_layers: indices of the layers that carry a memory (mac/mag/mal; lmm needs
         all); None = every layer. Layers without a memory use the variant's attention:
         MAC's segment attention over [P ‖ S_i], SWA for mag/mal.
-      dtype: compute dtype of activations; param_dtype: dtype of the parameters.
-      remat: rematerialisation policy of each scanned block in the backward pass —
-        "none", "full" (save nothing), "dots" (save matmul outputs),
-        "dots_no_batch" (save matmuls without batch dims), "save_nothing" (= full).
+      dtype: compute dtype of the activations ("float32", "bfloat16", "float16").
+      param_dtype: dtype of the parameters.
+      remat: rematerialisation policy of each scanned block in the backward pass:
+        "none", "full" (save nothing), "dots" (save matmul outputs), "dots_no_batch"
+        (save matmuls without batch dims), "save_nothing" (= full).
       scan_layers: stack identical consecutive blocks and run them with lax.scan.
-      attn_impl: attention kernel (see titans_jax.layers.attention).
-      rope_base: RoPE base; tie_embeddings: share the input embedding with the head.
-      norm_eps: epsilon of the RMSNorms.
+      attn_impl: attention kernel (titans_jax.layers.attention): "auto", "xla",
+        "dot_product", "cudnn" or "splash".
+      rope_base: RoPE base (> 0).
+      tie_embeddings: share the input embedding with the output head.
+      norm_eps: epsilon of the RMSNorms (> 0).
     """
 
     variant: str = "mac"
@@ -76,8 +92,8 @@ class TitansConfig:
     segment_len: int = 16
     num_persistent: int = 4
     memory: Optional[MemoryConfig] = None
-    memory_heads: int = 1
-    memory_chunk: int = 4
+    memory_heads: Optional[int] = None
+    memory_chunk: Optional[int] = None
     memory_layers: Optional[tuple[int, ...]] = None
     dtype: str = "float32"
     param_dtype: str = "float32"
@@ -92,6 +108,9 @@ class TitansConfig:
         def bad(msg):
             raise ValueError(f"TitansConfig: {msg}")
 
+        if self.memory_layers is not None and isinstance(self.memory_layers, list):
+            object.__setattr__(self, "memory_layers", tuple(self.memory_layers))
+        check_types(self, "TitansConfig")
         if self.variant not in VARIANTS:
             bad(f"unknown variant {self.variant!r}; expected one of {VARIANTS}")
         for name in ("vocab_size", "dim", "num_layers", "heads"):
@@ -118,9 +137,25 @@ class TitansConfig:
             bad(f"remat={self.remat!r} is not one of {REMAT_POLICIES}")
         if self.attn_impl not in ATTN_IMPLS:
             bad(f"attn_impl={self.attn_impl!r} is not one of {ATTN_IMPLS}")
+        if not self.rope_base > 0:
+            bad(f"rope_base must be > 0, got {self.rope_base!r}")
+        if not self.norm_eps > 0:
+            bad(f"norm_eps must be > 0, got {self.norm_eps!r}")
+        for name in ("memory_heads", "memory_chunk"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                bad(f"{name} must be a positive int or None, got {v!r}")
+        if self.memory is not None:
+            if self.memory.dim != self.dim:
+                bad(f"memory.dim={self.memory.dim} != dim={self.dim}")
+            # One source of truth: a shortcut next to an explicit memory must agree with it.
+            for name, field in (("memory_heads", "heads"), ("memory_chunk", "chunk_size")):
+                v = getattr(self, name)
+                if v is not None and v != getattr(self.memory, field):
+                    bad(f"{name}={v} disagrees with memory.{field}="
+                        f"{getattr(self.memory, field)}: the shortcut only shapes the default "
+                        f"memory; set memory.{field} (model.memory.{field} on the command line)")
         if self.memory_layers is not None:
-            if not isinstance(self.memory_layers, tuple):
-                object.__setattr__(self, "memory_layers", tuple(self.memory_layers))
             ml = self.memory_layers
             if any((not isinstance(i, int)) or i < 0 or i >= self.num_layers for i in ml):
                 bad(f"memory_layers={ml} must be layer indices in [0, {self.num_layers})")
@@ -133,8 +168,6 @@ class TitansConfig:
             mcfg = self.memory_config
             if mcfg.dim != self.dim:
                 bad(f"memory.dim={mcfg.dim} != dim={self.dim}")
-            if not (isinstance(self.memory_chunk, int) and self.memory_chunk > 0):
-                bad(f"memory_chunk must be a positive int, got {self.memory_chunk!r}")
             if self.variant == "mac" and self.segment_len % mcfg.chunk_size:
                 bad(f"segment_len={self.segment_len} is not a multiple of the memory "
                     f"chunk size {mcfg.chunk_size} (MAC updates the memory with whole "
@@ -156,8 +189,10 @@ class TitansConfig:
         return _round_up(int(8 * self.dim / 3), _FFN_MULTIPLE)
 
     def default_memory(self) -> MemoryConfig:
-        return MemoryConfig.paper(self.dim, heads=self.memory_heads, chunk_size=self.memory_chunk,
-                                  pre_norm=False, dtype=self.dtype, param_dtype=self.param_dtype)
+        heads = 1 if self.memory_heads is None else self.memory_heads
+        chunk = 4 if self.memory_chunk is None else self.memory_chunk
+        return MemoryConfig.paper(self.dim, heads=heads, chunk_size=chunk, pre_norm=False,
+                                  dtype=self.dtype, param_dtype=self.param_dtype)
 
     @property
     def memory_config(self) -> MemoryConfig:

@@ -25,10 +25,9 @@ from titans_jax.layers.basic import Embed, Linear, RMSNorm
 from titans_jax.models.blocks import Block
 from titans_jax.models.config import TitansConfig
 from titans_jax.sharding import constrain
+from titans_jax.sharding.rules import ACT_BTD, ACT_BTV
 
 # Logical names of the residual stream and the logits (rules: titans_jax.sharding.RULES).
-ACT_BTD = ("batch", "length", "act_embed")
-ACT_BTV = ("batch", "length", "act_vocab")
 
 _POLICIES = {
     "full": None,

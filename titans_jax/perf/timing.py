@@ -20,7 +20,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,37 +41,26 @@ def resolve_dtype(dtype: str) -> str:
     return "fp32" if jax.default_backend() == "cpu" else "bf16"
 
 
-def parse_overrides(items) -> dict:
-    """["num_layers=1", "remat=none", "memory.commit_every=64"] -> {"num_layers": 1,
-    "remat": "none", "memory.commit_every": 64}."""
-    import ast
-
-    out = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r} is not FIELD=VALUE")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
-
-
-def model_config(preset: str, variant: str, dtype: str = "bf16", **overrides) -> TitansConfig:
-    """The preset of `variant` computing in `dtype` (parameters stay float32).
-
-    Overrides named `memory.FIELD` change that field of the memory's MemoryConfig (e.g.
-    `memory.commit_every=64`, `memory.impl="primal"`); the others are TitansConfig fields.
+def model_config(preset: str, variant: str, dtype: str = "bf16",
+                 overrides: Sequence[str] = ()) -> TitansConfig:
+    """The preset of `variant` computing in `dtype` (parameters stay float32), with
+    `FIELD=VALUE` overrides applied by the same path as train.py's `--set model.FIELD=…`
+    (`titans_jax.training.config.apply_model_overrides`): e.g. `num_layers=1`,
+    `memory.commit_every=64`, `memory.impl=primal`. A bad one raises ConfigError naming it.
     """
-    memory_changes = {k.split(".", 1)[1]: v for k, v in overrides.items()
-                      if k.startswith("memory.")}
-    model_changes = {k: v for k, v in overrides.items() if not k.startswith("memory.")}
-    cfg = TitansConfig.preset(preset, variant=variant, dtype=DTYPE_ALIASES[dtype],
-                              **model_changes)
-    if memory_changes:
-        cfg = cfg.replace(memory=cfg.memory_config.replace(**memory_changes))
-    return cfg
+    import dataclasses
+
+    from titans_jax.training.config import apply_model_overrides
+
+    kw = {"variant": variant, "dtype": DTYPE_ALIASES[dtype]}
+    base = TitansConfig.preset(preset, **kw)
+    memory = [o for o in overrides if o.strip().startswith("memory.")]
+    parsed = apply_model_overrides(base, [o for o in overrides if o not in memory])
+    # Changed model fields go through the preset again, so that at the paper scales the
+    # SwiGLU width is re-solved for the changed shape (as the preset documents).
+    kw.update({f.name: getattr(parsed, f.name) for f in dataclasses.fields(parsed)
+               if getattr(parsed, f.name) != getattr(base, f.name)})
+    return apply_model_overrides(TitansConfig.preset(preset, **kw), memory)
 
 
 def device_info() -> dict:

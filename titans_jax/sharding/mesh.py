@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 AXES = ("data", "fsdp", "tensor")
+MEMORY_HEAD_PLACEMENTS = ("tensor", "replicated")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +33,10 @@ class MeshConfig:
   """Mesh shape and the sharding choices that are not per-parameter.
 
   Attributes:
-    data, fsdp, tensor: mesh axis sizes; one may be -1 (= the remaining devices).
-      Their product must equal the number of devices (all processes together).
+    data: size of the pure data-parallel axis; -1 = the devices the others leave.
+    fsdp: size of the FSDP axis (batch split, parameters sharded); may be -1.
+    tensor: size of the tensor-parallel axis (heads / hidden split); may be -1.
+      The product of the three must equal the number of devices (all processes).
     memory_heads: "tensor" shards the memory's per-head fast weights, momentum and
       per-head projections over the tensor axis; "replicated" keeps them whole on
       every device (docs/sharding.md records which is faster where).
@@ -56,7 +59,7 @@ class MeshError(ValueError):
 def resolve_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, ...]:
   """The concrete (data, fsdp, tensor) sizes for `num_devices` devices."""
   sizes = list(cfg.sizes)
-  if cfg.memory_heads not in ("tensor", "replicated"):
+  if cfg.memory_heads not in MEMORY_HEAD_PLACEMENTS:
     raise MeshError(f"mesh.memory_heads={cfg.memory_heads!r}: expected tensor or replicated")
   fill = [i for i, s in enumerate(sizes) if s == -1]
   if len(fill) > 1:

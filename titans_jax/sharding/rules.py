@@ -29,6 +29,12 @@ from titans_jax.sharding.mesh import MeshConfig
 
 AxisNames = Sequence[Optional[str]]
 
+# Logical names of the main activations (batch B, length T, width D, heads H, head width K,
+# vocabulary V), used with `constrain` by the model, its blocks and the memory.
+ACT_BTD = ("batch", "length", "act_embed")
+ACT_BTV = ("batch", "length", "act_vocab")
+ACT_BTHK = ("batch", "length", "act_heads", None)
+
 #: logical name -> mesh axes (a tuple: the dimension is split over their product).
 RULES: Mapping[str, tuple[str, ...]] = {
     # activations

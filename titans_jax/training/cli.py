@@ -3,7 +3,12 @@
   --config PATH        a configs/*.py file (default: configs/default.py)
   --workdir PATH       run directory (checkpoints, TensorBoard, metrics)
   --set KEY=VALUE      override any config field (repeatable), e.g. --set train.steps=100
-  --KEY=VALUE          shorthand for --set, e.g. --train.steps=100 --model.dim=256
+  --KEY=VALUE          shorthand for --set, e.g. --train.steps=100 --model.memory.commit_every=64
+  --help               the script's flags, then every config field (type, default from
+                       --config, meaning), model.memory.* included
+
+Script flags are argparse's; the config tree's parsing, help and types are tyro's, through
+`config_lib.apply_overrides` / `config_lib.help_text` (docs/configuration.md).
 """
 from __future__ import annotations
 
@@ -23,7 +28,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       description=description,
       epilog="Any config field: --set section.field=value or --section.field=value "
-             "(sections: model, data, train, eval, mesh). Lists: comma-separated.",
+             "(sections: model, model.memory, data, train, eval, mesh). Lists: "
+             "comma-separated (--data.paths=a.bin,b.bin); None: --model.memory_layers=None.",
       formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", default=None,
                  help=f"config file (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
@@ -53,6 +59,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
   """(args, overrides): flags, with `--a.b=v` / `--a.b v` collected as `a.b=v` overrides
   after the `--set` ones."""
   argv = list(sys.argv[1:] if argv is None else argv)
+  if "-h" in argv or "--help" in argv:
+    print_help(parser, argv)
   rest, shorthand = [], []
   i = 0
   while i < len(argv):
@@ -70,6 +78,22 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
     i += 1
   args = parser.parse_args(rest)
   return args, list(args.overrides) + shorthand
+
+
+def print_help(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+  """The script's flags (argparse), then every config field with its type, default (from
+  --config, else configs/default.py) and meaning; exits 0."""
+  known, _ = parser.parse_known_args([a for a in argv if a not in ("-h", "--help")])
+  path = getattr(known, "config", None) or DEFAULT_CONFIG
+  parser.print_help()
+  try:
+    cfg = config_lib.load_config(path)
+  except config_lib.ConfigError as e:
+    parser.exit(2, f"error: {e}\n")
+  print(f"\nConfig fields (defaults from {path}); set them with --set KEY=VALUE or "
+        "--KEY=VALUE:\n")
+  print(config_lib.help_text(cfg))
+  parser.exit(0)
 
 
 def resolve(parser: argparse.ArgumentParser, base: config_lib.Config,

@@ -1,27 +1,44 @@
-"""Typed experiment configs: a frozen model config plus data / train / eval settings.
+"""Typed experiment configs: the model config plus data / train / eval / mesh settings.
 
-`configs/<name>.py` files define `get_config() -> Config`. Any field can be overridden
-from the command line with a dotted path, e.g. `--set train.steps=100` or the shorthand
-`--train.steps=100`; the value is parsed against the field's declared type. An unknown
-key is an error that names it (and suggests the closest known key).
+`configs/<name>.py` files define `get_config() -> Config`. Every field, `model.memory.*`
+included, can be overridden from the command line with its dotted path — `--set
+train.steps=100` or the shorthand `--train.steps=100` — and is listed with its type,
+default and meaning by `--help`. Parsing, type conversion and the help text are tyro's
+(docs/configuration.md says why tyro); this module adds the `key=value` spelling, the
+model's memory resolution (below) and `validate`, the one place where every field's
+range is checked before anything is compiled or written.
 
-The model config (`titans_jax.models.TitansConfig`) is owned by the models package; this
-module treats it as any frozen dataclass, so its fields are overridable as `model.<field>`.
+The model's memory: `TitansConfig.memory=None` means the default memory derived from
+the model's fields (`TitansConfig.default_memory`). Overrides of `model.*` are applied
+first; `model.memory.*` overrides then start from the memory so resolved (so that
+`--model.dim=96 --model.memory.commit_every=32` gives a 96-wide memory) and make it
+explicit, with the shortcuts `memory_heads` / `memory_chunk` folded into it.
 """
 from __future__ import annotations
 
 import ast
-import collections.abc
+import contextlib
 import dataclasses
 import difflib
 import importlib.util
+import io
 import json
 import pathlib
+import re
 import types
 import typing
 from typing import Any, Sequence
 
-from titans_jax.sharding.mesh import MeshConfig
+import tyro
+
+from titans_jax.data.synthetic import NIAH_TASKS, example_rng, niah_example
+from titans_jax.fieldcheck import check_types, field_types, type_name
+from titans_jax.memory.config import MemoryConfig
+from titans_jax.models.config import TitansConfig
+from titans_jax.sharding.mesh import AXES, MEMORY_HEAD_PLACEMENTS, MeshConfig
+
+DATA_KINDS = ("text", "tokens", "niah", "mqar")
+TOKEN_DTYPES = ("uint8", "uint16", "int32", "uint32")
 
 
 class ConfigError(ValueError):
@@ -48,7 +65,8 @@ class DataConfig:
     token_dtype: element type of raw .bin memmaps and ArrayRecord records.
     separator: token placed between packed documents (text files / records); -1: none.
     niah_task: synthetic needle task: "passkey" (PK), "number" (N) or "word" (W).
-    mqar_pairs, mqar_queries: multi-query associative recall sizes.
+    mqar_pairs: key-value pairs per multi-query associative recall example.
+    mqar_queries: queries per multi-query associative recall example.
   """
 
   kind: str = "text"
@@ -68,20 +86,25 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  """Optimiser, schedule, precision, logging and checkpoint settings.
+  """Optimiser, schedule, logging and checkpoint settings.
 
   The defaults are the paper's recipe: AdamW, lr 4e-4, weight decay 0.1, linear warmup
-  then cosine decay, gradient clipping at 1.0.
+  then cosine decay, gradient clipping at 1.0. The compute dtype is the model's
+  (`model.dtype`); parameters are `model.param_dtype`.
 
   Attributes:
     steps: optimiser updates in the whole run (the cosine schedule's horizon).
     batch_size: global sequences per update (split over processes, then over
       `grad_accum_steps` micro-batches).
     grad_accum_steps: micro-batches accumulated per update (a `lax.scan` in the step).
-    lr, min_lr_ratio, warmup_steps: peak lr, floor of the cosine as a fraction of it.
-    weight_decay, b1, b2, eps: AdamW.
+    lr: peak learning rate (> 0).
+    min_lr_ratio: floor of the cosine decay as a fraction of lr, in [0, 1].
+    warmup_steps: steps of linear warmup from 0 to lr.
+    weight_decay: AdamW's decoupled weight decay.
+    b1: AdamW's first-moment decay, in [0, 1).
+    b2: AdamW's second-moment decay, in [0, 1).
+    eps: AdamW's epsilon (> 0).
     grad_clip: global-norm clipping threshold (0 = off).
-    compute_dtype: activation dtype ("bfloat16" or "float32"); params stay float32.
     seed: model initialisation seed.
     log_every: steps between progress lines / metric writes.
     eval_every: steps between held-out evaluations during training (0 = only at end).
@@ -102,7 +125,6 @@ class TrainConfig:
   b2: float = 0.95
   eps: float = 1e-8
   grad_clip: float = 1.0
-  compute_dtype: str = "bfloat16"
   seed: int = 0
   log_every: int = 10
   eval_every: int = 0
@@ -139,14 +161,26 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """One experiment: model preset + data + training + evaluation + device mesh."""
+  """One experiment: model + data + training + evaluation + device mesh.
+
+  Attributes:
+    name: run name (the default workdir is runs/<name>).
+    model: the model (titans_jax.models.TitansConfig; its memory under model.memory).
+    data: training / held-out data.
+    train: optimiser, schedule, logging, checkpoints.
+    eval: what eval.py measures.
+    mesh: device mesh (data, fsdp, tensor) and memory-head placement.
+  """
 
   name: str
-  model: Any  # titans_jax.models.TitansConfig (frozen dataclass)
+  model: TitansConfig
   data: DataConfig = DataConfig()
   train: TrainConfig = TrainConfig()
   eval: EvalConfig = EvalConfig()
-  mesh: MeshConfig = MeshConfig()  # titans_jax.sharding: (data, fsdp, tensor) sizes
+  mesh: MeshConfig = MeshConfig()
+
+
+SECTIONS = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig, "mesh": MeshConfig}
 
 
 # ----------------------------------------------------------------------------- loading
@@ -168,132 +202,286 @@ def load_config(path: str | pathlib.Path) -> Config:
   return cfg
 
 
-def _field_types(obj: Any) -> dict[str, Any]:
-  cls = type(obj)
-  try:
-    return typing.get_type_hints(cls)
-  except Exception:  # unresolvable forward references: fall back to the current values
-    return {f.name: type(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+# ------------------------------------------------------------- overrides and --help (tyro)
+
+_TYRO = dict(config=(tyro.conf.FlagConversionOff, tyro.conf.AvoidSubcommands),
+             use_underscores=True, console_outputs=False)
+_MEMORY = "model.memory."
 
 
-def _parse_value(text: str, typ: Any, current: Any, key: str) -> Any:
-  """Parses `text` as a value of type `typ` (falls back on the current value's type)."""
-  origin = typing.get_origin(typ)
-  args = typing.get_args(typ)
-  if origin in (typing.Union, types.UnionType):
-    non_none = [a for a in args if a is not type(None)]
-    if text.strip().lower() in ("none", "null"):
-      if type(None) in args:
-        return None
-      raise ConfigError(f"{key}: None is not allowed")
-    if len(non_none) == 1:
-      return _parse_value(text, non_none[0], current, key)
-    typ = Any
-  if typ is Any or typ is None:
-    try:
-      return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      return text
-  if typ is bool:
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-      return True
-    if low in ("0", "false", "no", "off"):
-      return False
-    raise ConfigError(f"{key}: expected a boolean, got {text!r}")
-  if typ is int:
-    try:
-      return int(text)
-    except ValueError:
-      try:
-        val = float(text)  # accept 1e3
-      except ValueError:
-        raise ConfigError(f"{key}: expected an integer, got {text!r}") from None
-      if not val.is_integer():
-        raise ConfigError(f"{key}: expected an integer, got {text!r}")
-      return int(val)
-  if typ is float:
-    try:
-      return float(text)
-    except ValueError:
-      raise ConfigError(f"{key}: expected a number, got {text!r}") from None
-  if typ is str:
-    return text
-  if origin in (tuple, list, collections.abc.Sequence):
-    elem = args[0] if args else Any
-    stripped = text.strip()
-    if stripped.startswith(("(", "[")):
-      try:
-        items = ast.literal_eval(stripped)
-      except (ValueError, SyntaxError):
-        raise ConfigError(f"{key}: cannot parse {text!r} as a list") from None
-      items = [str(i) if elem is not Any else repr(i) for i in items]
-    else:
-      items = [s for s in stripped.split(",") if s.strip()] if stripped else []
-    parsed = tuple(_parse_value(s.strip(), elem, None, key) for s in items)
-    return parsed if origin is not list else list(parsed)
-  if typing.get_origin(typ) is typing.Literal:
-    if text not in args:
-      raise ConfigError(f"{key}: expected one of {args}, got {text!r}")
-    return text
-  if isinstance(typ, type) and current is not None and isinstance(current, typ):
-    try:
-      return typ(ast.literal_eval(text))
-    except (ValueError, SyntaxError, TypeError):
-      return typ(text)
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
+def _struct(typ: Any) -> Any:
+  """The dataclass inside `typ` (Optional[MemoryConfig] -> MemoryConfig), else None."""
+  for t in (typ, *typing.get_args(typ)):
+    if dataclasses.is_dataclass(t):
+      return t
+  return None
 
 
-def _known_keys(obj: Any, prefix: str = "") -> list[str]:
+def _all_keys(cls: Any = Config, prefix: str = "") -> list[str]:
   keys = []
-  for f in dataclasses.fields(obj):
-    val = getattr(obj, f.name)
-    keys.append(prefix + f.name)
-    if dataclasses.is_dataclass(val) and not isinstance(val, type):
-      keys.extend(_known_keys(val, prefix + f.name + "."))
+  for name, typ in field_types(cls).items():
+    keys.append(prefix + name)
+    if _struct(typ) is not None:
+      keys.extend(_all_keys(_struct(typ), f"{prefix}{name}."))
   return keys
 
 
-def override(cfg: Config, key: str, text: str) -> Config:
-  """Returns `cfg` with the dotted field `key` set to `text` parsed against its type."""
-  parts = key.split(".")
-
-  def set_in(obj: Any, parts: Sequence[str], path: str) -> Any:
-    names = {f.name for f in dataclasses.fields(obj)}
-    name = parts[0]
-    here = f"{path}.{name}" if path else name
-    if name not in names:
-      candidates = _known_keys(cfg)
-      close = difflib.get_close_matches(key, candidates, n=1)
+def field_type(key: str) -> Any:
+  """The annotation of a dotted config key; ConfigError (with a suggestion) if unknown."""
+  cls, typ = Config, None
+  for i, part in enumerate(key.split(".")):
+    hints = field_types(cls) if cls is not None else {}
+    if part not in hints:
+      close = difflib.get_close_matches(key, _all_keys(), n=1)
       hint = f" (did you mean {close[0]!r}?)" if close else ""
       raise ConfigError(f"unknown config key {key!r}{hint}")
-    current = getattr(obj, name)
-    if len(parts) > 1:
-      if not dataclasses.is_dataclass(current):
-        raise ConfigError(f"unknown config key {key!r}: {here} is not a section")
-      return dataclasses.replace(obj, **{name: set_in(current, parts[1:], here)})
-    if dataclasses.is_dataclass(current) and not isinstance(current, type):
-      raise ConfigError(f"{key!r} is a section; set one of its fields, e.g. {key}.<field>")
-    value = _parse_value(text, _field_types(obj).get(name, Any), current, key)
-    try:
-      return dataclasses.replace(obj, **{name: value})
-    except (TypeError, ValueError) as e:  # the model config validates in __post_init__
-      raise ConfigError(f"{key}={text!r} is invalid: {e}") from e
+    typ, cls = hints[part], _struct(hints[part])
+  if cls is not None:
+    raise ConfigError(f"{key!r} is a section; set one of its fields, e.g. {key}.<field>")
+  return typ
 
-  return set_in(cfg, parts, "")
+
+def _tokens(key: str, text: str, typ: Any) -> list[str]:
+  """`text` as tyro's argument tokens: lists comma-separated or a (...)/[...] literal,
+  booleans also as yes/no/on/off/1/0, integers also as 1e3."""
+  args = typing.get_args(typ)
+  inner = [a for a in args if a is not type(None)] if args and typing.get_origin(typ) in (
+      typing.Union, types.UnionType) else [typ]
+  base = inner[0] if len(inner) == 1 else typ
+  stripped = text.strip()
+  if stripped.lower() in ("none", "null") and type(None) in args:
+    return ["None"]
+  if typing.get_origin(base) is tuple:
+    if stripped.startswith(("(", "[")):
+      try:
+        return [str(v) for v in ast.literal_eval(stripped)]
+      except (ValueError, SyntaxError):
+        raise ConfigError(f"{key}: cannot parse {text!r} as a list") from None
+    return [s.strip() for s in stripped.split(",") if s.strip()]
+  if base is bool:
+    low = stripped.lower()
+    if low in ("1", "true", "yes", "on"):
+      return ["True"]
+    if low in ("0", "false", "no", "off"):
+      return ["False"]
+  if base is int:
+    with contextlib.suppress(ValueError):
+      if float(stripped).is_integer() and not stripped.lstrip("-").isdigit():
+        return [str(int(float(stripped)))]
+  return [text]
+
+
+def _tyro_error(captured: str) -> str:
+  """The message of tyro's error panel, on one line ("" if it printed none)."""
+  lines = [re.sub(r"[│╭╮╰╯|+]", "", l).strip() for l in captured.splitlines()]
+  is_rule = lambda l: bool(l) and set(l) <= set("─-━=")  # noqa: E731
+  out = []
+  for line in lines[1:]:  # lines[0] is the panel's title ("─ Value error ───")
+    if out and (is_rule(line) or not line):
+      break
+    if line and not is_rule(line):
+      out.append(line)
+  return " ".join(out)
+
+
+def _tyro_parse(cls: Any, default: Any, argv: list[str]) -> Any:
+  err = io.StringIO()
+  try:
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+      return tyro.cli(cls, default=default, args=argv, **_TYRO)
+  except SystemExit:
+    raise ConfigError(_tyro_error(err.getvalue())) from None
+
+
+_ARTICLE = {int: "an integer", float: "a number", bool: "a boolean (true/false)"}
+
+
+def _parse(cls: Any, default: Any, pairs: list[tuple[str, str, Any]], strip: str) -> Any:
+  """tyro parses `pairs` (key, text, type) into `cls` starting from `default`; an error
+  names the pair that causes it."""
+  argv = []
+  for key, text, typ in pairs:
+    argv += ["--" + key[len(strip):], *_tokens(key, text, typ)]
+  try:
+    return _tyro_parse(cls, default, argv)
+  except ConfigError as e:
+    for key, text, typ in pairs:  # which pair: the first that fails on its own
+      try:
+        _tyro_parse(cls, default, ["--" + key[len(strip):], *_tokens(key, text, typ)])
+      except ConfigError as single:
+        msg = str(single)
+        if not msg or msg.startswith("Error parsing --"):  # a value of the wrong type
+          base = next((a for a in (typ, *typing.get_args(typ)) if a in _ARTICLE), None)
+          want = _ARTICLE.get(base, type_name(typ))
+          raise ConfigError(f"{key}: expected {want}, got {text!r}") from None
+        raise ConfigError(f"{key}={text!r} is invalid: {msg.split(': ', 1)[-1]}") from None
+    raise ConfigError(f"{' '.join(argv)}: {e}") from None
+
+
+def _split(item: str) -> tuple[str, str]:
+  if "=" not in item:
+    raise ConfigError(f"override {item!r} is not of the form key=value")
+  key, text = item.split("=", 1)
+  return key.strip(), text
 
 
 def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
-  """Applies `key=value` strings in order."""
-  for item in overrides:
-    if "=" not in item:
-      raise ConfigError(f"override {item!r} is not of the form key=value")
-    key, value = item.split("=", 1)
-    cfg = override(cfg, key.strip(), value)
+  """`cfg` with `key=value` overrides applied (later ones win), each parsed against its
+  field's type. `model.memory.*` keys start from the memory the model resolves after
+  its own overrides (see the module docstring)."""
+  pairs = [(k, v, field_type(k)) for k, v in map(_split, overrides)]
+  tree = [p for p in pairs if not p[0].startswith(_MEMORY)]
+  memory = [p for p in pairs if p[0].startswith(_MEMORY)]
+  if tree:
+    cfg = _parse(Config, cfg, tree, "")
+  if memory:
+    model = cfg.model
+    resolved = _parse(MemoryConfig, model.memory_config, memory, _MEMORY)
+    given = {k.split(".")[1] for k, _, _ in tree}
+    for short, field in (("memory_heads", "heads"), ("memory_chunk", "chunk_size")):
+      if short in given and getattr(model, short) != getattr(resolved, field):
+        raise ConfigError(f"model.{short}={getattr(model, short)} disagrees with "
+                          f"model.memory.{field}={getattr(resolved, field)}; set one of them")
+    try:
+      model = model.replace(memory=resolved, memory_heads=None, memory_chunk=None)
+    except ValueError as e:
+      raise ConfigError(f"model.memory: {e}") from None
+    cfg = dataclasses.replace(cfg, model=model)
   return cfg
+
+
+def apply_model_overrides(model: TitansConfig, overrides: Sequence[str]) -> TitansConfig:
+  """The same path for a model config alone (benchmarks): keys are `model.`-relative,
+  e.g. `num_layers=1`, `memory.commit_every=64`."""
+  cfg = apply_overrides(Config(name="model", model=model),
+                        [f"model.{item.strip()}" for item in overrides])
+  return cfg.model
+
+
+def help_text(cfg: Config) -> str:
+  """Every config field with its type, default (from `cfg`) and meaning (tyro's help),
+  the model's memory shown resolved."""
+  shown = dataclasses.replace(cfg, model=cfg.model.replace(memory=cfg.model.memory_config))
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+    tyro.cli(Config, default=shown, args=["--help"], prog="--set KEY=VALUE / --KEY=VALUE",
+             **{**_TYRO, "console_outputs": True})
+  return out.getvalue()
+
+
+# ------------------------------------------------------------------------------ validation
+
+# Allowed ranges of every numeric field of the sections: key -> (low, low included,
+# high, high included); None = unbounded. A test walks every numeric field with 0, a
+# negative and a wrong-type value against this table and the fields' meanings.
+RANGES = {
+    "data.seq_len": (2, True, None, None),
+    "data.eval_fraction": (0.0, True, 1.0, False),
+    "data.split_seed": (0, True, None, None),
+    "data.shuffle_seed": (0, True, None, None),
+    "data.separator": (-1, True, None, None),
+    "data.mqar_pairs": (1, True, None, None),
+    "data.mqar_queries": (1, True, None, None),
+    "train.steps": (1, True, None, None),
+    "train.batch_size": (1, True, None, None),
+    "train.grad_accum_steps": (1, True, None, None),
+    "train.lr": (0.0, False, None, None),
+    "train.min_lr_ratio": (0.0, True, 1.0, True),
+    "train.warmup_steps": (0, True, None, None),
+    "train.weight_decay": (0.0, True, None, None),
+    "train.b1": (0.0, True, 1.0, False),
+    "train.b2": (0.0, True, 1.0, False),
+    "train.eps": (0.0, False, None, None),
+    "train.grad_clip": (0.0, True, None, None),
+    "train.seed": (0, True, None, None),
+    "train.log_every": (1, True, None, None),
+    "train.eval_every": (0, True, None, None),
+    "train.eval_batches": (1, True, None, None),
+    "train.checkpoint_every": (1, True, None, None),
+    "train.keep_checkpoints": (1, True, None, None),
+    "eval.batches": (0, True, None, None),
+    "eval.batch_size": (1, True, None, None),
+    "eval.niah_lengths": (2, True, None, None),
+    "eval.niah_depths": (0.0, True, 1.0, True),
+    "eval.niah_samples": (1, True, None, None),
+    "eval.sample_tokens": (0, True, None, None),
+}
+CHOICES = {"data.kind": DATA_KINDS, "data.niah_task": NIAH_TASKS,
+           "data.token_dtype": TOKEN_DTYPES, "eval.niah_task": NIAH_TASKS,
+           "mesh.memory_heads": MEMORY_HEAD_PLACEMENTS}
+
+
+def _bound_text(lo, lo_in, hi, hi_in) -> str:
+  if hi is None:
+    return f">= {lo}" if lo_in else f"> {lo}"
+  return f"in {'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
+
+
+def _check_niah_length(key: str, task: str, length: int) -> None:
+  try:  # the needle, question and answer must fit (their length depends on the task)
+    niah_example(example_rng(0, 0), task, length, 0.5)
+  except ValueError as e:
+    raise ConfigError(f"{key}: {e}") from None
+
+
+def validate(cfg: Config) -> None:
+  """Checks every field (type, range, choice) and the cross-field constraints; raises a
+  one-line ConfigError naming the field. The model validates itself when it is built."""
+  if not isinstance(cfg.model, TitansConfig):
+    raise ConfigError(f"model must be a TitansConfig, got {type(cfg.model).__name__}")
+  if not (isinstance(cfg.name, str) and cfg.name):
+    raise ConfigError(f"name={cfg.name!r} must be a non-empty string")
+  for section, cls in SECTIONS.items():
+    part = getattr(cfg, section)
+    if not isinstance(part, cls):
+      raise ConfigError(f"{section} must be a {cls.__name__}, got {type(part).__name__}")
+    try:
+      check_types(part, section)
+    except ValueError as e:  # "train: lr='x' is not a float" -> "train.lr='x' ..."
+      raise ConfigError(str(e).replace(": ", ".", 1)) from None
+  for key, bounds in RANGES.items():
+    section, name = key.split(".")
+    value = getattr(getattr(cfg, section), name)
+    lo, lo_in, hi, hi_in = bounds
+    for v in value if isinstance(value, tuple) else (value,):
+      ok = (v >= lo if lo_in else v > lo) and (hi is None or (v <= hi if hi_in else v < hi))
+      if not ok:
+        where = f"{key} contains {v}" if isinstance(value, tuple) else f"{key}={v!r}"
+        raise ConfigError(f"{where}, not {_bound_text(*bounds)}")
+  for key, allowed in CHOICES.items():
+    section, name = key.split(".")
+    value = getattr(getattr(cfg, section), name)
+    if value not in allowed:
+      raise ConfigError(f"{key}={value!r}: expected one of {', '.join(allowed)}")
+  t, m = cfg.train, cfg.mesh
+  if t.batch_size % t.grad_accum_steps:
+    raise ConfigError(f"train.batch_size={t.batch_size} must be a multiple of "
+                      f"train.grad_accum_steps={t.grad_accum_steps}")
+  for axis in AXES:
+    size = getattr(m, axis)
+    if size == 0 or size < -1:
+      raise ConfigError(f"mesh.{axis}={size} must be a positive size or -1 (fill)")
+  if m.sizes.count(-1) > 1:
+    fill = ", ".join(f"mesh.{a}=-1" for a in AXES if getattr(m, a) == -1)
+    raise ConfigError(f"{fill}: at most one mesh axis may be -1")
+  d = cfg.data
+  if d.kind == "niah":
+    _check_niah_length("data.seq_len", d.niah_task, d.seq_len)
+  for length in cfg.eval.niah_lengths:
+    _check_niah_length("eval.niah_lengths", cfg.eval.niah_task, length)
+  if d.kind == "mqar":
+    if 2 * d.mqar_pairs + 2 * d.mqar_queries > d.seq_len + 1:
+      raise ConfigError(f"data.seq_len={d.seq_len} cannot hold data.mqar_pairs="
+                        f"{d.mqar_pairs} pairs and data.mqar_queries={d.mqar_queries} queries")
+    if cfg.model.vocab_size // 2 - 1 < d.mqar_pairs:
+      raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is too small for "
+                        f"data.mqar_pairs={d.mqar_pairs} distinct keys")
+  if cfg.data.kind in ("text", "niah") and cfg.model.vocab_size < 256:
+    raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} < 256 cannot hold "
+                      f"byte-level data (data.kind={cfg.data.kind})")
+
+
+# --------------------------------------------------------------- saving and restoring
 
 
 def to_dict(obj: Any) -> Any:
@@ -302,11 +490,7 @@ def to_dict(obj: Any) -> Any:
     return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
   if isinstance(obj, (tuple, list)):
     return [to_dict(v) for v in obj]
-  if isinstance(obj, dict):
-    return {str(k): to_dict(v) for k, v in obj.items()}
-  if isinstance(obj, (str, int, float, bool)) or obj is None:
-    return obj
-  return repr(obj)
+  return obj
 
 
 def to_json(cfg: Config) -> str:
@@ -327,93 +511,27 @@ def diff_dicts(a: Any, b: Any, prefix: str = "") -> list[str]:
   return [] if a == b else [prefix]
 
 
-def validate(cfg: Config) -> None:
-  """Checks cross-field constraints; raises ConfigError naming the field."""
-  d, t, e = cfg.data, cfg.train, cfg.eval
-  if d.kind not in ("text", "tokens", "niah", "mqar"):
-    raise ConfigError(f"data.kind={d.kind!r}: expected text, tokens, niah or mqar")
-  if d.niah_task not in ("passkey", "number", "word"):
-    raise ConfigError(f"data.niah_task={d.niah_task!r}: expected passkey, number or word")
-  if e.niah_task not in ("passkey", "number", "word"):
-    raise ConfigError(f"eval.niah_task={e.niah_task!r}: expected passkey, number or word")
-  if d.seq_len < 2:
-    raise ConfigError(f"data.seq_len={d.seq_len} must be >= 2")
-  if not 0.0 <= d.eval_fraction < 1.0:
-    raise ConfigError(f"data.eval_fraction={d.eval_fraction} must be in [0, 1)")
-  if t.steps < 1:
-    raise ConfigError(f"train.steps={t.steps} must be >= 1")
-  if t.grad_accum_steps < 1 or t.batch_size % t.grad_accum_steps:
-    raise ConfigError(
-        f"train.batch_size={t.batch_size} must be a multiple of "
-        f"train.grad_accum_steps={t.grad_accum_steps}")
-  if t.compute_dtype not in ("bfloat16", "float32"):
-    raise ConfigError(f"train.compute_dtype={t.compute_dtype!r}: expected bfloat16 or float32")
-  if t.warmup_steps < 0:
-    raise ConfigError(f"train.warmup_steps={t.warmup_steps} must be >= 0")
-  if t.keep_checkpoints < 1:
-    raise ConfigError(f"train.keep_checkpoints={t.keep_checkpoints} must be >= 1")
-  for depth in e.niah_depths:
-    if not 0.0 <= depth <= 1.0:
-      raise ConfigError(f"eval.niah_depths contains {depth}, not in [0, 1]")
-  m = cfg.mesh
-  for axis, size in (("data", m.data), ("fsdp", m.fsdp), ("tensor", m.tensor)):
-    if size == 0 or size < -1:
-      raise ConfigError(f"mesh.{axis}={size} must be a positive size or -1 (fill)")
-  if [m.data, m.fsdp, m.tensor].count(-1) > 1:
-    raise ConfigError(f"mesh: at most one of data/fsdp/tensor may be -1, got "
-                      f"({m.data}, {m.fsdp}, {m.tensor})")
-  if m.memory_heads not in ("tensor", "replicated"):
-    raise ConfigError(f"mesh.memory_heads={m.memory_heads!r}: expected tensor or replicated")
-  vocab = getattr(cfg.model, "vocab_size", None)
-  if vocab is not None and d.kind in ("text", "niah") and vocab < 256:
-    raise ConfigError(f"model.vocab_size={vocab} < 256 cannot hold byte-level data")
+# Fields that older runs saved and that no longer exist (nothing read them).
+REMOVED_FIELDS = {"TrainConfig": ("compute_dtype",)}
 
 
 def from_dict(cls: Any, data: Any) -> Any:
   """Rebuilds a (nested) config dataclass from `to_dict` output (e.g. a checkpoint's)."""
-  if not (dataclasses.is_dataclass(cls) and isinstance(data, dict)):
-    return data
-  hints = typing.get_type_hints(cls)
+  hints = field_types(cls)
   kwargs = {}
-  names = {f.name for f in dataclasses.fields(cls)}
   for k, v in data.items():
-    if k not in names:
+    if k in REMOVED_FIELDS.get(cls.__name__, ()):
+      continue
+    if k not in hints:
       raise ConfigError(f"saved config has unknown key {cls.__name__}.{k}")
-    kwargs[k] = _from_typed(hints.get(k, Any), v)
+    struct = _struct(hints[k])
+    if struct is not None and isinstance(v, dict):
+      kwargs[k] = from_dict(struct, v)
+    else:
+      kwargs[k] = tuple(v) if isinstance(v, list) else v
   return cls(**kwargs)
 
 
-def _from_typed(typ: Any, v: Any) -> Any:
-  if v is None:
-    return None
-  origin, args = typing.get_origin(typ), typing.get_args(typ)
-  if origin in (typing.Union, types.UnionType):
-    for a in args:
-      if a is type(None):
-        continue
-      if dataclasses.is_dataclass(a) and isinstance(v, dict):
-        return from_dict(a, v)
-      if typing.get_origin(a) is tuple and isinstance(v, list):
-        return _from_typed(a, v)
-    return tuple(v) if isinstance(v, list) else v
-  if dataclasses.is_dataclass(typ) and isinstance(v, dict):
-    return from_dict(typ, v)
-  if origin is tuple and isinstance(v, list):
-    elem = args[0] if args else Any
-    return tuple(_from_typed(elem, x) for x in v)
-  if isinstance(v, list):
-    return tuple(v)
-  return v
-
-
 def config_from_dict(data: dict) -> Config:
-  """The Config saved with a checkpoint (model: titans_jax.models.TitansConfig)."""
-  from titans_jax.models import TitansConfig
-
-  data = dict(data)
-  model = from_dict(TitansConfig, data.pop("model"))
-  return Config(name=data.get("name", "restored"), model=model,
-                data=from_dict(DataConfig, data.get("data", {})),
-                train=from_dict(TrainConfig, data.get("train", {})),
-                eval=from_dict(EvalConfig, data.get("eval", {})),
-                mesh=from_dict(MeshConfig, data.get("mesh", {})))
+  """The Config saved with a checkpoint."""
+  return from_dict(Config, {"name": "restored", **data})
