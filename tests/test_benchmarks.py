@@ -18,6 +18,7 @@ def _load(name):
     return mod
 
 
+@pytest.mark.slow
 def test_model_bench_smoke(tmp_path, capsys):
     out = tmp_path / "mb.json"
     _load("model_bench").main(["--variants", "lmm", "--preset", "tiny", "--batch", "1",
@@ -48,6 +49,7 @@ def test_model_bench_smoke(tmp_path, capsys):
     assert "| lmm | 1×16 |" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_seq_sweep_smoke_with_plot(tmp_path):
     out, png = tmp_path / "sweep.json", tmp_path / "sweep.png"
     _load("seq_sweep").main(["--variants", "swa", "--preset", "tiny", "--seqs", "16", "32",
@@ -59,6 +61,7 @@ def test_seq_sweep_smoke_with_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_memory_profile_groups_every_op_of_both_libraries():
     """benchmarks/memory_profile.py on a small layer: the per-op times of the f+b are found
     in the trace, fall into the four groups, and the titans-pytorch split is filled in."""

@@ -138,6 +138,11 @@ def test_memory_override_resolves_from_the_model():
   assert mem.qkv_conv == cfg.model.memory_config.qkv_conv     # the rest resolved as before
   assert out.model.memory_heads is None and out.model.memory_chunk is None  # folded in
   assert config_lib.config_from_dict(config_lib.to_dict(out)) == out
+  # a resumed run that spells out the memory it already had is the same model
+  same = config_lib.apply_overrides(cfg, ["model.memory.commit_every=8"]).model  # = derived
+  assert same.memory is not None
+  assert config_lib.comparable_model_dict(config_lib.to_dict(cfg.model)) == \
+      config_lib.comparable_model_dict(same)
   # untouched memory stays derived, so model.dim and the memory cannot disagree
   assert config_lib.apply_overrides(cfg, ["model.dim=64"]).model.memory_config.dim == 64
   # a shortcut next to an explicit memory is an error, not ignored

@@ -166,14 +166,48 @@ def test_overfits_a_fixed_batch(variant):
     assert np.isfinite(float(first)) and float(loss) < float(first) / 2, (variant, first, loss)
 
 
-def test_sampling_is_seeded_and_respects_top_k():
+def _allowed_next_tokens(logits_BV, top_k=None, top_p=None, slack=1e-4):
+    """Boolean B×V mask of the tokens a top-k / top-p sampler may pick (numpy, float64;
+    `slack` admits a token at the nucleus edge that the decode path's rounding kept)."""
+    logits = np.asarray(logits_BV, np.float64)
+    allowed = np.ones(logits.shape, bool)
+    if top_k is not None:
+        kth = np.sort(logits, axis=-1)[:, -top_k][:, None]
+        allowed &= logits >= kth
+    if top_p is not None:
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        order = np.argsort(-probs, axis=-1)
+        sorted_p = np.take_along_axis(probs, order, -1)
+        before = np.cumsum(sorted_p, -1) - sorted_p        # mass of the more likely tokens
+        keep_sorted = before < top_p + slack
+        keep = np.zeros_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, -1)
+        allowed &= keep
+    return allowed
+
+
+def test_sampling_is_seeded_and_respects_top_k_and_top_p():
     h = harness("swa")
     prompt = _tokens(5)[:, :PROMPT]
-    a = generate(h.model, prompt, 6, temperature=1.0, top_k=5, seed=7)
-    b = generate(h.model, prompt, 6, temperature=1.0, top_k=5, seed=7)
+    new = T - PROMPT                 # the full length, so h.logits scores every step
+    a = generate(h.model, prompt, new, temperature=1.0, top_k=5, seed=7)
+    b = generate(h.model, prompt, new, temperature=1.0, top_k=5, seed=7)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    c = generate(h.model, prompt, 6, temperature=1.0, top_p=0.9, seed=8)
-    assert c.shape == (2, PROMPT + 6)
+    greedy = np.asarray(generate(h.model, prompt, new, temperature=0.0))
+    # Every sample lies in the filtered set of the logits that preceded it (the full
+    # forward over the sampled sequence), and sampling is not greedy decoding.
+    for kw, seq in (({"top_k": 5}, a),
+                    ({"top_p": 0.5}, generate(h.model, prompt, new, temperature=1.0,
+                                              top_p=0.5, seed=8))):
+        seq = np.asarray(seq)
+        assert seq.shape == (2, T)
+        logits = np.asarray(h.logits(jnp.asarray(seq)))
+        for t in range(PROMPT, T):
+            allowed = _allowed_next_tokens(logits[:, t - 1], **kw)
+            assert allowed.sum(-1).max() < 0.9 * h.cfg.vocab_size, kw   # the filter bites
+            assert allowed[np.arange(2), seq[:, t]].all(), (kw, t)
+        assert not np.array_equal(seq, greedy), kw
     # top_k = 1 is greedy whatever the temperature.
     g1 = generate(h.model, prompt, 6, temperature=2.0, top_k=1, seed=9)
     g0 = generate(h.model, prompt, 6, temperature=0.0)

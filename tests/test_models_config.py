@@ -95,19 +95,26 @@ def test_unknown_preset_raises():
         TitansConfig.preset("huge")
 
 
-def test_remat_policies_give_the_same_gradients():
+_REMAT_REFERENCE = {}
+
+
+def _remat_grads(variant, remat):
     tokens = jax.random.randint(jax.random.key(0), (2, 12), 0, 256)
+    cfg = TitansConfig.preset("tiny", variant=variant, window=4, remat=remat)
+    model = Titans(cfg, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(tokens).astype(jnp.float32) ** 2)
+    return jax.jit(jax.grad(loss))(params)
 
-    def grads(remat):
-        cfg = TitansConfig.preset("tiny", variant="swa", window=4, remat=remat)
-        model = Titans(cfg, rngs=nnx.Rngs(0))
-        graphdef, params = nnx.split(model)
-        loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(tokens).astype(jnp.float32) ** 2)
-        return jax.jit(jax.grad(loss))(params)
 
-    ref = grads("none")
-    for policy in ("full",):
-        chex.assert_trees_all_close(grads(policy), ref, atol=1e-6, rtol=1e-6)
+# "dots" is the paper presets' default; MAG runs it through the memory's scan too.
+@pytest.mark.parametrize("variant,policy", [
+    ("swa", "full"), ("swa", "dots"), ("swa", "dots_no_batch"), ("mag", "dots")])
+def test_remat_policies_give_the_same_gradients(variant, policy):
+    if variant not in _REMAT_REFERENCE:
+        _REMAT_REFERENCE[variant] = _remat_grads(variant, "none")
+    chex.assert_trees_all_close(_remat_grads(variant, policy), _REMAT_REFERENCE[variant],
+                                atol=1e-6, rtol=1e-6)
 
 
 class ModelShapesTest(chex.TestCase):

@@ -12,9 +12,12 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from titans_jax import sharding
 from titans_jax.training import checkpointing, config as config_lib, loop, sharded
+
+pytestmark = pytest.mark.slow  # end-to-end / multi-device: excluded from `-m "not slow"`
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 3

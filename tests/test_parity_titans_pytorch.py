@@ -44,7 +44,7 @@ from titans_jax.interop.titans_pytorch import (  # noqa: E402
 from titans_jax.memory import MemoryConfig  # noqa: E402
 from helpers import run_concurrently  # noqa: E402
 
-pytestmark = pytest.mark.parity
+pytestmark = [pytest.mark.parity, pytest.mark.slow]
 
 F32, F64 = 1e-5, 1e-10
 

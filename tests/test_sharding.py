@@ -111,6 +111,7 @@ def _compile_steps_concurrently(setups, batch):
                    for su in setups)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["mac", "mag", "mal", "lmm"])
 def test_one_step_equals_single_device(variant):
   model = _model(variant)

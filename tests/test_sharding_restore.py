@@ -11,6 +11,8 @@ from titans_jax.training import checkpointing, config as config_lib, sharded
 
 import pathlib
 
+pytestmark = pytest.mark.slow  # end-to-end / multi-device: excluded from `-m "not slow"`
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

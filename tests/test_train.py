@@ -21,6 +21,8 @@ import train as train_cli  # noqa: E402
 from titans_jax.data.text import DataError
 from titans_jax.training import checkpointing, config as config_lib, loop, sharded
 
+pytestmark = pytest.mark.slow  # end-to-end / multi-device: excluded from `-m "not slow"`
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 24
 

@@ -59,8 +59,8 @@ class Checkpointer:
   def check_compatible(self, cfg: config_lib.Config, step: Optional[int] = None) -> None:
     """Raises CheckpointMismatchError naming the model fields that differ."""
     step = self.latest_step() if step is None else step
-    saved = self.saved_config(step).get("model", {})
-    now = config_lib.to_dict(cfg.model)
+    saved = config_lib.comparable_model_dict(self.saved_config(step).get("model", {}))
+    now = config_lib.comparable_model_dict(cfg.model)
     diff = config_lib.diff_dicts(saved, now)
     if diff:
       details = ", ".join(f"model.{k}: checkpoint={_get(saved, k)!r} vs config={_get(now, k)!r}"

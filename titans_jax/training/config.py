@@ -532,6 +532,19 @@ def from_dict(cls: Any, data: Any) -> Any:
   return cls(**kwargs)
 
 
+def comparable_model_dict(model: TitansConfig | dict) -> dict:
+  """`to_dict` of a model config (or of its saved dict) with the memory resolved and the
+  shortcuts folded in, so that a derived memory and the same memory given explicitly
+  (e.g. by `--set model.memory.…` on resume) compare equal."""
+  if isinstance(model, dict):
+    try:
+      model = from_dict(TitansConfig, model)
+    except (ConfigError, TypeError, ValueError):
+      return model  # not rebuildable: compare as saved
+  return to_dict(model.replace(memory=model.memory_config, memory_heads=None,
+                               memory_chunk=None))
+
+
 def config_from_dict(data: dict) -> Config:
   """The Config saved with a checkpoint."""
   return from_dict(Config, {"name": "restored", **data})
