@@ -18,7 +18,9 @@ import argparse
 import time
 import traceback
 
-VARIANTS = ("mag", "mal", "lmm", "swa", "mac")
+from titans_jax.models.config import VARIANTS as ALL_VARIANTS
+
+VARIANTS = tuple(sorted(ALL_VARIANTS, key=lambda v: v == "mac"))  # MAC (slowest) last
 
 
 def parse_args(argv=None):

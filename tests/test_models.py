@@ -18,8 +18,8 @@ from helpers import run_concurrently
 from flax import nnx
 
 from titans_jax.models import Titans, TitansConfig, decode_step, generate, prefill
+from titans_jax.models.config import VARIANTS
 
-VARIANTS = ("mac", "mag", "mal", "lmm", "swa")
 T = 32
 PROMPT = 5
 BOUNDARY_TS = (3, 4, 7, 8, 15, 16, 23)

@@ -34,6 +34,7 @@ import pytest
 from flax import nnx
 
 from titans_jax.models import Titans, TitansConfig
+from titans_jax.models.config import VARIANTS
 from titans_jax.perf import flops as F
 
 B, T = 2, 32
@@ -108,7 +109,7 @@ def _ours(cfg):
     return 3 * sum(fwd[k] for k in F.MATMUL_COMPONENTS), 3 * sum(fwd.values())
 
 
-@pytest.mark.parametrize("variant", ["swa", "mag", "mal", "lmm", "mac"])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_matmuls_exact_and_total_close_before_optimisation(variant, monkeypatch):
     """The HLO jax emits for forward+backward (before XLA's passes): its dots are exactly
     our matmul components × 3, and its cost analysis is our total plus elementwise work."""

@@ -21,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 from titans_jax import sharding
 from titans_jax.memory import MemoryConfig
 from titans_jax.models import TitansConfig
+from titans_jax.models.config import MEMORY_VARIANTS
 from titans_jax.training import sharded
 from titans_jax.training.config import TrainConfig
 
@@ -112,7 +113,7 @@ def _compile_steps_concurrently(setups, batch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["mac", "mag", "mal", "lmm"])
+@pytest.mark.parametrize("variant", MEMORY_VARIANTS)
 def test_one_step_equals_single_device(variant):
   model = _model(variant)
   batch = _batch()
