@@ -42,6 +42,7 @@ def _qkv(seed, B, T, H, K, P=0):
     (1, 4, 0, "xla"), (5, 8, 0, "xla"), (16, 4, 2, "xla"), (21, 4, 3, "xla"), (37, 8, 0, "xla"),
     (9, 16, 1, "xla"), (21, 4, 3, "dot_product"), (37, 8, 0, "dot_product"),
 ])
+@pytest.mark.slow
 def test_block_local_window_matches_naive(T, W, P, impl):
     q, k, v, pk, pv = _qkv(T * 100 + W, 2, T, 2, 8, P)
     out = jax.jit(lambda *a: A.sliding_window_attention(*a[:3], W, *a[3:], impl=impl))(
@@ -128,6 +129,7 @@ def test_window_memory_is_linear_in_T():
     assert per_tok_16k * 16384 < 16384 ** 2 * 4            # below a single T×T fp32 matrix
 
 
+@pytest.mark.slow
 def test_splash_kernel_matches_naive_in_interpret_mode():
     """The TPU splash-attention path (persistent + local mask, 128-token padding), run
     by the Pallas interpreter on CPU."""
@@ -143,6 +145,7 @@ def test_splash_kernel_matches_naive_in_interpret_mode():
         np.testing.assert_allclose(np.asarray(out_fallback), np.asarray(out), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["swa", "mac"])
 def test_model_forward_memory_is_linear_in_T(variant):
     """Whole tiny model (W = S = 256): compiled temp + output bytes per token at T = 16K

@@ -89,6 +89,7 @@ def _loss(params, x, r, cfg):
 _value_and_grad = jax.jit(jax.value_and_grad(_loss), static_argnames="cfg")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(AGREE_CASES))
 def test_dual_and_primal_agree_values_state_and_grads(name):
     cfg = AGREE_CASES[name]
@@ -112,6 +113,7 @@ def test_dual_and_primal_agree_values_state_and_grads(name):
                                        err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.slow
 def test_dual_remat_off_same_values_and_grads():
     cfg = tp(commit_every=8, momentum_order=2).replace(impl="dual")
     with jax.enable_x64(True):

@@ -69,6 +69,7 @@ def run_streaming(mode, lengths):
         assert int(s["pos"]) == T_STREAM
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", list(STREAM_MODES))
 @settings(max_examples=10, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -125,6 +126,7 @@ def grad_inputs(cfg):
     return params, x, r
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", list(GRAD_MODES))
 def test_grad_matches_finite_differences(mode):
     cfg = GRAD_MODES[mode]
@@ -149,6 +151,7 @@ def test_grad_matches_finite_differences(mode):
             assert abs(g - fd) <= 1e-7 + 1e-6 * abs(fd), (mode, top, sub, idx, g, fd)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", ["auto", "primal"])
 def test_remat_same_values_and_gradients(impl):
     cfg = GRAD_MODES["commit_2chunks"].replace(impl=impl, remat=False)
@@ -162,6 +165,7 @@ def test_remat_same_values_and_gradients(impl):
         assert_trees_close(g_r, g, 1e-12, "remat gradients")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", ["dual", "primal"])
 def test_tied_gradient_point_equals_carried(impl, monkeypatch):
     """With a commit after every chunk the block scan carries (W, S) and reads W̄ = W
@@ -229,6 +233,7 @@ def test_bad_inputs_raise():
 
 # ------------------------------------------------------------- module and dtypes ---
 
+@pytest.mark.slow
 def test_nnx_module_matches_functional_apply():
     cfg = STREAM_MODES["commit_2chunks"]
     with jax.enable_x64(True):

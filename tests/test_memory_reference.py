@@ -127,6 +127,7 @@ RANK_CASES = [X64_CASES[n][0] for n in ("commit_3chunks", "odd_paper_kitchen_sin
                                         "momentum_off", "one_head_plain", "depth1")]
 
 
+@pytest.mark.slow
 def test_apply_respects_rank_promotion():
     with jax.numpy_rank_promotion("raise"), jax.enable_x64(True):
         for cfg in RANK_CASES:

@@ -20,6 +20,10 @@ from flax import nnx
 from titans_jax.models import Titans, TitansConfig, decode_step, generate, prefill
 from titans_jax.models.config import VARIANTS
 
+# Compiles every variant's training function up front (~80 s on 2 cores): not in the
+# fast subset `-m "not slow"`.
+pytestmark = pytest.mark.slow
+
 T = 32
 PROMPT = 5
 BOUNDARY_TS = (3, 4, 7, 8, 15, 16, 23)

@@ -121,6 +121,7 @@ def test_matmuls_exact_and_total_close_before_optimisation(variant, monkeypatch)
     assert 0.95 <= ratio <= 1.3, ratio
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["swa", "mag"])
 def test_count_matches_compiled_cost_analysis(variant, monkeypatch):
     """`jit(f).lower(...).compile().cost_analysis()` of the optimised program."""

@@ -235,15 +235,14 @@ class TitansConfig:
             kw = dict(variant=variant, vocab_size=256, dim=64, num_layers=2, heads=4,
                       ffn_hidden=128, window=16, segment_len=16, num_persistent=4,
                       memory_heads=2, memory_chunk=4)
-            kw.update(overrides)
-            return cls(**kw)
+            return cls(**_with_overrides(kw, overrides))
         if name not in _SCALES:
             raise ValueError(f"unknown preset {name!r}; expected 'tiny' or one of {tuple(_SCALES)}")
         dim, layers, heads, target = _SCALES[name]
         kw = dict(variant=variant, vocab_size=32000, dim=dim, num_layers=layers, heads=heads,
                   window=512, segment_len=512, num_persistent=16, memory_heads=heads,
                   memory_chunk=16, dtype="bfloat16", param_dtype="float32", remat="dots")
-        kw.update(overrides)
+        kw = _with_overrides(kw, overrides)
         if "ffn_hidden" not in overrides:
             probe = cls(**{**kw, "ffn_hidden": _FFN_MULTIPLE})
             per_unit = 3 * probe.dim * probe.num_layers          # SwiGLU: 3·D·F per layer
@@ -255,6 +254,17 @@ class TitansConfig:
     @staticmethod
     def preset_names() -> tuple[str, ...]:
         return ("tiny",) + tuple(_SCALES)
+
+
+def _with_overrides(preset_kw: dict, overrides: dict) -> dict:
+    """A preset's fields updated by `overrides`; an explicit `memory` replaces the
+    preset's default-memory shortcuts (a shortcut given next to it is still checked)."""
+    kw = dict(preset_kw)
+    if overrides.get("memory") is not None:
+        kw.pop("memory_heads", None)
+        kw.pop("memory_chunk", None)
+    kw.update(overrides)
+    return kw
 
 
 def _round_up(x: int, m: int) -> int:
