@@ -9,6 +9,7 @@ accuracy grid (JSON, markdown, PNG heatmap) and greedy samples.
 With --config the checkpoint must belong to the same model config. Outputs go to
 <workdir>/eval/step_<N>/.
 """
+import pathlib
 import sys
 
 from titans_jax.data.text import DataError
@@ -20,6 +21,15 @@ def main(argv=None) -> int:
   parser = cli.build_parser("Evaluate a Titans checkpoint (see docs/training.md).")
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   parser.add_argument("--skip", default="", help="comma list of parts to skip: ppl,niah,samples")
+  parser.add_argument("--tokenizer", default=None,
+                      help="tokenizer file for a token model (default: the data's meta.json)")
+  parser.add_argument("--lm_eval_tasks", default="",
+                      help="comma list of lm-evaluation-harness tasks (needs the lm_eval extra)")
+  parser.add_argument("--lm_eval_include", default=None,
+                      help="directory of extra lm_eval task YAMLs (local data sets)")
+  parser.add_argument("--lm_eval_limit", type=float, default=None,
+                      help="examples per lm_eval task (a fraction if < 1)")
+  parser.add_argument("--lm_eval_batch_size", type=int, default=8)
   args, overrides = cli.parse_args(parser, argv)
   if args.workdir is None:
     parser.error("--workdir is required")
@@ -31,7 +41,16 @@ def main(argv=None) -> int:
       base = run.load_for_eval(args.workdir, None, args.step, config_only=True)
     cfg = cli.resolve(parser, base, overrides)
     run.evaluate(args.workdir, cfg, step=args.step, perplexity_eval="ppl" not in skip,
-                 niah_eval="niah" not in skip, samples="samples" not in skip)
+                 niah_eval="niah" not in skip, samples="samples" not in skip,
+                 tokenizer=args.tokenizer)
+    if args.lm_eval_tasks:
+      from titans_jax.evaluation import lm_eval_adapter
+      lm = lm_eval_adapter.TitansLM.from_workdir(args.workdir, args.step, args.tokenizer, cfg=cfg,
+                                                 batch_size=args.lm_eval_batch_size)
+      lm_eval_adapter.run_tasks(
+          lm, [t.strip() for t in args.lm_eval_tasks.split(",") if t.strip()],
+          include_path=args.lm_eval_include, limit=args.lm_eval_limit,
+          outdir=pathlib.Path(args.workdir) / "eval" / f"step_{lm.step}")
   except (config_lib.ConfigError, DataError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

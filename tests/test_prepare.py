@@ -1,0 +1,122 @@
+"""Text → tokens → a trained token model → decoded text: `titans_jax.data.prepare` with a
+BPE tokenizer trained here by `tokenizers` (no download), its meta.json held against the
+config, bad input stopping with nothing written, and eval.py decoding the samples."""
+import dataclasses
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tokenizers")
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _text_corpus as tc  # noqa: E402
+from titans_jax.data import pipeline, prepare, tokenizer as tokenizer_lib  # noqa: E402
+from titans_jax.data.text import DataError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  root = tmp_path_factory.mktemp("prep")
+  c = tc.write_corpus(root / "corpus")
+  return c, tc.train_bpe(c, root / "tok.json")
+
+
+def _split_docs(ids: np.ndarray, sep: int) -> list[list[int]]:
+  ends = np.flatnonzero(ids == sep)
+  starts = np.concatenate([[0], ends[:-1] + 1])
+  return [ids[s:e].tolist() for s, e in zip(starts, ends)]
+
+
+def test_documents_whole_split_deterministic_workers_agree(corpus, tmp_path):
+  src, tok_path = corpus
+  a = prepare.prepare([str(src)], str(tok_path), str(tmp_path / "a"), eval_fraction=0.3,
+                      workers=1, progress=False)
+  b = prepare.prepare([str(src)], str(tok_path), str(tmp_path / "b"), eval_fraction=0.3,
+                      workers=2, progress=False, shard_tokens=500)
+  tok = tokenizer_lib.load(tok_path)
+  sep = a["separator"]
+  assert sep == tok.eos_id and a["vocab_size"] == tc.VOCAB and a["token_dtype"] == "uint16"
+  assert a["tokenizer"]["sha256"] == tokenizer_lib.file_sha256(tok_path)
+  # Every document, whole, in file / line order, on the side its hash picks.
+  docs = [(k, t) for k, t in prepare.iter_documents(
+      sorted(src.glob("*")), "text", {f: src for f in src.glob("*")})]
+  for side, flag in (("train", False), ("held_out", True)):
+    ids = np.fromfile(tmp_path / "a" / f"{side}_00000.bin", dtype="<u2").astype(np.int64)
+    want = [tok.encode(t) for k, t in docs if prepare.held_out(k, 0.3, 0) == flag]
+    assert _split_docs(ids, sep) == want
+    assert a[side]["documents"] == len(want) > 0
+    assert a[side]["tokens"] == sum(map(len, want)) + len(want)
+    # More workers and smaller shards: the same stream.
+    shards = [np.fromfile(tmp_path / "b" / f, dtype="<u2") for f in b[side]["files"]]
+    assert len(shards) == -(-b[side]["tokens"] // 500)
+    np.testing.assert_array_equal(np.concatenate(shards), ids)
+  held = a["held_out"]
+  assert a["bytes_per_token"] == pytest.approx(held["bytes"] / held["tokens"])
+  assert json.loads((tmp_path / "a" / "meta.json").read_text()) == a
+
+
+def test_bad_input_one_line_error_nothing_written(corpus, tmp_path, capsys):
+  src, tok_path = corpus
+  out = tmp_path / "out"
+  bad_jsonl = tmp_path / "bad.jsonl"
+  bad_jsonl.write_text('{"text": "fine"}\n{"body": "no text field"}\n')
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  (empty / "a.txt").write_text("")
+  cases = [
+      ([str(src)], str(tmp_path / "missing.json"), "missing.json"),
+      ([str(bad_jsonl)], str(tok_path), f"{bad_jsonl}:2: no field 'text'"),
+      ([str(empty)], str(tok_path), str(empty)),
+      ([str(empty / "a.txt")], str(tok_path), "no text found"),
+      ([str(tmp_path / "nope")], str(tok_path), "nope"),
+  ]
+  for paths, tok, needle in cases:
+    with pytest.raises(DataError, match=None) as e:
+      prepare.prepare(paths, tok, str(out), progress=False, workers=1)
+    assert needle in str(e.value) and "\n" not in str(e.value), e.value
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    assert prepare.main([*paths, "--tokenizer", tok, "--out", str(out), "--no_progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and needle in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_metadata_mismatch_names_both(corpus, tmp_path):
+  src, tok_path = corpus
+  prepare.prepare([str(src)], str(tok_path), str(tmp_path / "d"), eval_fraction=0.3,
+                  workers=1, progress=False)
+  data = tc.token_config(tmp_path / "d").data
+  assert pipeline.load_corpus(data, tc.VOCAB).train.dtype == np.dtype("<u2")
+  with pytest.raises(DataError, match=r"model.vocab_size=256 .*vocab_size=300"):
+    pipeline.load_corpus(data, 256)
+  with pytest.raises(DataError, match=r"data.token_dtype=uint32 .*token_dtype=uint16"):
+    pipeline.load_corpus(dataclasses.replace(data, token_dtype="uint32"), tc.VOCAB)
+
+
+@pytest.mark.slow
+def test_train_on_prepared_tokens_and_sample_decoded_text():
+  from titans_jax.evaluation import run, sampling
+  from titans_jax.models.generate import generate
+  from flax import nnx
+
+  r = tc.trained_run()
+  res = r["result"]
+  assert res.status == "done" and res.final_step == tc.STEPS
+  assert all(np.isfinite(v) for v in res.losses.values())
+  lines = []
+  out = run.evaluate(r["workdir"], log=lines.append)  # tokenizer found through meta.json
+  tok = tokenizer_lib.load(r["tokenizer"])
+  _, _, graphdef, params, rest = run.load_for_eval(r["workdir"])
+  prompt = np.asarray(tok.encode("the cat"), np.int32)
+  ids = np.asarray(generate(nnx.merge(graphdef, params, rest), prompt[None], 6,
+                                     temperature=0.0))[0, prompt.size:]
+  assert out["sample"]["continuation"] == tok.decode(ids)
+  assert isinstance(out["sample"]["continuation"], str)
+  assert sampling.prompt_tokens("the cat", False, tok).tolist() == prompt.tolist()
+  h = out["heldout"]
+  assert h["bits_per_byte"] == pytest.approx(h["bits_per_token"] / r["meta"]["bytes_per_token"])
+  step_dir = r["workdir"] / "eval" / f"step_{tc.STEPS}"
+  assert (step_dir / "samples.txt").read_text().startswith("the cat" + tok.decode(ids))
