@@ -15,6 +15,7 @@ WORDS = ("the cat sat on a mat and the dog ran to the big red house with a small
 VOCAB = 300
 SEQ_LEN = 32
 STEPS = 6
+PROMPT = "the cat sat on the"
 
 
 def write_corpus(root: pathlib.Path, docs: int = 12, lines: int = 20) -> pathlib.Path:
@@ -55,7 +56,7 @@ def token_config(data_dir: pathlib.Path, vocab_size: int = VOCAB):
                               checkpoint_every=STEPS, log_every=STEPS, eval_batches=1,
                               async_checkpoint=False, compute_dtype="float32")
   ev = dataclasses.replace(cfg.eval, batches=1, batch_size=2, niah_lengths=(), niah_depths=(),
-                           niah_samples=0, prompt="the cat", sample_tokens=6)
+                           niah_samples=0, prompt=PROMPT, sample_tokens=5)
   return dataclasses.replace(cfg, name="tiny_bpe", data=data, train=train, eval=ev,
                              model=dataclasses.replace(cfg.model, vocab_size=vocab_size))
 

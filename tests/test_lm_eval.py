@@ -1,8 +1,20 @@
-"""The lm-evaluation-harness adapter on the tiny token model trained in _text_corpus:
-log-likelihoods equal a direct computation from the model's logits, generate_until equals
-generate()'s greedy output, rolling log-likelihood over a document longer than the
-training length equals the model's own held-out evaluation, and a custom multiple-choice
-task on a local JSON file runs through lm_eval's own task machinery (no download)."""
+"""Train on prepared text, sample decoded text, and the lm-evaluation-harness adapter, all
+on one tiny token model (a BPE tokenizer trained here, the corpus prepared with it, the
+tiny config trained a few steps: tests/_text_corpus.py):
+
+  * eval.py's evaluation decodes its prompt and sample through the metadata's tokenizer
+    and reports bits per byte;
+  * log-likelihoods equal a direct computation from the model's logits (1e-5);
+  * generate_until equals generate()'s greedy output;
+  * rolling log-likelihood over a document longer than the training length equals the
+    model's own held-out evaluation of it;
+  * a custom multiple-choice task on a local JSON file runs through lm_eval's own task
+    machinery (no download).
+
+Shapes are shared between tests (one batch size, one padded length for the direct
+computation, prompts of one token length) to keep the compilations few.
+"""
+import functools
 import json
 import pathlib
 import sys
@@ -19,32 +31,68 @@ import _text_corpus as tc  # noqa: E402
 from flax import nnx  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
 
-from titans_jax.evaluation import lm_eval_adapter, perplexity  # noqa: E402
+from titans_jax.data import tokenizer as tokenizer_lib  # noqa: E402
+from titans_jax.evaluation import lm_eval_adapter, perplexity, run, sampling  # noqa: E402
 from titans_jax.models.generate import generate  # noqa: E402
 from titans_jax.training import train_state as ts  # noqa: E402
 
-pytestmark = pytest.mark.slow  # shares the trained run with test_prepare (one training)
+pytestmark = pytest.mark.slow  # one training run (compiles) shared by the module
+DIRECT_LEN = 24  # the direct computation's padded length (the adapter pads to 16 or 32)
 
 
 @pytest.fixture(scope="module")
-def lm():
-  r = tc.trained_run()
-  return lm_eval_adapter.TitansLM.from_workdir(r["workdir"], batch_size=4)
+def trained():
+  return tc.trained_run()
+
+
+@pytest.fixture(scope="module")
+def lm(trained):
+  return lm_eval_adapter.TitansLM.from_workdir(trained["workdir"], batch_size=4)
 
 
 def _inst(kind, args, i=0):
   return Instance(request_type=kind, doc={}, arguments=args, idx=i)
 
 
+@functools.lru_cache(maxsize=1)
+def _forward(graphdef):
+  return jax.jit(lambda p, r, x: nnx.merge(graphdef, p, r)(x).astype(jnp.float32))
+
+
 def _direct_logprob(lm, ctx_ids, cont_ids):
-  """Σ log p(cont | ctx) and all-greedy, from the model's logits on the exact sequence."""
-  model = nnx.merge(lm.graphdef, lm.params, lm.rest)
+  """Σ log p(cont | ctx) and all-greedy, from the model's logits on the sequence alone
+  (right-padded to DIRECT_LEN: the model is causal), in float64 from there on."""
   toks = np.asarray(ctx_ids + cont_ids, np.int32)
-  logp = np.asarray(jax.nn.log_softmax(model(jnp.asarray(toks[None, :-1])).astype(
-      jnp.float32), axis=-1), np.float64)[0]
+  assert toks.size - 1 <= DIRECT_LEN
+  x = np.zeros((1, DIRECT_LEN), np.int32)
+  x[0, :toks.size - 1] = toks[:-1]
+  logits = np.asarray(_forward(lm.graphdef)(lm.params, lm.rest, x), np.float64)[0]
+  logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
+                         keepdims=True)) - logits.max(-1, keepdims=True)
   pos = np.arange(len(ctx_ids) - 1, len(toks) - 1)
   tgt = toks[pos + 1]
   return float(logp[pos, tgt].sum()), bool(np.all(logp[pos].argmax(-1) == tgt))
+
+
+def test_train_on_prepared_tokens_and_sample_decoded_text(trained):
+  r = trained
+  res = r["result"]
+  assert res.status == "done" and res.final_step == tc.STEPS
+  assert all(np.isfinite(v) for v in res.losses.values())
+  lines = []
+  out = run.evaluate(r["workdir"], log=lines.append)  # tokenizer found through meta.json
+  tok = tokenizer_lib.load(r["tokenizer"])
+  _, _, graphdef, params, rest = run.load_for_eval(r["workdir"])
+  prompt = np.asarray(tok.encode(tc.PROMPT), np.int32)
+  ids = np.asarray(generate(nnx.merge(graphdef, params, rest), prompt[None], 5,
+                            temperature=0.0))[0, prompt.size:]
+  assert isinstance(out["sample"]["continuation"], str)
+  assert out["sample"]["continuation"] == tok.decode(ids)
+  assert sampling.prompt_tokens(tc.PROMPT, False, tok).tolist() == prompt.tolist()
+  h = out["heldout"]
+  assert h["bits_per_byte"] == pytest.approx(h["bits_per_token"] / r["meta"]["bytes_per_token"])
+  step_dir = r["workdir"] / "eval" / f"step_{tc.STEPS}"
+  assert (step_dir / "samples.txt").read_text().startswith(tc.PROMPT + tok.decode(ids))
 
 
 def test_loglikelihood_equals_direct_computation(lm):
@@ -64,27 +112,29 @@ def test_loglikelihood_equals_direct_computation(lm):
 
 def test_generate_until_equals_greedy_generate(lm):
   model = nnx.merge(lm.graphdef, lm.params, lm.rest)
-  prompts = ["the cat sat on the", "the dog ran", "the big red house with a small green tree"]
-  reqs = [_inst("generate_until", (p, {"until": [], "max_gen_toks": 5}), i)
-          for i, p in enumerate(prompts)]
+  n = len(lm.tok.encode(tc.PROMPT))
+  # prompts of the eval prompt's token length: generate() reuses its compiled prefill
+  others = [" ".join(tc.WORDS[i:i + k]) for k in range(2, 8) for i in range(len(tc.WORDS) - k)]
+  prompts = [tc.PROMPT] + [p for p in others if len(lm.tok.encode(p)) == n][:1]
+  assert len(prompts) == 2
   want = []
   for p in prompts:
     ids = np.asarray(lm.tok.encode(p), np.int32)
     out = np.asarray(generate(model, ids[None], 5, temperature=0.0))[0, ids.size:]
     want.append(lm.tok.decode(out.tolist()))
-  assert lm.generate_until(reqs) == want
-  # the bucketed path: prefill a multiple of 4 tokens, decode the prompt's tail
-  lm.prefill_bucket = 4
-  try:
-    assert lm.generate_until(reqs) == want
-  finally:
-    lm.prefill_bucket = 64
+  # batch 1 like generate(); prefill_bucket 4 < n: a prefill of 4 tokens, then the
+  # prompt's tail through the cached decode step
+  gen = lm_eval_adapter.TitansLM(lm.graphdef, lm.params, lm.rest, lm.tok, batch_size=1,
+                                 prefill_bucket=4)
+  assert n > 4
+  reqs = [_inst("generate_until", (p, {"until": [], "max_gen_toks": 5}), i)
+          for i, p in enumerate(prompts)]
+  assert gen.generate_until(reqs) == want
   # stop strings cut the text where they first appear
-  stop = want[0][1:3] if len(want[0]) >= 3 else None
-  if stop and stop.strip():
-    got = lm.generate_until([_inst("generate_until", (prompts[0], {"until": [stop],
+  stop = want[0].strip()[:2]
+  got = gen.generate_until([_inst("generate_until", (prompts[0], {"until": [stop],
                                                                    "max_gen_toks": 5}))])
-    assert got == [want[0].split(stop)[0]]
+  assert got == [want[0].split(stop)[0]]
 
 
 def test_rolling_loglikelihood_equals_model_perplexity_eval(lm):

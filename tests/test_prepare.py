@@ -1,6 +1,8 @@
 """Text → tokens → a trained token model → decoded text: `titans_jax.data.prepare` with a
 BPE tokenizer trained here by `tokenizers` (no download), its meta.json held against the
-config, bad input stopping with nothing written, and eval.py decoding the samples."""
+config, and bad input stopping with nothing written. Training on the prepared tokens and
+decoding samples is in test_lm_eval.py, which shares that one trained run.
+"""
 import dataclasses
 import json
 import pathlib
@@ -94,29 +96,3 @@ def test_metadata_mismatch_names_both(corpus, tmp_path):
     pipeline.load_corpus(data, 256)
   with pytest.raises(DataError, match=r"data.token_dtype=uint32 .*token_dtype=uint16"):
     pipeline.load_corpus(dataclasses.replace(data, token_dtype="uint32"), tc.VOCAB)
-
-
-@pytest.mark.slow
-def test_train_on_prepared_tokens_and_sample_decoded_text():
-  from titans_jax.evaluation import run, sampling
-  from titans_jax.models.generate import generate
-  from flax import nnx
-
-  r = tc.trained_run()
-  res = r["result"]
-  assert res.status == "done" and res.final_step == tc.STEPS
-  assert all(np.isfinite(v) for v in res.losses.values())
-  lines = []
-  out = run.evaluate(r["workdir"], log=lines.append)  # tokenizer found through meta.json
-  tok = tokenizer_lib.load(r["tokenizer"])
-  _, _, graphdef, params, rest = run.load_for_eval(r["workdir"])
-  prompt = np.asarray(tok.encode("the cat"), np.int32)
-  ids = np.asarray(generate(nnx.merge(graphdef, params, rest), prompt[None], 6,
-                                     temperature=0.0))[0, prompt.size:]
-  assert out["sample"]["continuation"] == tok.decode(ids)
-  assert isinstance(out["sample"]["continuation"], str)
-  assert sampling.prompt_tokens("the cat", False, tok).tolist() == prompt.tolist()
-  h = out["heldout"]
-  assert h["bits_per_byte"] == pytest.approx(h["bits_per_token"] / r["meta"]["bytes_per_token"])
-  step_dir = r["workdir"] / "eval" / f"step_{tc.STEPS}"
-  assert (step_dir / "samples.txt").read_text().startswith("the cat" + tok.decode(ids))
