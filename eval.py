@@ -30,6 +30,13 @@ def main(argv=None) -> int:
   parser.add_argument("--lm_eval_limit", type=float, default=None,
                       help="examples per lm_eval task (a fraction if < 1)")
   parser.add_argument("--lm_eval_batch_size", type=int, default=8)
+  parser.add_argument("--babilong", default=None,
+                      help="a local BABILong directory (<length>/<qa>-*.parquet), see docs/data.md")
+  parser.add_argument("--babilong_tasks", default="qa1,qa2,qa3,qa4,qa5")
+  parser.add_argument("--ruler", default="",
+                      help="comma list of RULER-generated .jsonl files or directories")
+  parser.add_argument("--longctx_samples", type=int, default=0,
+                      help="BABILong: examples per task and length; RULER: per file (0: all)")
   args, overrides = cli.parse_args(parser, argv)
   if args.workdir is None:
     parser.error("--workdir is required")
@@ -43,14 +50,28 @@ def main(argv=None) -> int:
     run.evaluate(args.workdir, cfg, step=args.step, perplexity_eval="ppl" not in skip,
                  niah_eval="niah" not in skip, samples="samples" not in skip,
                  tokenizer=args.tokenizer)
-    if args.lm_eval_tasks:
-      from titans_jax.evaluation import lm_eval_adapter
+    if args.lm_eval_tasks or args.babilong or args.ruler:
+      from titans_jax.evaluation import lm_eval_adapter, longctx
       lm = lm_eval_adapter.TitansLM.from_workdir(args.workdir, args.step, args.tokenizer, cfg=cfg,
                                                  batch_size=args.lm_eval_batch_size)
-      lm_eval_adapter.run_tasks(
-          lm, [t.strip() for t in args.lm_eval_tasks.split(",") if t.strip()],
-          include_path=args.lm_eval_include, limit=args.lm_eval_limit,
-          outdir=pathlib.Path(args.workdir) / "eval" / f"step_{lm.step}")
+      outdir = pathlib.Path(args.workdir) / "eval" / f"step_{lm.step}"
+      if args.lm_eval_tasks:
+        lm_eval_adapter.run_tasks(
+            lm, [t.strip() for t in args.lm_eval_tasks.split(",") if t.strip()],
+            include_path=args.lm_eval_include, limit=args.lm_eval_limit, outdir=outdir)
+      n = args.longctx_samples or None
+      suites = []
+      if args.babilong:
+        tasks = tuple(t.strip() for t in args.babilong_tasks.split(",") if t.strip())
+        suites.append(("BABILong", "-".join(tasks), "task",
+                       longctx.read_babilong(args.babilong, tasks, samples=n)))
+      if args.ruler:
+        suites.append(("RULER", "ruler", "depth", longctx.read_ruler(
+            [p for p in args.ruler.split(",") if p], samples=n)))
+      for suite, task, rows, examples in suites:
+        g = longctx.evaluate(examples, longctx.titans_generator(lm), suite=suite, task=task,
+                             row_axis=rows, outdir=outdir)
+        print(longctx.niah.to_markdown(g))
   except (config_lib.ConfigError, DataError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -151,7 +151,7 @@ def test_rolling_loglikelihood_equals_model_perplexity_eval(lm):
   assert got == pytest.approx(-m["loss"] * m["tokens"], rel=1e-5)
 
 
-def test_custom_local_task_through_lm_eval(lm, tmp_path):
+def test_custom_local_task_through_lm_eval(lm, trained, tmp_path):
   docs = [{"question": "the cat sat on the", "choices": ["mat", "river"], "label": 0},
           {"question": "the dog ran to the", "choices": ["house", "tree"], "label": 1},
           {"question": "old men fish in the", "choices": ["morning", "cat"], "label": 0}]
@@ -162,8 +162,7 @@ def test_custom_local_task_through_lm_eval(lm, tmp_path):
       'doc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: label\n'
       "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
   res = lm_eval_adapter.run_tasks(lm, ["tiny_choice"], include_path=str(tmp_path),
-                                  include_defaults=False, outdir=tmp_path / "out",
-                                  log=lambda s: None)
+                                  outdir=tmp_path / "out", log=lambda s: None)
   # acc from the adapter's own log-likelihoods, computed directly
   correct = 0
   for d in docs:
@@ -172,3 +171,12 @@ def test_custom_local_task_through_lm_eval(lm, tmp_path):
     correct += int(np.argmax(lls) == d["label"])
   assert res["results"]["tiny_choice"]["acc,none"] == pytest.approx(correct / len(docs))
   assert json.loads((tmp_path / "out" / "lm_eval.json").read_text())["results"]
+  # the same through eval.py (the adapter built from the checkpoint and its meta.json)
+  sys.path.insert(0, str(tc.ROOT))
+  import eval as eval_cli
+  assert eval_cli.main(["--workdir", str(trained["workdir"]), "--skip", "ppl,niah,samples",
+                        "--lm_eval_tasks", "tiny_choice", "--lm_eval_include", str(tmp_path),
+                        "--lm_eval_batch_size", "4"]) == 0
+  written = json.loads((trained["workdir"] / "eval" / f"step_{tc.STEPS}" / "lm_eval.json"
+                        ).read_text())
+  assert written["results"]["tiny_choice"]["acc,none"] == pytest.approx(correct / len(docs))

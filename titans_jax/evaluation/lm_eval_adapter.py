@@ -20,6 +20,7 @@ decode step, so the prefill compiles per bucket rather than per prompt length.
 """
 from __future__ import annotations
 
+import functools
 import math
 import pathlib
 from typing import Any, Optional, Sequence
@@ -38,6 +39,7 @@ def _bucket(n: int, minimum: int = 16) -> int:
   return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
 
 
+@functools.lru_cache(maxsize=8)
 def make_token_logprobs(graphdef):
   """Jitted `(params, rest, inputs B×T, targets B×T) -> (log p(target) B×T, greedy B×T)`,
   computed in float32 from the model's logits."""
@@ -269,20 +271,27 @@ class TitansLM(LM):
 
 
 def run_tasks(lm: TitansLM, tasks: Sequence[str], *, include_path: Optional[str] = None,
-              include_defaults: bool = True, limit: Optional[float] = None,
+              include_defaults: Optional[bool] = None, limit: Optional[float] = None,
               num_fewshot: Optional[int] = None,
               outdir: Optional[str | pathlib.Path] = None, log=print) -> dict:
   """`lm_eval.simple_evaluate` on `tasks` (names, or YAML tasks under `include_path`;
-  `include_defaults=False` skips indexing lm_eval's own task list, for local tasks);
+  lm_eval's own task list is indexed only when `include_defaults` or, by default, when a
+  task is not under `include_path`: indexing it takes seconds);
   writes lm_eval.json under `outdir` and returns lm_eval's results dict."""
   import json
 
   import lm_eval
   from lm_eval.tasks import TaskManager
 
+  manager = None
+  if include_path and not include_defaults:
+    manager = TaskManager(include_path=include_path, include_defaults=False)
+    if include_defaults is None and not set(tasks) <= set(manager.all_tasks):
+      manager = None
+  if manager is None:
+    manager = TaskManager(include_path=include_path)
   res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot,
-                                limit=limit, task_manager=TaskManager(include_path=include_path,
-                                                          include_defaults=include_defaults),
+                                limit=limit, task_manager=manager,
                                 log_samples=False, bootstrap_iters=0)
   results = {"results": res["results"], "n-samples": res.get("n-samples", {}),
              "versions": res.get("versions", {})}
