@@ -2,11 +2,13 @@
 tokenizer trained on it with `tokenizers` (no download), the corpus prepared into token
 shards, and the tiny config trained a few steps on them — built once per pytest process.
 """
+import atexit
 import dataclasses
 import functools
 import json
 import pathlib
 import random
+import shutil
 import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -68,6 +70,7 @@ def trained_run() -> dict:
   from titans_jax.training import loop
 
   root = pathlib.Path(tempfile.mkdtemp(prefix="titans_text_"))
+  atexit.register(shutil.rmtree, root, ignore_errors=True)
   corpus = write_corpus(root / "corpus")
   tok = train_bpe(corpus, root / "tok.json")
   meta = prepare.prepare([str(corpus)], str(tok), str(root / "data"), eval_fraction=0.25,

@@ -96,3 +96,20 @@ def test_metadata_mismatch_names_both(corpus, tmp_path):
     pipeline.load_corpus(data, 256)
   with pytest.raises(DataError, match=r"data.token_dtype=uint32 .*token_dtype=uint16"):
     pipeline.load_corpus(dataclasses.replace(data, token_dtype="uint32"), tc.VOCAB)
+
+
+def test_sentencepiece_model(corpus, tmp_path):
+  spm = pytest.importorskip("sentencepiece")
+  src, _ = corpus
+  spm.SentencePieceTrainer.train(input=str(src / "doc00.txt"), model_prefix=str(tmp_path / "sp"),
+                                 vocab_size=60, model_type="bpe", eos_id=1, bos_id=-1,
+                                 minloglevel=2)
+  meta = prepare.prepare([str(src)], str(tmp_path / "sp.model"), str(tmp_path / "d"),
+                         eval_fraction=0.3, workers=1, progress=False)
+  tok = tokenizer_lib.load(tmp_path / "sp.model")
+  assert meta["tokenizer"]["kind"] == "sentencepiece" and meta["vocab_size"] == 60
+  assert meta["separator"] == 1
+  ids = np.fromfile(tmp_path / "d" / "train_00000.bin", dtype="<u2").astype(np.int64)
+  first = _split_docs(ids, 1)[0]  # doc00.txt, whole
+  assert first == tok.encode((src / "doc00.txt").read_text())
+  assert tok.decode(first).split() == (src / "doc00.txt").read_text().split()

@@ -216,7 +216,9 @@ def prepare(paths: Sequence[str], tokenizer: str, out: str, *, jsonl_field: str 
   try:
     from tqdm import tqdm
 
-    total = sum(f.stat().st_size for f in files)
+    # bytes of text; JSONL files also hold keys and other fields, so no total for them
+    total = None if any(f.suffix == ".jsonl" for f in files) else sum(
+        f.stat().st_size for f in files)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="tokenising",
                disable=not progress, file=sys.stderr)
     batches = _batches(iter_documents(files, jsonl_field, root_of), eval_fraction, split_seed,
