@@ -33,6 +33,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from titans_jax.data.text import DataError
+from titans_jax.evaluation import niah
 
 BABILONG_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
 _LENGTH_DIR = re.compile(r"^(\d+(?:\.\d+)?)k$")
@@ -179,8 +180,6 @@ def evaluate(examples: Sequence[Example], generate: Callable[[list[str]], list[s
              suite: str, task: str, row_axis: str, outdir=None) -> dict:
   """Generates an answer per example, scores it, and (with `outdir`) writes the grid's
   JSON / markdown / PNG via `niah.write_grid`. Returns the grid (+ "files")."""
-  from titans_jax.evaluation import niah
-
   answers = generate([e.prompt for e in examples])
   g = grid(examples, [score(e, a) for e, a in zip(examples, answers)], suite=suite, task=task,
            row_axis=row_axis)
