@@ -51,7 +51,11 @@ def main(argv=None) -> int:
                  niah_eval="niah" not in skip, samples="samples" not in skip,
                  tokenizer=args.tokenizer)
     if args.lm_eval_tasks or args.babilong or args.ruler:
-      from titans_jax.evaluation import lm_eval_adapter, longctx
+      try:
+        from titans_jax.evaluation import lm_eval_adapter, longctx
+      except ImportError as e:
+        raise config_lib.ConfigError(f"--lm_eval_tasks / --babilong / --ruler need the lm_eval "
+                                     f"extra (pip install -e '.[lm_eval]'): {e}") from None
       lm = lm_eval_adapter.TitansLM.from_workdir(args.workdir, args.step, args.tokenizer, cfg=cfg,
                                                  batch_size=args.lm_eval_batch_size)
       outdir = pathlib.Path(args.workdir) / "eval" / f"step_{lm.step}"

@@ -113,3 +113,19 @@ def test_sentencepiece_model(corpus, tmp_path):
   first = _split_docs(ids, 1)[0]  # doc00.txt, whole
   assert first == tok.encode((src / "doc00.txt").read_text())
   assert tok.decode(first).split() == (src / "doc00.txt").read_text().split()
+
+
+def test_eval_tokenizer_from_metadata_is_checked(corpus, tmp_path):
+  src, tok_path = corpus
+  tok_copy = tmp_path / "tok.json"
+  tok_copy.write_bytes(tok_path.read_bytes())
+  meta = prepare.prepare([str(src)], str(tok_copy), str(tmp_path / "d"), eval_fraction=0.3,
+                         workers=1, progress=False)
+  assert tokenizer_lib.from_metadata(meta).encode("the cat") == \
+      tokenizer_lib.load(tok_path).encode("the cat")
+  tok_copy.write_text(tok_copy.read_text().replace('"cat"', '"cta"', 1))
+  with pytest.raises(DataError, match="has changed since the tokens were written"):
+    tokenizer_lib.from_metadata(meta)
+  tok_copy.unlink()
+  with pytest.raises(DataError, match=f"tokenizer file does not exist: {tok_copy}"):
+    tokenizer_lib.from_metadata(meta)

@@ -127,3 +127,19 @@ def load(path: str | pathlib.Path) -> Tokenizer:
                     ) from None
   raise DataError(f"unknown tokenizer format (want a tokenizers .json or a SentencePiece "
                   f".model): {p}")
+
+
+def from_metadata(meta: dict) -> Tokenizer:
+  """The tokenizer named in a prepare meta.json, checked to be the same file (sha256).
+
+  Raises:
+    DataError: the file is gone or has changed since the tokens were written.
+  """
+  path, want = meta["tokenizer"]["path"], meta["tokenizer"].get("sha256")
+  if not pathlib.Path(path).is_file():
+    raise DataError(f"tokenizer file does not exist: {path} (named by the data's meta.json; "
+                    "pass --tokenizer FILE)")
+  if want and file_sha256(path) != want:
+    raise DataError(f"tokenizer {path} has changed since the tokens were written (sha256 "
+                    f"{file_sha256(path)[:12]}… != {want[:12]}… in meta.json); pass --tokenizer")
+  return load(path)

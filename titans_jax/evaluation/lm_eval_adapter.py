@@ -67,7 +67,7 @@ def tokenizer_for(cfg, tokenizer: Optional[str] = None) -> tokenizer_lib.Tokeniz
   if meta is None:
     raise DataError(f"data.kind={cfg.data.kind!r} has no tokenizer in its metadata; pass "
                     "--tokenizer FILE (a tokenizers .json or SentencePiece .model)")
-  return tokenizer_lib.load(meta["tokenizer"]["path"])
+  return tokenizer_lib.from_metadata(meta)
 
 
 @register_model("titans_jax")
@@ -109,8 +109,9 @@ class TitansLM(LM):
     from lm_eval.utils import simple_parse_args_string
 
     args = simple_parse_args_string(arg_string)
-    args.update({k: v for k, v in (additional_config or {}).items()
-                 if k == "batch_size" and v is not None})
+    extra = (additional_config or {}).get("batch_size")
+    if extra is not None and str(extra).isdigit():  # lm_eval's --batch_size ("auto": ours)
+      args["batch_size"] = extra
     if "workdir" not in args:
       raise ValueError("--model_args needs workdir=PATH (a titans_jax training run)")
     kw = {k: int(args[k]) for k in ("batch_size", "max_length", "max_gen_toks", "step",
@@ -242,7 +243,7 @@ class TitansLM(LM):
     for k, req in enumerate(requests):
       context, kwargs = req.args[0], dict(req.args[1] or {})
       until = kwargs.get("until", [])
-      until = [until] if isinstance(until, str) else list(until)
+      until = [u for u in ([until] if isinstance(until, str) else until) if u]
       if kwargs.get("do_sample") or float(kwargs.get("temperature", 0.0) or 0.0) > 0:
         raise ValueError("the titans_jax adapter decodes greedily; sampling was requested "
                          f"({kwargs})")

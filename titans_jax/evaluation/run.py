@@ -119,5 +119,5 @@ def _token_text(cfg, tokenizer: Optional[str]):
   if tokenizer:
     return tokenizer_lib.load(tokenizer), meta
   if meta is not None:
-    return tokenizer_lib.load(meta["tokenizer"]["path"]), meta
+    return tokenizer_lib.from_metadata(meta), meta
   return None, None
