@@ -18,6 +18,7 @@ directory that is renamed only on success).
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import json
 import multiprocessing
@@ -85,6 +86,19 @@ def _init_worker(path: str) -> None:
 def _encode_batch(batch: list[tuple[bool, str]]) -> list[tuple[bool, np.ndarray, int]]:
   ids = _TOKENIZER.encode_batch([t for _, t in batch])
   return [(h, np.asarray(i, np.int64), len(t.encode("utf-8"))) for (h, t), i in zip(batch, ids)]
+
+
+def _ordered_map(pool, fn, items, depth: int):
+  """pool.imap with at most `depth` batches in flight (imap reads its whole input ahead,
+  i.e. the whole corpus into memory); results in input order, so the output does not
+  depend on the number of workers."""
+  pending = collections.deque()
+  for item in items:
+    pending.append(pool.apply_async(fn, (item,)))
+    if len(pending) >= depth:
+      yield pending.popleft().get()
+  while pending:
+    yield pending.popleft().get()
 
 
 def _jax_started() -> bool:
@@ -226,7 +240,7 @@ def prepare(paths: Sequence[str], tokenizer: str, out: str, *, jsonl_field: str 
     if workers > 1:
       ctx = multiprocessing.get_context("spawn" if _jax_started() else "fork")
       pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tok.path,))
-      results = pool.imap(_encode_batch, batches)  # ordered: output independent of workers
+      results = _ordered_map(pool, _encode_batch, batches, depth=4 * workers)
     else:
       pool = None
       _init_worker(tok.path)
