@@ -27,6 +27,7 @@ import pytest
 pytest.importorskip("lm_eval")
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # eval.py
 import _text_corpus as tc  # noqa: E402
 from flax import nnx  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
@@ -137,6 +138,33 @@ def test_generate_until_equals_greedy_generate(lm):
   assert got == [want[0].split(stop)[0]]
 
 
+def test_ruler_file_through_the_model_and_eval_py(lm, trained, tmp_path):
+  # A RULER record whose prompt is the eval prompt (compiled shapes are reused); its
+  # expected output is the model's own greedy first line, so the cell must score 1.
+  model = nnx.merge(lm.graphdef, lm.params, lm.rest)
+  ids = np.asarray(lm.tok.encode(tc.PROMPT), np.int32)
+  text = lm.tok.decode(np.asarray(generate(model, ids[None], 16, temperature=0.0))[0, ids.size:])
+  first = text.split("\n")[0].strip()
+  assert first
+  d = tmp_path / "ruler" / "64" / "data" / "niah_single_1"
+  d.mkdir(parents=True)
+  rec = {"index": 0, "input": tc.PROMPT, "outputs": [first, "not-in-the-answer"],
+         "length": 60, "answer_prefix": "", "token_position_answer": 30}
+  (d / "validation.jsonl").write_text(json.dumps(rec) + "\n")
+  from titans_jax.evaluation import longctx
+  ex = longctx.read_ruler([tmp_path / "ruler"])
+  gen = lm_eval_adapter.TitansLM(lm.graphdef, lm.params, lm.rest, lm.tok, batch_size=1)
+  g = longctx.evaluate(ex, longctx.titans_generator(gen), suite="RULER", task="t",
+                       row_axis="depth")
+  assert g["lengths"] == [64] and g["depths"] == [0.5] and g["accuracy"] == [[0.5]]
+  import eval as eval_cli
+  assert eval_cli.main(["--workdir", str(trained["workdir"]), "--skip", "ppl,niah,samples",
+                        "--ruler", str(tmp_path / "ruler"), "--lm_eval_batch_size", "1"]) == 0
+  out = json.loads((trained["workdir"] / "eval" / f"step_{tc.STEPS}" / "ruler_ruler.json"
+                    ).read_text())
+  assert out["accuracy"] == [[0.5]]
+
+
 def test_rolling_loglikelihood_equals_model_perplexity_eval(lm):
   text = " ".join(tc.WORDS * 2)
   ids = lm.tok.encode(text)
@@ -172,7 +200,6 @@ def test_custom_local_task_through_lm_eval(lm, trained, tmp_path):
   assert res["results"]["tiny_choice"]["acc,none"] == pytest.approx(correct / len(docs))
   assert json.loads((tmp_path / "out" / "lm_eval.json").read_text())["results"]
   # the same through eval.py (the adapter built from the checkpoint and its meta.json)
-  sys.path.insert(0, str(tc.ROOT))
   import eval as eval_cli
   assert eval_cli.main(["--workdir", str(trained["workdir"]), "--skip", "ppl,niah,samples",
                         "--lm_eval_tasks", "tiny_choice", "--lm_eval_include", str(tmp_path),
@@ -180,3 +207,11 @@ def test_custom_local_task_through_lm_eval(lm, trained, tmp_path):
   written = json.loads((trained["workdir"] / "eval" / f"step_{tc.STEPS}" / "lm_eval.json"
                         ).read_text())
   assert written["results"]["tiny_choice"]["acc,none"] == pytest.approx(correct / len(docs))
+  # and by name, as lm_eval's own CLI builds models: registered "titans_jax" + model_args
+  import lm_eval
+  from lm_eval.tasks import TaskManager
+  by_name = lm_eval.simple_evaluate(
+      model="titans_jax", model_args=f"workdir={trained['workdir']},batch_size=4",
+      tasks=["tiny_choice"], bootstrap_iters=0, log_samples=False,
+      task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False))
+  assert by_name["results"]["tiny_choice"]["acc,none"] == pytest.approx(correct / len(docs))
