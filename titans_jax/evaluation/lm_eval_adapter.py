@@ -93,6 +93,7 @@ class TitansLM(LM):
                                else (eos if eos is not None else 0))
     self._logprobs = make_token_logprobs(graphdef)
     self._model = None
+    self.step: Optional[int] = None  # the checkpoint step, set by from_workdir
 
   @classmethod
   def from_workdir(cls, workdir, step: Optional[int] = None, tokenizer: Optional[str] = None,
