@@ -14,6 +14,7 @@ import sys
 from titans_jax.data.text import DataError
 from titans_jax.evaluation import run
 from titans_jax.training import cli, config as config_lib
+from titans_jax.training.checkpointing import CheckpointDamagedError
 
 
 def main(argv=None) -> int:
@@ -32,9 +33,12 @@ def main(argv=None) -> int:
     cfg = cli.resolve(parser, base, overrides)
     run.evaluate(args.workdir, cfg, step=args.step, perplexity_eval="ppl" not in skip,
                  niah_eval="niah" not in skip, samples="samples" not in skip)
-  except (config_lib.ConfigError, DataError, ValueError) as e:
+  except (config_lib.ConfigError, DataError, ValueError, CheckpointDamagedError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except run.NonFiniteResultError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 3
   return 0
 
 
