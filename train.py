@@ -6,7 +6,9 @@
   python train.py --config configs/paper_340m.py --workdir runs/340m \
       --set data.paths=/data/train.bin
 
-Re-running with the same --workdir resumes from its latest checkpoint. --dry_run
+Re-running with the same --workdir resumes from its latest checkpoint; a damaged newest
+checkpoint stops with a one-line error unless --skip_damaged or --resume_from_step N
+(newer step directories are then moved to <workdir>/checkpoints_set_aside/). --dry_run
 compiles the step for the config's mesh (no data, no parameters allocated), prints the
 per-device memory estimate and exits. Several processes (docs/sharding.md):
 

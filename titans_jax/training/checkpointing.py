@@ -190,7 +190,8 @@ class Checkpointer:
 
   def set_aside(self, steps: list[int]) -> list[pathlib.Path]:
     """Moves the step directories `steps` to `<workdir>/checkpoints_set_aside/` (never
-    deletes them), so that this run can write those steps again; returns the new paths."""
+    deletes them), so that this run can write those steps again; returns the new paths.
+    Call on one process; the others `reload()` after it."""
     moved = []
     target_root = self.directory.parent / "checkpoints_set_aside"
     for step in steps:
@@ -201,8 +202,12 @@ class Checkpointer:
         dst, n = target_root / f"{step}.{n}", n + 1
       shutil.move(str(src), str(dst))
       moved.append(dst)
-    self._mngr.reload()
+    self.reload()
     return moved
+
+  def reload(self) -> None:
+    """Re-reads the step directories (after another process set some aside)."""
+    self._mngr.reload()
 
   def _storage_error(self, exc: BaseException) -> BaseException:
     """A failed save: remove its half-written step directory, name the path and cause.

@@ -275,10 +275,15 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
   if state is None:
     state = su.init()
   later = [s for s in checkpointing.step_dirs(workdir) if s > start]
-  if later and pid == 0:  # only reached on request (skip_damaged / resume_from_step)
-    for s, moved in zip(later, ck.set_aside(later)):
-      log(f"set aside checkpoint step {s} (newer than the step resumed from): moved to "
-          f"{moved}, not deleted")
+  if later:  # only reached on request (skip_damaged / resume_from_step)
+    if pid == 0:
+      for s, moved in zip(later, ck.set_aside(later)):
+        log(f"set aside checkpoint step {s} (newer than the step resumed from): moved to "
+            f"{moved}, not deleted")
+    if pcount > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("titans_jax: checkpoints set aside")
+      ck.reload()
   try:
     if pid == 0:
       workdir.mkdir(parents=True, exist_ok=True)
