@@ -14,7 +14,7 @@ import sys
 from titans_jax.data.text import DataError
 from titans_jax.evaluation import run
 from titans_jax.training import cli, config as config_lib
-from titans_jax.training.checkpointing import CheckpointDamagedError
+from titans_jax.training.checkpointing import CheckpointDamagedError, quiet_orbax_error_logs
 
 
 def main(argv=None) -> int:
@@ -25,6 +25,7 @@ def main(argv=None) -> int:
   if args.workdir is None:
     parser.error("--workdir is required")
   skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+  quiet_orbax_error_logs()  # a damaged checkpoint comes out as one `error:` line
   try:
     if args.config:
       base = config_lib.load_config(args.config)

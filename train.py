@@ -19,7 +19,8 @@ import sys
 from titans_jax.data.text import DataError
 from titans_jax.sharding import MeshError
 from titans_jax.training import cli, loop
-from titans_jax.training.checkpointing import CheckpointDamagedError, StorageError, describe_error
+from titans_jax.training.checkpointing import (CheckpointDamagedError, StorageError, describe_error,
+                                               quiet_orbax_error_logs)
 from titans_jax.training.config import ConfigError
 
 
@@ -36,6 +37,7 @@ def main(argv=None) -> int:
                            "ones aside (default: a damaged newest checkpoint stops the run)")
   cli.add_distributed_flags(parser)
   args, cfg = cli.parse(parser, argv)
+  quiet_orbax_error_logs()  # failures come out as one `error:` line below
   try:
     cli.init_distributed(args)
     if args.dry_run:

@@ -13,6 +13,7 @@ directory of that save is removed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -121,6 +122,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=create, enable_async_checkpointing=async_save)
     self._saving: Optional[int] = None  # the step of an unfinished save
+    self._failed = False  # a save failed and was reported
     try:
       self._mngr = ocp.CheckpointManager(self.directory, options=options)
     except OSError as e:
@@ -168,6 +170,7 @@ class Checkpointer:
              "config": ocp.args.JsonSave(config_lib.to_dict(cfg))}
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    self.wait()  # a failed earlier (async) save is reported as that step's, not this one's
     self._saving = step
     try:
       return self._mngr.save(step, args=ocp.args.Composite(**items), force=force)
@@ -213,6 +216,7 @@ class Checkpointer:
     """A failed save: remove its half-written step directory, name the path and cause.
     Errors that are not the filesystem's come back unchanged."""
     step, self._saving = self._saving, None
+    self._failed = True
     cause = describe_error(exc)
     if step is not None:
       try:  # the save's other writer threads may still be running: let them end first
@@ -239,6 +243,8 @@ class Checkpointer:
     try:
       self._mngr.wait_until_finished()
     except Exception as e:  # an async save failed
+      if self._failed:  # already reported (and cleaned up) once
+        return
       raise self._storage_error(e) from e
     self._saving = None
 
@@ -247,6 +253,20 @@ class Checkpointer:
       self.wait()
     finally:
       self._mngr.close()
+
+
+class _DropOrbaxErrorLogs(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+
+def quiet_orbax_error_logs() -> None:
+  """Drops orbax's own ERROR log records (each with a traceback, ~130 lines for one full
+  disk): every failed save or restore reaches the caller as an exception, which train.py
+  turns into one `error:` line (and which keeps its traceback when it is not an OS error)."""
+  log = logging.getLogger("absl")
+  if not any(isinstance(f, _DropOrbaxErrorLogs) for f in log.filters):
+    log.addFilter(_DropOrbaxErrorLogs())
 
 
 def _is_os_error(exc: BaseException) -> bool:
