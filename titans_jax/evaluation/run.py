@@ -70,6 +70,10 @@ def evaluate(workdir, cfg: Optional[config_lib.Config] = None, *, step: Optional
   results: dict = {"step": step, "config": cfg.name}
   byte_level = cfg.data.kind in ("text", "niah")
   log(f"evaluating {workdir} at step {step} ({cfg.model.variant}, data={cfg.data.kind})")
+  for s, d in checkpointing.step_dirs(workdir).items():
+    what = checkpointing.missing_part(d)
+    if s > step and what is not None:  # never chosen as the latest; say why
+      log(f"note: {checkpointing.damaged_message(d, what, step)}")
 
   if perplexity_eval:
     corpus = pipeline.load_corpus(cfg.data, cfg.model.vocab_size)
