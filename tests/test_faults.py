@@ -6,6 +6,8 @@ files, out-of-range prompt ids, a non-dividing mesh, replayed metrics rows) is c
 One training config for the whole module (one compilation): a 1-layer tiny MAG at
 train.lr=10 with a long warmup and train.checkpoint_every=1 diverges after a few
 steps; every test copies that run's workdir (shutil.copytree) before changing it.
+The tests on that run are marked slow: its compilation is most of this module's time
+(80 s of 100 s on the shared 2-core development CPU at load average 24).
 """
 import errno
 import hashlib
@@ -72,6 +74,7 @@ def _copy(diverged, tmp_path) -> pathlib.Path:
   return dst
 
 
+@pytest.mark.slow
 def test_nan_stop_names_a_checkpoint_that_resumes_and_trains_on(diverged, tmp_path):
   workdir, message, _ = diverged
   m = GOOD.search(message)
@@ -97,6 +100,7 @@ def test_nan_stop_names_a_checkpoint_that_resumes_and_trains_on(diverged, tmp_pa
   assert max(r["step"] for r in rows) == good + 1
 
 
+@pytest.mark.slow
 def test_eval_of_a_non_finite_result_exits_nonzero_with_strict_json(diverged, tmp_path,
                                                                     monkeypatch, capsys):
   run = _copy(diverged, tmp_path)
@@ -137,6 +141,7 @@ DAMAGE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_damaged_newest_checkpoint_one_line_and_untouched(diverged, tmp_path, capsys, damage):
   run = _copy(diverged, tmp_path)
@@ -161,6 +166,7 @@ def test_damaged_newest_checkpoint_one_line_and_untouched(diverged, tmp_path, ca
   assert _tree(run) == before  # every file byte-identical, nothing added or removed
 
 
+@pytest.mark.slow
 def test_skip_damaged_resumes_from_the_previous_and_sets_it_aside(diverged, tmp_path,
                                                                    capsys):
   run = _copy(diverged, tmp_path)
@@ -178,6 +184,7 @@ def test_skip_damaged_resumes_from_the_previous_and_sets_it_aside(diverged, tmp_
   assert newest in checkpointing.existing_steps(run)  # rewritten by the resumed run
 
 
+@pytest.mark.slow
 def test_resume_from_step_sets_later_checkpoints_aside(diverged, tmp_path, capsys):
   run = _copy(diverged, tmp_path)
   steps = checkpointing.existing_steps(run)
@@ -214,6 +221,7 @@ def test_read_only_workdir(tmp_path, capsys, monkeypatch):
   assert list(ro.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_disk_full_during_save(diverged, tmp_path, capsys, monkeypatch):
   run = _copy(diverged, tmp_path)
   steps = checkpointing.existing_steps(run)
