@@ -15,6 +15,7 @@ import sys
 from titans_jax.data.text import DataError
 from titans_jax.evaluation import run
 from titans_jax.training import cli, config as config_lib
+from titans_jax.training.checkpointing import CheckpointDamagedError, quiet_orbax_error_logs
 
 
 def main(argv=None) -> int:
@@ -41,6 +42,7 @@ def main(argv=None) -> int:
   if args.workdir is None:
     parser.error("--workdir is required")
   skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+  quiet_orbax_error_logs()  # a damaged checkpoint comes out as one `error:` line
   try:
     if args.config:
       base = config_lib.load_config(args.config)
@@ -76,9 +78,12 @@ def main(argv=None) -> int:
         g = longctx.evaluate(examples, longctx.titans_generator(lm), suite=suite, task=task,
                              row_axis=rows, outdir=outdir)
         print(longctx.niah.to_markdown(g))
-  except (config_lib.ConfigError, DataError, ValueError) as e:
+  except (config_lib.ConfigError, DataError, ValueError, CheckpointDamagedError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except run.NonFiniteResultError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 3
   return 0
 
 

@@ -45,8 +45,10 @@ def load_flat(path: str | pathlib.Path, token_dtype: str = "uint16") -> np.ndarr
     arr = np.memmap(p, dtype=np.dtype(token_dtype).newbyteorder("<"), mode="r")
   else:
     raise DataError(f"unsupported flat token file (want .npy or .bin): {p}")
-  if arr.ndim != 1:
-    arr = arr.reshape(-1)
+  if arr.ndim != 1:  # flattening would silently join rows (documents) end to end
+    raise DataError(f"token file {p} holds a {arr.ndim}-D array of shape {arr.shape}; it "
+                    "must be 1-D (one stream of token ids: save arr.reshape(-1) if the rows "
+                    "really are consecutive)")
   if not np.issubdtype(arr.dtype, np.integer):
     raise DataError(f"token file {p} holds {arr.dtype}, not integers")
   if arr.size < 2:

@@ -7,7 +7,7 @@
 """
 from __future__ import annotations
 
-import json
+import math
 import pathlib
 from typing import Callable, Optional
 
@@ -17,6 +17,11 @@ from titans_jax.data import pipeline
 from titans_jax.evaluation import niah, perplexity, sampling
 from titans_jax.training import checkpointing, config as config_lib, loop
 from titans_jax.training import train_state as ts
+from titans_jax.training.metrics import strict_json
+
+
+class NonFiniteResultError(RuntimeError):
+  """The held-out loss of the checkpoint is NaN/Inf (metrics.json is still written)."""
 
 
 def load_for_eval(workdir, cfg: Optional[config_lib.Config] = None, step: Optional[int] = None,
@@ -71,6 +76,10 @@ def evaluate(workdir, cfg: Optional[config_lib.Config] = None, *, step: Optional
   byte_level = cfg.data.kind in ("text", "niah")
   log(f"evaluating {workdir} at step {step} ({cfg.model.variant}, data={cfg.data.kind})")
   tok, meta = _token_text(cfg, tokenizer)
+  for s, d in checkpointing.step_dirs(workdir).items():
+    what = checkpointing.missing_part(d)
+    if s > step and what is not None:  # never chosen as the latest; say why
+      log(f"note: {checkpointing.damaged_message(d, what, step)}")
 
   if perplexity_eval:
     corpus = pipeline.load_corpus(cfg.data, cfg.model.vocab_size)
@@ -102,12 +111,18 @@ def evaluate(workdir, cfg: Optional[config_lib.Config] = None, *, step: Optional
     log(f"greedy sample:\n{e.prompt}{cont}")
 
   outdir.mkdir(parents=True, exist_ok=True)
-  (outdir / "metrics.json").write_text(json.dumps(
-      {k: v for k, v in results.items() if k not in ("niah",)}, indent=2))
+  # strict JSON: a non-finite value is written as null, never as a bare NaN
+  (outdir / "metrics.json").write_text(strict_json(
+      {k: v for k, v in results.items() if k not in ("niah",)}))
   if "sample" in results:
     (outdir / "samples.txt").write_text(results["sample"]["prompt"]
                                         + results["sample"]["continuation"] + "\n")
   log(f"wrote {outdir}")
+  loss = results.get("heldout", {}).get("loss", 0.0)
+  if not math.isfinite(loss):
+    raise NonFiniteResultError(
+        f"checkpoint step {step} in {workdir} gives a non-finite held-out loss ({loss}; "
+        f"written as null to {outdir / 'metrics.json'})")
   return results
 
 
