@@ -200,3 +200,56 @@ def test_model_normal_forward_unchanged(variant, monkeypatch):
     assert lowered_text() == before                  # the capture left nothing behind
     monkeypatch.setattr(Block, "_mixer_stats", lambda *a, **k: 1 / 0)
     assert lowered_text() == before                  # never called without a capture
+
+
+# ---------------------------------------------------------------- float64 ---
+
+def test_float64_model_needs_x64():
+    from flax import nnx
+
+    from titans_jax.models import Titans
+    cfg = small_config("mag").replace(dtype="float64", param_dtype="float64", memory=None,
+                                      memory_heads=1)
+    if jax.config.jax_enable_x64:
+        pytest.skip("x64 is on globally")
+    with pytest.raises(ValueError, match="float64 needs 64-bit JAX.*jax_enable_x64"):
+        Titans(cfg, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("variant", ["mac", "mag", "mal", "lmm", "swa"])
+def test_float64_model_has_no_float32_anywhere(variant):
+    """params, activations, attention scores, norms, RoPE, memory inner state: the whole
+    lowered prefill (forward + decode cache) of a float64 model holds no f32 value."""
+    from flax import nnx
+
+    from titans_jax.models import Titans
+    cfg = small_config(variant).replace(dtype="float64", param_dtype="float64", memory=None,
+                                        memory_heads=1)
+    with jax.enable_x64(True):
+        assert cfg.memory_config.inner_dtype == "float64"
+        model = nnx.eval_shape(lambda: Titans(cfg, rngs=nnx.Rngs(0)))
+        graphdef, state = nnx.split(model)
+        assert {leaf.dtype for leaf in jax.tree.leaves(state)} == {jnp.dtype("float64")}
+        tokens = jax.ShapeDtypeStruct((1, 11), jnp.int32)
+        text = jax.jit(lambda s, t: nnx.merge(graphdef, s).prefill(t)).lower(state, tokens).as_text()
+    assert "f64" in text and "f32" not in text
+
+
+def test_float64_model_runs_and_matches_float32():
+    """A float64 MAG model's logits equal the float32 model's (same parameters) to fp32
+    rounding, and come out float64."""
+    from flax import nnx
+
+    cfg32 = small_config("mag").replace(memory=None, memory_heads=1, num_layers=1)
+    cfg64 = cfg32.replace(dtype="float64", param_dtype="float64")
+    model32 = random_model(cfg32)
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, 32, (1, 9)), jnp.int32)
+    logits32 = nnx.jit(lambda m, t: m(t))(model32, tokens)
+    with jax.enable_x64(True):
+        graphdef, _ = nnx.split(nnx.eval_shape(lambda: random_model(cfg64)))
+        state64 = jax.tree.map(lambda a: a.astype(jnp.float64), nnx.state(model32))
+        model64 = nnx.merge(graphdef, state64)
+        logits64 = nnx.jit(lambda m, t: m(t))(model64, tokens)
+        assert logits64.dtype == jnp.float64
+        np.testing.assert_allclose(np.asarray(logits64), np.asarray(logits32), rtol=1e-4, atol=1e-4)
+        assert np.abs(np.asarray(logits64) - np.asarray(logits32, np.float64)).max() > 0

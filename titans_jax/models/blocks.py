@@ -109,8 +109,9 @@ class Block(nnx.Module):
 
     def _gate(self, y_BTD, m_BTD):
         """The MAG / MAC gate: RMSNorm(y) ⊙ σ(RMSNorm(m))."""
-        g = jax.nn.sigmoid(self.gate_norm_m(m_BTD).astype(jnp.float32))
-        return (self.gate_norm_y(y_BTD).astype(jnp.float32) * g).astype(y_BTD.dtype)
+        f = jnp.promote_types(y_BTD.dtype, jnp.float32)
+        g = jax.nn.sigmoid(self.gate_norm_m(m_BTD).astype(f))
+        return (self.gate_norm_y(y_BTD).astype(f) * g).astype(y_BTD.dtype)
 
     def _mixer_stats(self, y_BTD=None, m_BTD=None, mem_in=None, mem_state=None, skip=0):
         """Per-position (T) statistics of one mixer call, averaged over the batch:

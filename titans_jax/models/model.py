@@ -51,6 +51,11 @@ class Titans(nnx.Module):
     """A Titans language model (variant from `cfg.variant`): tokens B×T → logits B×T×V."""
 
     def __init__(self, cfg: TitansConfig, *, rngs: nnx.Rngs):
+        if "float64" in (cfg.dtype, cfg.param_dtype) and not jax.config.jax_enable_x64:
+            raise ValueError(
+                f"TitansConfig dtype={cfg.dtype!r} param_dtype={cfg.param_dtype!r}: float64 needs "
+                "64-bit JAX; call jax.config.update('jax_enable_x64', True) first (or build and "
+                "run the model inside `with jax.enable_x64(True):`)")
         self.cfg = cfg
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         self.embed = Embed(cfg.vocab_size, cfg.dim, dtype=dt, param_dtype=pdt, rngs=rngs)
