@@ -23,7 +23,7 @@ from titans_jax.memory.config import MemoryConfig
 VARIANTS = ("mac", "mag", "mal", "lmm", "swa")
 MEMORY_VARIANTS = ("mac", "mag", "mal", "lmm")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_nothing")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "float64")  # float64 needs jax_enable_x64
 ATTN_IMPLS = ("auto", "xla", "dot_product", "cudnn", "splash")
 
 # name -> (dim, num_layers, heads, target parameter count)
@@ -157,7 +157,8 @@ class TitansConfig:
 
     def default_memory(self) -> MemoryConfig:
         return MemoryConfig.paper(self.dim, heads=self.memory_heads, chunk_size=self.memory_chunk,
-                                  pre_norm=False, dtype=self.dtype, param_dtype=self.param_dtype)
+                                  pre_norm=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                                  inner_dtype="float64" if self.dtype == "float64" else "float32")
 
     @property
     def memory_config(self) -> MemoryConfig:
