@@ -174,7 +174,7 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     return put_batch(self, {**batch, "weights": np.full_like(batch["weights"], np.nan)})
 
   monkeypatch.setattr(sharded.ShardedSetup, "put_batch", poisoned)
-  with pytest.raises(loop.TrainingDivergedError, match=r"non-finite .* step 9.*checkpoints/8 is intact"):
+  with pytest.raises(loop.TrainingDivergedError, match=r"non-finite .* step 9.*checkpoints/8 \(step 8\) gives a finite loss and is intact"):
     loop.train(_cfg(), tmp_path, log=lambda s: None)
   monkeypatch.undo()
   assert checkpointing.existing_steps(tmp_path) == [8]

@@ -85,6 +85,7 @@ def load_corpus(data_cfg, vocab_size: int) -> Corpus:
     if not d.paths:
       raise DataError("data.kind='tokens' needs data.paths (.npy, .bin or .array_record "
                       "files), e.g. --set data.paths=/data/train.bin")
+    token_files.check_metadata(d.paths, vocab_size, d.token_dtype)  # prepare's meta.json
     is_rec = [token_files.is_record_path(p) for p in d.paths]
     if any(is_rec) and not all(is_rec):
       raise DataError(f"data.paths mixes ArrayRecord and flat token files: {list(d.paths)}")

@@ -7,12 +7,15 @@ Formats:
     of its token ids in `token_dtype` (write with `write_array_record`).
 
 Any vocabulary size works; ids are checked against the model's vocabulary lazily (a
-sample at load time, every batch in the pipeline).
+sample at load time, every batch in the pipeline). Files written by
+`python -m titans_jax.data.prepare` have a `meta.json` beside them (tokenizer, vocabulary
+size, dtype); `check_metadata` holds the config to it.
 """
 from __future__ import annotations
 
+import json
 import pathlib
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -42,8 +45,10 @@ def load_flat(path: str | pathlib.Path, token_dtype: str = "uint16") -> np.ndarr
     arr = np.memmap(p, dtype=np.dtype(token_dtype).newbyteorder("<"), mode="r")
   else:
     raise DataError(f"unsupported flat token file (want .npy or .bin): {p}")
-  if arr.ndim != 1:
-    arr = arr.reshape(-1)
+  if arr.ndim != 1:  # flattening would silently join rows (documents) end to end
+    raise DataError(f"token file {p} holds a {arr.ndim}-D array of shape {arr.shape}; it "
+                    "must be 1-D (one stream of token ids: save arr.reshape(-1) if the rows "
+                    "really are consecutive)")
   if not np.issubdtype(arr.dtype, np.integer):
     raise DataError(f"token file {p} holds {arr.dtype}, not integers")
   if arr.size < 2:
@@ -101,3 +106,35 @@ def decode_record(record: bytes, token_dtype: str) -> np.ndarray:
 
 def is_record_path(path: str) -> bool:
   return str(path).endswith(RECORD_SUFFIXES)
+
+
+META_NAME = "meta.json"  # written by titans_jax.data.prepare next to its shards
+
+
+def read_metadata(paths: Sequence[str]) -> Optional[dict]:
+  """The prepare metadata beside the first of `paths` (None if there is none)."""
+  if not paths:
+    return None
+  meta = pathlib.Path(paths[0]).expanduser().parent / META_NAME
+  if not meta.is_file():
+    return None
+  try:
+    return json.loads(meta.read_text())
+  except json.JSONDecodeError as e:
+    raise DataError(f"{meta}: not valid JSON ({e.msg})") from None
+
+
+def check_metadata(paths: Sequence[str], vocab_size: int, token_dtype: str) -> Optional[dict]:
+  """Stops on a model vocabulary smaller than the tokenizer's or a dtype other than the
+  one the shards were written in (a larger, padded model vocabulary is fine)."""
+  meta = read_metadata(paths)
+  if meta is None:
+    return None
+  where = pathlib.Path(paths[0]).expanduser().parent / META_NAME
+  if vocab_size < meta["vocab_size"]:
+    raise DataError(f"model.vocab_size={vocab_size} is smaller than the tokenizer's "
+                    f"vocab_size={meta['vocab_size']} in {where}")
+  if np.dtype(token_dtype) != np.dtype(meta["token_dtype"]):
+    raise DataError(f"data.token_dtype={token_dtype} but the tokens in {where} are "
+                    f"token_dtype={meta['token_dtype']}")
+  return meta

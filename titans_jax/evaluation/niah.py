@@ -62,13 +62,20 @@ def niah_grid(predict, params, rest, *, task: str, lengths: Sequence[int],
           "accuracy": acc, "mean_accuracy": float(np.mean(acc)) if acc else float("nan")}
 
 
+def _row_name(d) -> str:
+  """Depths print as 0.25; other row labels (BABILong's qa tasks) as they are."""
+  return f"{d:.2f}" if isinstance(d, (int, float)) else str(d)
+
+
 def to_markdown(grid: dict) -> str:
-  head = "| depth \\ length | " + " | ".join(str(L) for L in grid["lengths"]) + " |"
+  rows_axis = grid.get("row_axis", "depth")
+  head = f"| {rows_axis} \\ length | " + " | ".join(str(L) for L in grid["lengths"]) + " |"
   sep = "|---|" + "---|" * len(grid["lengths"])
-  rows = [f"| {d:.2f} | " + " | ".join(f"{100 * a:.0f}%" for a in row) + " |"
+  rows = [f"| {_row_name(d)} | " + " | ".join(f"{100 * a:.0f}%" for a in row) + " |"
           for d, row in zip(grid["depths"], grid["accuracy"])]
-  title = (f"S-NIAH ({grid['task']}) exact-match accuracy, {grid['samples']} samples per "
-           f"cell; mean {100 * grid['mean_accuracy']:.1f}%")
+  title = (f"{grid.get('suite', 'S-NIAH')} ({grid['task']}) {grid.get('metric', 'exact-match')} "
+           f"accuracy, {grid['samples']} samples per cell; mean "
+           f"{100 * grid['mean_accuracy']:.1f}%")
   return "\n".join([title, "", head, sep, *rows]) + "\n"
 
 
@@ -81,7 +88,7 @@ def write_grid(grid: dict, outdir: str | pathlib.Path, title: str = "") -> dict[
 
   outdir = pathlib.Path(outdir)
   outdir.mkdir(parents=True, exist_ok=True)
-  stem = outdir / f"niah_{grid['task']}"
+  stem = outdir / f"{grid.get('file_prefix', 'niah')}_{grid['task']}"
   paths = {"json": f"{stem}.json", "markdown": f"{stem}.md", "png": f"{stem}.png"}
   pathlib.Path(paths["json"]).write_text(json.dumps(grid, indent=2))
   pathlib.Path(paths["markdown"]).write_text(to_markdown(grid))
@@ -89,9 +96,9 @@ def write_grid(grid: dict, outdir: str | pathlib.Path, title: str = "") -> dict[
   fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(grid["lengths"]), 1.0 + 0.6 * len(grid["depths"])))
   im = ax.imshow(acc, vmin=0.0, vmax=1.0, cmap="RdYlGn", aspect="auto")
   ax.set_xticks(range(len(grid["lengths"])), [str(L) for L in grid["lengths"]])
-  ax.set_yticks(range(len(grid["depths"])), [f"{d:.2f}" for d in grid["depths"]])
+  ax.set_yticks(range(len(grid["depths"])), [_row_name(d) for d in grid["depths"]])
   ax.set_xlabel("context length (tokens)")
-  ax.set_ylabel("needle depth")
+  ax.set_ylabel(grid.get("row_axis", "needle depth"))
   for i in range(acc.shape[0]):
     for j in range(acc.shape[1]):
       ax.text(j, i, f"{100 * acc[i, j]:.0f}", ha="center", va="center", fontsize=8)

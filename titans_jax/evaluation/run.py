@@ -7,7 +7,7 @@
 """
 from __future__ import annotations
 
-import json
+import math
 import pathlib
 from typing import Callable, Optional
 
@@ -17,6 +17,11 @@ from titans_jax.data import pipeline
 from titans_jax.evaluation import niah, perplexity, sampling
 from titans_jax.training import checkpointing, config as config_lib, loop
 from titans_jax.training import train_state as ts
+from titans_jax.training.metrics import strict_json
+
+
+class NonFiniteResultError(RuntimeError):
+  """The held-out loss of the checkpoint is NaN/Inf (metrics.json is still written)."""
 
 
 def load_for_eval(workdir, cfg: Optional[config_lib.Config] = None, step: Optional[int] = None,
@@ -57,20 +62,32 @@ def load_for_eval(workdir, cfg: Optional[config_lib.Config] = None, step: Option
 
 def evaluate(workdir, cfg: Optional[config_lib.Config] = None, *, step: Optional[int] = None,
              perplexity_eval: bool = True, niah_eval: bool = True, samples: bool = True,
+             tokenizer: Optional[str] = None,
              log: Callable[[str], None] = print) -> dict:
-  """Evaluates the checkpoint in `workdir`; see the module docstring for the outputs."""
+  """Evaluates the checkpoint in `workdir`; see the module docstring for the outputs.
+
+  `tokenizer`: a tokenizer file for token models (default: the one in the data's
+  prepare metadata); with one, prompts and samples are text and bits/byte is reported.
+  """
   workdir = pathlib.Path(workdir).expanduser().absolute()
   cfg, step, graphdef, params, rest = load_for_eval(workdir, cfg, step)
   outdir = workdir / "eval" / f"step_{step}"
   results: dict = {"step": step, "config": cfg.name}
   byte_level = cfg.data.kind in ("text", "niah")
   log(f"evaluating {workdir} at step {step} ({cfg.model.variant}, data={cfg.data.kind})")
+  tok, meta = _token_text(cfg, tokenizer)
+  for s, d in checkpointing.step_dirs(workdir).items():
+    what = checkpointing.missing_part(d)
+    if s > step and what is not None:  # never chosen as the latest; say why
+      log(f"note: {checkpointing.damaged_message(d, what, step)}")
 
   if perplexity_eval:
     corpus = pipeline.load_corpus(cfg.data, cfg.model.vocab_size)
     batches = pipeline.eval_batches(cfg.data, corpus, cfg.eval.batch_size, cfg.eval.batches)
     m = perplexity.evaluate_batches(ts.make_eval_step(graphdef), params, rest, batches,
                                     byte_level=corpus.byte_level)
+    if meta and not corpus.byte_level:  # bytes/token measured by prepare on held-out text
+      m["bits_per_byte"] = m["bits_per_token"] / meta["bytes_per_token"]
     results["heldout"] = m
     log("held-out: " + perplexity.format_metrics(m))
 
@@ -89,15 +106,33 @@ def evaluate(workdir, cfg: Optional[config_lib.Config] = None, *, step: Optional
 
   if samples and e.prompt and e.sample_tokens > 0:
     cont = sampling.sample(graphdef, params, rest, e.prompt, max_new_tokens=e.sample_tokens,
-                           byte_level=byte_level)
+                           byte_level=byte_level, tokenizer=tok)
     results["sample"] = {"prompt": e.prompt, "continuation": cont}
     log(f"greedy sample:\n{e.prompt}{cont}")
 
   outdir.mkdir(parents=True, exist_ok=True)
-  (outdir / "metrics.json").write_text(json.dumps(
-      {k: v for k, v in results.items() if k not in ("niah",)}, indent=2))
+  # strict JSON: a non-finite value is written as null, never as a bare NaN
+  (outdir / "metrics.json").write_text(strict_json(
+      {k: v for k, v in results.items() if k not in ("niah",)}))
   if "sample" in results:
     (outdir / "samples.txt").write_text(results["sample"]["prompt"]
                                         + results["sample"]["continuation"] + "\n")
   log(f"wrote {outdir}")
+  loss = results.get("heldout", {}).get("loss", 0.0)
+  if not math.isfinite(loss):
+    raise NonFiniteResultError(
+        f"checkpoint step {step} in {workdir} gives a non-finite held-out loss ({loss}; "
+        f"written as null to {outdir / 'metrics.json'})")
   return results
+
+
+def _token_text(cfg, tokenizer: Optional[str]):
+  """(tokenizer or None, prepare metadata or None) for decoding a token model's text."""
+  from titans_jax.data import tokenizer as tokenizer_lib, tokens as token_files
+
+  meta = token_files.read_metadata(cfg.data.paths) if cfg.data.kind == "tokens" else None
+  if tokenizer:
+    return tokenizer_lib.load(tokenizer), meta
+  if meta is not None:
+    return tokenizer_lib.from_metadata(meta), meta
+  return None, None

@@ -7,8 +7,11 @@ from flax import nnx
 from titans_jax.data import text
 
 
-def prompt_tokens(prompt: str, byte_level: bool) -> np.ndarray:
-  """Byte-level: the UTF-8 bytes; token data: whitespace-separated integer ids."""
+def prompt_tokens(prompt: str, byte_level: bool, tokenizer=None) -> np.ndarray:
+  """Byte-level: the UTF-8 bytes; with a tokenizer: its ids; else whitespace-separated
+  integer ids."""
+  if tokenizer is not None and not byte_level:
+    return np.asarray(tokenizer.encode(prompt), np.int32)
   if byte_level:
     return text.encode(prompt)
   try:
@@ -19,15 +22,20 @@ def prompt_tokens(prompt: str, byte_level: bool) -> np.ndarray:
 
 
 def sample(graphdef, params, rest, prompt: str, *, max_new_tokens: int, byte_level: bool,
-           temperature: float = 0.0, seed: int = 0) -> str:
-  """The continuation of `prompt` (greedy at temperature 0) as text (or ids)."""
+           temperature: float = 0.0, seed: int = 0, tokenizer=None) -> str:
+  """The continuation of `prompt` (greedy at temperature 0) as text (token models: text
+  through `tokenizer` when given, else ids)."""
   from titans_jax.models import generate
 
-  toks = prompt_tokens(prompt, byte_level)
+  toks = prompt_tokens(prompt, byte_level, tokenizer)
   if toks.size == 0:
     raise ValueError("eval.prompt is empty")
   model = nnx.merge(graphdef, params, rest)
   out = np.asarray(generate(model, toks[None, :], max_new_tokens, temperature=temperature,
                             seed=seed))[0]
   new = out[toks.size:]
-  return text.decode(new) if byte_level else " ".join(str(int(t)) for t in new)
+  if byte_level:
+    return text.decode(new)
+  if tokenizer is not None:
+    return tokenizer.decode(new)
+  return " ".join(str(int(t)) for t in new)

@@ -45,8 +45,8 @@ def _resolve_impl(impl: str, dtype) -> str:
 def _xla_attention(q_BQHK, k_BCHK, v_BCHK, mask_BQC):
     scale = 1.0 / math.sqrt(q_BQHK.shape[-1])
     s_BHQC = jnp.einsum("BQHK,BCHK->BHQC", q_BQHK, k_BCHK,
-                        preferred_element_type=jnp.float32) * scale
-    s_BHQC = jnp.where(mask_BQC[:, None], s_BHQC, jnp.finfo(jnp.float32).min)
+                        preferred_element_type=jnp.promote_types(q_BQHK.dtype, jnp.float32)) * scale
+    s_BHQC = jnp.where(mask_BQC[:, None], s_BHQC, jnp.finfo(s_BHQC.dtype).min)
     p_BHQC = jax.nn.softmax(s_BHQC, axis=-1)
     return jnp.einsum("BHQC,BCHK->BQHK", p_BHQC.astype(v_BCHK.dtype), v_BCHK)
 

@@ -64,11 +64,12 @@ class Embed(nnx.Module):
 
 
 def rms_norm(x: jax.Array, scale: jax.Array | None, eps: float) -> jax.Array:
-    """RMSNorm computed in fp32, returned in x's dtype."""
-    x32 = x.astype(jnp.float32)
+    """RMSNorm computed in fp32 (fp64 for fp64 x), returned in x's dtype."""
+    f = jnp.promote_types(x.dtype, jnp.float32)
+    x32 = x.astype(f)
     y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
     if scale is not None:
-        y = y * scale.astype(jnp.float32).reshape((1,) * (y.ndim - 1) + scale.shape)
+        y = y * scale.astype(f).reshape((1,) * (y.ndim - 1) + scale.shape)
     return y.astype(x.dtype)
 
 

@@ -20,6 +20,13 @@ the decode cache) and a one-token form (`decode`) that continues from that cache
 RoPE: absolute positions for swa/mag/mal; inside a MAC segment h_j sits at position j
 and x_j at S + j (attention never crosses a segment, so only these offsets matter).
 
+Intermediates: under `nnx.capture(model, nnx.Intermediate)` each block sows per-position
+statistics of its mixer (`_mixer_stats`: gate σ mean/std/min/max for MAG/MAC, the norms
+of the memory and attention outputs, the memory's inner loss and θ before its update).
+Without a capture they are not computed at all (`capturing`), so the normal program is
+unchanged. Blocks run under lax.scan: the model collects a scanned block's sown values
+as scan outputs (`Titans._scan_run`), MAC's segment scan does the same here.
+
 Axis legend: B batch, T tokens, D model width, H heads, K head width, P persistent
 tokens, W window (ring-buffer slots), S segment length, N segments.
 """
@@ -45,6 +52,14 @@ from titans_jax.sharding.rules import ACT_BTD, ACT_BTHK
 
 Cache = dict[str, Any]
 KINDS = ("swa", "mag", "mal", "lmm", "mac", "seg")
+
+
+def capturing(module: nnx.Module) -> bool:
+    """Whether `nnx.capture(..., nnx.Intermediate)` is recording this module's sows.
+
+    (nnx.capture marks every module it records with `__captures__`, the attribute
+    `Module.sow` itself checks; outside a capture sow would store into the module.)"""
+    return any(isinstance(v, nnx.Intermediate) for v in getattr(module, "__captures__", ()))
 
 
 class Block(nnx.Module):
@@ -91,8 +106,41 @@ class Block(nnx.Module):
 
     def _gate(self, y_BTD, m_BTD):
         """The MAG / MAC gate: RMSNorm(y) ⊙ σ(RMSNorm(m))."""
-        g = jax.nn.sigmoid(self.gate_norm_m(m_BTD).astype(jnp.float32))
-        return (self.gate_norm_y(y_BTD).astype(jnp.float32) * g).astype(y_BTD.dtype)
+        f = jnp.promote_types(y_BTD.dtype, jnp.float32)
+        g = jax.nn.sigmoid(self.gate_norm_m(m_BTD).astype(f))
+        return (self.gate_norm_y(y_BTD).astype(f) * g).astype(y_BTD.dtype)
+
+    def _mixer_stats(self, y_BTD=None, m_BTD=None, mem_in=None, mem_state=None, skip=0):
+        """Per-position (T) statistics of one mixer call, averaged over the batch:
+        attention_norm ‖y_t‖, memory_norm ‖m_t‖, for MAG/MAC the gate σ(RMSNorm(m))
+        mean/std/min/max over features, and from `memory.diagnostics` on the memory's
+        input `mem_in` (the first `skip` positions are persistent tokens, dropped)
+        memory_loss ℓ_t at the weights before the token's chunk is applied and
+        memory_theta θ_t (both averaged over heads)."""
+        f = jnp.promote_types(jnp.dtype(self.cfg.dtype), jnp.float32)
+        stats = {}
+
+        def norm(t_BTD):
+            return jnp.sqrt(jnp.square(t_BTD.astype(f)).sum(-1)).mean(0)
+
+        if y_BTD is not None:
+            stats["attention_norm"] = norm(y_BTD)
+        if m_BTD is not None:
+            stats["memory_norm"] = norm(m_BTD)
+            if self.kind in ("mag", "mac"):
+                g = jax.nn.sigmoid(self.gate_norm_m(m_BTD).astype(f))
+                stats.update(gate_mean=g.mean((0, 2)), gate_std=g.std((0, 2)),
+                             gate_min=g.min((0, 2)), gate_max=g.max((0, 2)))
+        if mem_in is not None:
+            d = memory_lib.diagnostics(self.memory.param_tree(), mem_in,
+                                       self.cfg.memory_config, mem_state)
+            stats["memory_loss"] = d["inner_loss"][:, skip:].mean((0, 2)).astype(f)
+            stats["memory_theta"] = d["theta"][:, skip:].mean((0, 2)).astype(f)
+        return stats
+
+    def _sow_stats(self, stats: dict):
+        for name, value in stats.items():
+            self.sow(nnx.Intermediate, name, value)
 
     def _merge(self, y_BTHK):
         return y_BTHK.reshape(y_BTHK.shape[:2] + (-1,))
@@ -134,6 +182,8 @@ class Block(nnx.Module):
     def _swa(self, h, want_cache):
         pk, pv = self._persistent_kv(h.shape[0])
         y, cache = self._window_attention(h, pk, pv, want_cache)
+        if capturing(self):
+            self._sow_stats(self._mixer_stats(self._merge(y)))
         return self.attn.out(y), cache
 
     def _mag(self, h, want_cache):
@@ -144,6 +194,8 @@ class Block(nnx.Module):
         xt = h if P is None else jnp.concatenate([P, h], axis=1)
         m, mem = self.memory(xt)
         m = m[:, self._num_p:]
+        if capturing(self):
+            self._sow_stats(self._mixer_stats(self._merge(y), m, xt, skip=self._num_p))
         o = self._gate(self._merge(y), m)
         if want_cache:
             cache["mem"] = mem
@@ -158,12 +210,17 @@ class Block(nnx.Module):
         if P is not None:
             pk, pv = self.attn.kv(m[:, :self._num_p])
         y, cache = self._window_attention(m[:, self._num_p:], pk, pv, want_cache)
+        if capturing(self):
+            self._sow_stats(self._mixer_stats(self._merge(y), m[:, self._num_p:], xt,
+                                              skip=self._num_p))
         if want_cache:
             cache["mem"] = mem
         return self.attn.out(y), cache
 
     def _lmm(self, h, want_cache):
         m, mem = self.memory(h)
+        if capturing(self):
+            self._sow_stats(self._mixer_stats(None, m, h))
         return m, ({"mem": mem} if want_cache else None)
 
     # MAC ---------------------------------------------------------------------------
@@ -178,7 +235,8 @@ class Block(nnx.Module):
         """One (possibly partial, length L ≤ S) segment from its start.
 
         carry: (memory state, retrieval conv context) or None for 'seg' blocks.
-        Returns (new carry, mixer output B×L×D, the segment's keys/values for a cache).
+        Returns (new carry, mixer output B×L×D, the segment's keys/values for a cache,
+        the segment's `_mixer_stats` when capturing, else {}).
         """
         S, L = self.cfg.segment_len, x_BLD.shape[1]
         j = jnp.arange(L)
@@ -197,11 +255,14 @@ class Block(nnx.Module):
         mask = attn_lib.segment_mask(L, L, self._num_p, with_memory)
         y = attn_lib.segment_attention(q, keys, values, mask, impl=self.cfg.attn_impl)
         if not with_memory:
-            return carry, self.attn.out(y), kv
+            stats = self._mixer_stats(self._merge(y)) if capturing(self) else {}
+            return carry, self.attn.out(y), kv, stats
         y_D = constrain(self._merge(y), ACT_BTD)
+        stats_state = mem
         m, mem = self.memory(y_D, mem)
+        stats = self._mixer_stats(y_D, m, y_D, stats_state) if capturing(self) else {}
         o = constrain(self._gate(y_D, m), ACT_BTD)
-        return (mem, rconv), self.attn.out(self._split(o)), kv
+        return (mem, rconv), self.attn.out(self._split(o)), kv, stats
 
     def _mac_forward(self, h, want_cache, with_memory):
         B, T, D = h.shape
@@ -212,20 +273,25 @@ class Block(nnx.Module):
             mem0 = self.memory.init_state(B)
             carry = (mem0, mem0["conv"])
         n, r = divmod(T, S)
-        outs = []
+        outs, stats = [], []
         if n:
             def step(c, x_BSD):
-                c, o, _ = self._mac_segment(c, x_BSD, pk, pv, with_memory)
-                return c, o
+                # sown values cannot leave a scan body: the segments' stats are outputs
+                c, o, _, st = self._mac_segment(c, x_BSD, pk, pv, with_memory)
+                return c, (o, st)
             xs = jnp.moveaxis(h[:, :n * S].reshape(B, n, S, D), 1, 0)
-            carry, o_NBSD = lax.scan(step, carry, xs)
+            carry, (o_NBSD, st_NS) = lax.scan(step, carry, xs)
             outs.append(jnp.moveaxis(o_NBSD, 0, 1).reshape(B, n * S, D))
+            stats.append({k: v.reshape(n * S) for k, v in st_NS.items()})
         seg_start = carry
         kv = None
         if r:
-            carry, o, kv = self._mac_segment(carry, h[:, n * S:], pk, pv, with_memory)
+            carry, o, kv, st = self._mac_segment(carry, h[:, n * S:], pk, pv, with_memory)
             outs.append(o)
+            stats.append(st)
         out = jnp.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
+        if capturing(self):
+            self._sow_stats({k: jnp.concatenate([st[k] for st in stats]) for k in stats[0]})
         if not want_cache:
             return out, None
         H, K = self.cfg.heads, self.cfg.head_dim

@@ -25,7 +25,7 @@ from titans_jax.memory.config import MemoryConfig
 VARIANTS = ("mac", "mag", "mal", "lmm", "swa")
 MEMORY_VARIANTS = ("mac", "mag", "mal", "lmm")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_nothing")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "float64")  # float64 needs jax_enable_x64
 
 # name -> (dim, num_layers, heads, target parameter count)
 _SCALES = {
@@ -69,7 +69,8 @@ class TitansConfig:
       memory_layers: indices of the layers that carry a memory (mac/mag/mal; lmm needs
         all); None = every layer. Layers without a memory use the variant's attention:
         MAC's segment attention over [P ‖ S_i], SWA for mag/mal.
-      dtype: compute dtype of the activations ("float32", "bfloat16", "float16").
+      dtype: compute dtype of the activations ("float32", "bfloat16", "float16"; "float64"
+        needs jax_enable_x64).
       param_dtype: dtype of the parameters.
       remat: rematerialisation policy of each scanned block in the backward pass:
         "none", "full" (save nothing), "dots" (save matmul outputs), "dots_no_batch"
@@ -192,7 +193,8 @@ class TitansConfig:
         heads = 1 if self.memory_heads is None else self.memory_heads
         chunk = 4 if self.memory_chunk is None else self.memory_chunk
         return MemoryConfig.paper(self.dim, heads=heads, chunk_size=chunk, pre_norm=False,
-                                  dtype=self.dtype, param_dtype=self.param_dtype)
+                                  dtype=self.dtype, param_dtype=self.param_dtype,
+                                  inner_dtype="float64" if self.dtype == "float64" else "float32")
 
     @property
     def memory_config(self) -> MemoryConfig:

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from titans_jax.models.model import Titans
@@ -48,6 +49,22 @@ def sample_logits(key, logits_BV, temperature: float, top_k: Optional[int], top_
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
+def _check_prompt(prompt_BT, vocab_size: int) -> jax.Array:
+    """The prompt as int32 after checking its shape, dtype and id range (an id outside
+    [0, vocab) would index past the embedding table and decode garbage; a float would be
+    truncated)."""
+    dtype = jnp.result_type(prompt_BT) if hasattr(prompt_BT, "dtype") else np.asarray(prompt_BT).dtype
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"prompt ids must be integers, got dtype {dtype}")
+    shape = np.shape(prompt_BT)
+    if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
+        raise ValueError(f"prompt must be B×T with B, T ≥ 1, got shape {tuple(shape)}")
+    lo, hi = int(jnp.min(prompt_BT)), int(jnp.max(prompt_BT))
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"prompt ids span [{lo}, {hi}], outside [0, vocab_size={vocab_size})")
+    return jnp.asarray(prompt_BT, jnp.int32)
+
+
 def generate(model: Titans, prompt_BT: jax.Array, max_new_tokens: int,
              temperature: float = 1.0, top_k: Optional[int] = None,
              top_p: Optional[float] = None, seed: int = 0) -> jax.Array:
@@ -64,9 +81,7 @@ def generate(model: Titans, prompt_BT: jax.Array, max_new_tokens: int,
         raise ValueError(f"top_k must be in [1, vocab_size], got {top_k}")
     if top_p is not None and not (0.0 < top_p <= 1.0):
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    prompt_BT = jnp.asarray(prompt_BT, jnp.int32)
-    if prompt_BT.ndim != 2 or prompt_BT.shape[1] < 1:
-        raise ValueError(f"prompt must be B×T with T ≥ 1, got shape {prompt_BT.shape}")
+    prompt_BT = _check_prompt(prompt_BT, model.cfg.vocab_size)
     if max_new_tokens == 0:
         return prompt_BT
     logits_BTV, cache = prefill(model, prompt_BT)

@@ -22,7 +22,7 @@ from flax import nnx
 from jax import lax
 
 from titans_jax.layers.basic import Embed, Linear, RMSNorm
-from titans_jax.models.blocks import Block
+from titans_jax.models.blocks import Block, capturing
 from titans_jax.models.config import TitansConfig
 from titans_jax.sharding import constrain
 from titans_jax.sharding.rules import ACT_BTD, ACT_BTV
@@ -50,6 +50,11 @@ class Titans(nnx.Module):
     """A Titans language model (variant from `cfg.variant`): tokens B×T → logits B×T×V."""
 
     def __init__(self, cfg: TitansConfig, *, rngs: nnx.Rngs):
+        if "float64" in (cfg.dtype, cfg.param_dtype) and not jax.config.jax_enable_x64:
+            raise ValueError(
+                f"TitansConfig dtype={cfg.dtype!r} param_dtype={cfg.param_dtype!r}: float64 needs "
+                "64-bit JAX; call jax.config.update('jax_enable_x64', True) first (or build and "
+                "run the model inside `with jax.enable_x64(True):`)")
         self.cfg = cfg
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         self.embed = Embed(cfg.vocab_size, cfg.dim, dtype=dt, param_dtype=pdt, rngs=rngs)
@@ -68,14 +73,28 @@ class Titans(nnx.Module):
 
     def _scan_run(self, stack: Block, x_BTD, want_cache: bool):
         graphdef, state = nnx.split(stack)
+        record = capturing(stack)
 
         def body(x, layer_state):
-            x, cache = nnx.merge(graphdef, layer_state)(x, want_cache)
-            return constrain(x, ACT_BTD), cache
+            block = nnx.merge(graphdef, layer_state)
+            if not record:
+                x, cache = block(x, want_cache)
+                return constrain(x, ACT_BTD), cache
+            # What a block sows inside the scan cannot leave it as a side effect: it is
+            # captured here and leaves as a scan output (stacked over the run's layers).
+            (x, cache), sown = nnx.capture(block, nnx.Intermediate)(x, want_cache)
+            return constrain(x, ACT_BTD), (cache, sown)
 
         if self.cfg.remat != "none":
             body = jax.checkpoint(body, policy=_POLICIES[self.cfg.remat], prevent_cse=True)
-        return lax.scan(body, x_BTD, state)
+        x_BTD, out = lax.scan(body, x_BTD, state)
+        if not record:
+            return x_BTD, out
+        cache, sown = out
+        for name, var in nnx.to_flat_state(sown):
+            for value in var.get_value():      # sow's default: a tuple of calls
+                stack.sow(nnx.Intermediate, "/".join(map(str, name)), value)
+        return x_BTD, cache
 
     # ----------------------------------------------------------------- forward ---
     def __call__(self, tokens_BT: jax.Array) -> jax.Array:

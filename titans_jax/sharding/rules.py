@@ -98,6 +98,31 @@ def logical_to_spec(names: AxisNames, shape: Sequence[int], mesh: jax.sharding.M
   return P(*out)
 
 
+def replicated_dims(names: AxisNames, shape: Sequence[int], mesh: jax.sharding.Mesh,
+                    rules: Mapping[str, tuple[str, ...]] = RULES
+                    ) -> list[tuple[str, int, str, int]]:
+  """(logical name, dimension, mesh axis, axis size) for every rule axis that
+  `logical_to_spec` drops because it does not divide the dimension: the array is
+  replicated along that axis, so each of its devices holds / computes the whole
+  dimension."""
+  used: set[str] = set()
+  out = []
+  for name, dim in zip(names, shape):
+    if name is None or name not in rules:
+      continue
+    size = 1
+    for ax in rules[name]:
+      n = mesh.shape[ax]
+      if ax in used or n == 1:
+        continue
+      if dim % (size * n):
+        out.append((name, int(dim), ax, int(n)))
+        continue
+      used.add(ax)
+      size *= n
+  return out
+
+
 def logical_shardings(logical_specs: Any, abstract: Any, mesh: jax.sharding.Mesh,
                       rules: Mapping[str, tuple[str, ...]] = RULES) -> Any:
   """NamedShardings for a pytree, from a same-structure tree of logical PartitionSpecs

@@ -144,7 +144,7 @@ class EvalConfig:
     niah_task: needle task of the S-NIAH grid ("passkey", "number", "word").
     niah_lengths: context lengths (tokens) of the grid.
     niah_depths: needle depths (fraction of the haystack) of the grid.
-    niah_samples: examples per grid cell.
+    niah_samples: examples per grid cell (at least 1 when niah_lengths is not empty).
     prompt: prompt for greedy samples ("" = no samples).
     sample_tokens: tokens generated per sample.
   """
@@ -403,7 +403,7 @@ RANGES = {
     "eval.batch_size": (1, True, None, None),
     "eval.niah_lengths": (2, True, None, None),
     "eval.niah_depths": (0.0, True, 1.0, True),
-    "eval.niah_samples": (1, True, None, None),
+    "eval.niah_samples": (0, True, None, None),
     "eval.sample_tokens": (0, True, None, None),
 }
 CHOICES = {"data.kind": DATA_KINDS, "data.niah_task": NIAH_TASKS,
@@ -467,6 +467,9 @@ def validate(cfg: Config) -> None:
   d = cfg.data
   if d.kind == "niah":
     _check_niah_length("data.seq_len", d.niah_task, d.seq_len)
+  if cfg.eval.niah_lengths and cfg.eval.niah_samples < 1:
+    raise ConfigError(f"eval.niah_samples={cfg.eval.niah_samples} must be >= 1 when "
+                      f"eval.niah_lengths={cfg.eval.niah_lengths} asks for a NIAH grid")
   for length in cfg.eval.niah_lengths:
     _check_niah_length("eval.niah_lengths", cfg.eval.niah_task, length)
   if d.kind == "mqar":

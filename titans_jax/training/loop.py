@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import pathlib
 import signal
@@ -28,7 +27,7 @@ from titans_jax.data.text import DataError
 from titans_jax.evaluation import perplexity
 from titans_jax.training import checkpointing, config as config_lib, optimizer as opt_lib
 from titans_jax.training import sharded, train_state as ts
-from titans_jax.training.metrics import LN2, MetricsWriter, Progress, fmt_duration
+from titans_jax.training.metrics import LN2, MetricsWriter, Progress, fmt_duration, strict_json
 
 
 class TrainingDivergedError(RuntimeError):
@@ -152,39 +151,84 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def prepare(cfg: config_lib.Config, workdir: str | pathlib.Path):
-  """Validates config, data and existing checkpoints without writing anything.
+def prepare(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
+            resume_from_step: Optional[int] = None, skip_damaged: bool = False):
+  """Validates config, workdir, data and existing checkpoints without writing anything.
+
+  Args:
+    resume_from_step: resume from this checkpoint (later ones are then set aside).
+    skip_damaged: pass over damaged newest checkpoints (else they stop the run).
 
   Returns:
-    (corpus, existing checkpoint steps)
+    (corpus, complete checkpoint steps to try, newest first; the first one's config
+    was read and matches)
 
   Raises:
-    ConfigError / DataError / CheckpointMismatchError naming the problem.
+    ConfigError / DataError / CheckpointMismatchError / CheckpointDamagedError /
+    StorageError naming the problem.
   """
   config_lib.validate(cfg)
+  workdir = pathlib.Path(workdir).expanduser().absolute()
+  checkpointing.check_writable(workdir)
   corpus = pipeline.load_corpus(cfg.data, cfg.model.vocab_size)
   if corpus.vocab_size > cfg.model.vocab_size:
     raise config_lib.ConfigError(
         f"data.kind={cfg.data.kind!r} needs model.vocab_size >= {corpus.vocab_size}, "
         f"got {cfg.model.vocab_size}")
-  steps = checkpointing.existing_steps(workdir)
-  if steps:
-    # Read-only manager: checking the saved config must not create or rewrite anything.
-    ck = checkpointing.Checkpointer(workdir, create=False, async_save=False)
-    ck.check_compatible(cfg)
-    ck.close()
-    if steps[-1] > cfg.train.steps:
+  dirs = checkpointing.step_dirs(workdir)
+  complete = [s for s, p in dirs.items() if checkpointing.missing_part(p) is None]
+  newest = lambda below: max((s for s in complete if s < below), default=None)
+  if resume_from_step is not None:
+    if resume_from_step not in dirs:
       raise config_lib.ConfigError(
-          f"{checkpointing.checkpoint_dir(workdir)} already holds step {steps[-1]}, beyond "
-          f"train.steps={cfg.train.steps}")
-  return corpus, steps
+          f"--resume_from_step {resume_from_step}: no checkpoint "
+          f"{checkpointing.checkpoint_dir(workdir) / str(resume_from_step)}; complete "
+          f"checkpoints: {complete or 'none'}")
+    what = checkpointing.missing_part(dirs[resume_from_step])
+    if what is not None:
+      raise checkpointing.CheckpointDamagedError(checkpointing.damaged_message(
+          dirs[resume_from_step], what, newest(resume_from_step)))
+    candidates = [resume_from_step]
+  else:
+    candidates = sorted(complete, reverse=True)
+    top = max(dirs, default=None)
+    if top is not None and top not in complete and not skip_damaged:
+      raise checkpointing.CheckpointDamagedError(checkpointing.damaged_message(
+          dirs[top], checkpointing.missing_part(dirs[top]), newest(top)))
+  if not candidates:
+    return corpus, []
+  # Read-only manager: checking the saved config must not create or rewrite anything.
+  ck = checkpointing.Checkpointer(workdir, create=False, async_save=False)
+  try:
+    while True:
+      try:
+        ck.check_compatible(cfg, candidates[0])
+        break
+      except checkpointing.CheckpointDamagedError:
+        if not skip_damaged or resume_from_step is not None or len(candidates) == 1:
+          raise
+        candidates = candidates[1:]
+  finally:
+    ck.close()
+  if candidates[0] > cfg.train.steps:
+    raise config_lib.ConfigError(
+        f"{checkpointing.checkpoint_dir(workdir)} already holds step {candidates[0]}, beyond "
+        f"train.steps={cfg.train.steps}")
+  return corpus, candidates
 
 
 def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
           stop_after_step: Optional[int] = None,
           log: Callable[[str], None] = print,
-          mesh: Optional[jax.sharding.Mesh] = None) -> TrainResult:
+          mesh: Optional[jax.sharding.Mesh] = None,
+          resume_from_step: Optional[int] = None,
+          skip_damaged: bool = False) -> TrainResult:
   """Trains `cfg` in `workdir`, resuming from its latest checkpoint if there is one.
+
+  A damaged newest checkpoint stops the run with a one-line CheckpointDamagedError
+  unless `skip_damaged` (resume from the newest readable one) or `resume_from_step`
+  names the checkpoint to resume from; the step directories after the one resumed from
+  are then moved to `<workdir>/checkpoints_set_aside/`, never deleted.
 
   Args:
     cfg: the experiment config.
@@ -196,10 +240,12 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
 
   Raises:
     TrainingDivergedError: the loss / gradient became NaN or Inf.
+    CheckpointDamagedError / StorageError: see above; one line each.
   """
   t_wall = time.time()
   workdir = pathlib.Path(workdir).expanduser().absolute()
-  corpus, existing = prepare(cfg, workdir)
+  corpus, candidates = prepare(cfg, workdir, resume_from_step=resume_from_step,
+                               skip_damaged=skip_damaged)
   tcfg, dcfg = cfg.train, cfg.data
   pid, pcount = jax.process_index(), jax.process_count()
   if pid != 0:  # logs and metrics from process 0 only
@@ -213,22 +259,48 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
 
   ck = checkpointing.Checkpointer(workdir, keep=tcfg.keep_checkpoints,
                                   async_save=tcfg.async_checkpoint)
-  start = 0
-  if existing:
-    start = ck.latest_step()
-    state = ck.restore(start, su.abstract, data_iter)
+  start, state = 0, None
+  for i, step in enumerate(candidates):
+    try:
+      state = ck.restore(step, su.abstract, data_iter)
+    except checkpointing.CheckpointDamagedError as e:
+      if not skip_damaged or resume_from_step is not None or i + 1 == len(candidates):
+        ck.close()
+        raise
+      log(f"skipping: {e}")
+      continue
+    start = step
     log(f"resumed from {ck.directory / str(start)} (step {start})")
-  else:
+    break
+  if state is None:
     state = su.init()
-  if pid == 0:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config_lib.to_json(cfg))
-  writer = MetricsWriter(workdir, enabled=pid == 0)
+  later = [s for s in checkpointing.step_dirs(workdir) if s > start]
+  if later:  # only reached on request (skip_damaged / resume_from_step)
+    if pid == 0:
+      for s, moved in zip(later, ck.set_aside(later)):
+        log(f"set aside checkpoint step {s} (newer than the step resumed from): moved to "
+            f"{moved}, not deleted")
+    if pcount > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("titans_jax: checkpoints set aside")
+      ck.reload()
+  try:
+    if pid == 0:
+      workdir.mkdir(parents=True, exist_ok=True)
+      (workdir / "config.json").write_text(config_lib.to_json(cfg))
+    writer = MetricsWriter(workdir, enabled=pid == 0, resume_step=start)
+  except OSError as e:
+    ck.close()
+    raise checkpointing.StorageError(
+        f"cannot write to --workdir {workdir}: {checkpointing.describe_error(e)}") from e
   mesh_desc = ",".join(f"{a}={n}" for a, n in su.mesh.shape.items())
   log(f"{cfg.name}: {cfg.model.variant} model, {n_params / 1e6:.2f}M params, "
       f"{tcfg.steps} steps of {tcfg.batch_size}x{dcfg.seq_len} tokens, data={dcfg.kind}, "
       f"mesh ({mesh_desc}) over {pcount} process(es), workdir={workdir}")
 
+  notice = su.replication_notice((tcfg.batch_size, dcfg.seq_len))
+  if notice:
+    log(notice)
   step_fn = su.step
   eval_step = su.eval_step
   eval_data = None
@@ -255,17 +327,32 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
   pending = None  # (step, metrics) of the last dispatched step, read one step later
   last_eval = None
 
+  def diverged(what: str) -> TrainingDivergedError:
+    ck.wait()
+    good = ck.latest_step()
+    where = (f"the newest checkpoint {ck.directory / str(good)} (step {good}) gives a "
+             "finite loss and is intact" if good is not None
+             else "no checkpoint had been written yet")
+    return TrainingDivergedError(
+        f"{what}; stopped without saving; {where}. Try a lower train.lr, more "
+        "train.warmup_steps or model.dtype=float32.")
+
+  def verify(step: int, state, batch) -> None:
+    """The state about to be saved must itself give a finite loss (on the batch it was
+    just trained on): a finite update can still produce weights whose loss is NaN, and
+    such a checkpoint could not be resumed."""
+    s_ce, s_w, _ = (float(x) for x in jax.device_get(eval_step(state.params, state.rest,
+                                                                 batch)))
+    loss = s_ce / max(s_w, 1.0)
+    if not math.isfinite(loss):
+      raise diverged(f"the weights after step {step} give a non-finite loss ({loss}) on "
+                     "its batch")
+
   def check(step: int, metrics) -> dict[str, float]:
     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if not m["finite"]:
-      ck.wait()
-      good = ck.latest_step()
-      where = (f"the last good checkpoint {ck.directory / str(good)} is intact"
-               if good is not None else "no checkpoint had been written yet")
-      raise TrainingDivergedError(
-          f"non-finite loss/gradient at step {step} (loss={m['loss']}, "
-          f"grad_norm={m['grad_norm']}); stopped without saving; {where}. Try a lower "
-          "train.lr, more train.warmup_steps or model.dtype=float32.")
+      raise diverged(f"non-finite loss/gradient at step {step} (loss={m['loss']}, "
+                     f"grad_norm={m['grad_norm']})")
     losses[step] = m["loss"]
     if step % tcfg.log_every == 0 or step == tcfg.steps or step == start + 1:
       line, tps = progress.line(step, m["loss"], step * tokens_per_step, m["lr"],
@@ -299,6 +386,7 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
             writer.write(step, ev, prefix="eval")
             log(f"eval @ {step}: " + perplexity.format_metrics(ev))
         if save_here:
+          verify(step, state, batch)
           ck.save(step, state, data_iter, cfg)
         if preempt.requested:
           status = "preempted"
@@ -316,8 +404,8 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
         writer.write(final_step, last_eval, prefix="eval")
         log(f"held-out eval @ {final_step}: " + perplexity.format_metrics(last_eval))
         if pid == 0:
-          (workdir / "eval_final.json").write_text(json.dumps(
-              {"step": final_step, **last_eval}, indent=2))
+          (workdir / "eval_final.json").write_text(strict_json({"step": final_step,
+                                                                **last_eval}))
   finally:
     ck.close()
     writer.close()

@@ -16,7 +16,11 @@ LN2 = math.log(2.0)
 class MetricsWriter:
   """Scalars to `<workdir>/tb` (TensorBoard event files) and `<workdir>/metrics.jsonl`."""
 
-  def __init__(self, workdir: str | pathlib.Path, *, enabled: bool = True):
+  def __init__(self, workdir: str | pathlib.Path, *, enabled: bool = True,
+               resume_step: int = 0):
+    """`resume_step`: the step a resumed run restarts from; rows (and TensorBoard
+    events) of later steps, written by the run that was interrupted, are dropped so that
+    the replayed steps replace them instead of appearing twice."""
     self.enabled = enabled
     self._tb = None
     self._jsonl = None
@@ -25,8 +29,12 @@ class MetricsWriter:
 
       workdir = pathlib.Path(workdir)
       workdir.mkdir(parents=True, exist_ok=True)
-      self._tb = SummaryWriter(logdir=str(workdir / "tb"))
-      self._jsonl = open(workdir / "metrics.jsonl", "a")
+      path = workdir / "metrics.jsonl"
+      if path.exists():
+        _drop_rows_after(path, resume_step)
+      self._tb = SummaryWriter(logdir=str(workdir / "tb"),
+                               purge_step=resume_step + 1 if resume_step else None)
+      self._jsonl = open(path, "a")
 
   def write(self, step: int, scalars: Mapping[str, float], prefix: str = "train") -> None:
     if not self.enabled:
@@ -48,6 +56,37 @@ class MetricsWriter:
     if self.enabled:
       self._tb.close()
       self._jsonl.close()
+
+
+def _drop_rows_after(path: pathlib.Path, step: int) -> None:
+  """Rewrites `path` (atomically) without the rows of steps after `step`."""
+  lines = path.read_text().splitlines(keepends=True)
+  keep = [line for line in lines if _row_step(line) <= step]
+  if len(keep) != len(lines):
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(keep))
+    tmp.replace(path)
+
+
+def _row_step(line: str) -> float:
+  """A row's step; a torn line (a run killed mid-write) counts as after every step."""
+  try:
+    return float(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return math.inf
+
+def strict_json(obj) -> str:
+  """JSON that strict parsers accept: NaN / ±Inf become null (json.dumps would write
+  bare NaN / Infinity)."""
+  def clean(x):
+    if isinstance(x, float) and not math.isfinite(x):
+      return None
+    if isinstance(x, dict):
+      return {k: clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+      return [clean(v) for v in x]
+    return x
+  return json.dumps(clean(obj), indent=2, allow_nan=False)
 
 
 def fmt_duration(seconds: float) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +26,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from titans_jax import sharding
+from titans_jax.sharding.rules import replicated_dims
 from titans_jax.training import optimizer as opt_lib, train_state as ts
 
 
@@ -39,6 +40,7 @@ class ShardedSetup:
   init: Callable[[], Any]
   step: Any  # jitted (state, batch) -> (state, metrics)
   eval_step: Any  # jitted (params, rest, batch) -> sums
+  replicated_state: tuple[str, ...] = ()  # see `state_replication`
 
   @property
   def param_shardings(self):
@@ -48,6 +50,17 @@ class ShardedSetup:
     """Rows over the batch axes (data, fsdp) where they divide, the rest replicated."""
     names = ("batch",) + (None,) * (len(shape) - 1)
     return NamedSharding(self.mesh, sharding.logical_to_spec(names, shape, self.mesh, self.rules))
+
+  def replication_notice(self, batch_shape) -> Optional[str]:
+    """One line naming every dimension (batch rows, heads, ...) replicated because it
+    does not divide its mesh axis, with what that costs; None when there is none."""
+    notes = list(self.replicated_state)
+    for _, dim, ax, n in replicated_dims(("batch",) + (None,) * (len(batch_shape) - 1),
+                                         batch_shape, self.mesh, self.rules):
+      notes.append(f"train.batch_size={dim} does not divide mesh {ax}={n}: the batch is "
+                   f"replicated along {ax}, so each of those {n} devices computes the same "
+                   f"rows ({n}x the compute per row)")
+    return ("mesh: " + "; ".join(notes)) if notes else None
 
   def put_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
     """Process-local numpy rows -> global arrays sharded over the batch axes.
@@ -70,6 +83,24 @@ def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh,
   """NamedShardings of a (abstract) TrainState from its parameters' logical names."""
   return sharding.logical_shardings(nnx.get_partition_spec(abstract_state), abstract_state,
                                     mesh, rules)
+
+
+def state_replication(logical_specs: Any, abstract: Any, mesh: jax.sharding.Mesh,
+                      rules: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
+  """A note per (logical dimension, mesh axis) that does not divide, e.g. 2 heads on
+  tensor=4, with the train-state bytes it leaves replicated instead of split."""
+  cost: dict[tuple, int] = {}
+
+  def visit(spec, x):
+    for key in replicated_dims(tuple(spec), x.shape, mesh, rules):
+      cost[key] = cost.get(key, 0) + int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize
+
+  jax.tree.map(visit, logical_specs, abstract, is_leaf=lambda x: isinstance(x, P))
+  return tuple(
+      f"{name}={dim} does not divide mesh {ax}={n}: {b / 2**20:.2f} MiB of train state "
+      f"is replicated along {ax} instead of split (+{b * (n - 1) / n / 2**20:.2f} MiB "
+      f"per device, and its compute is repeated on each of the {n} devices)"
+      for (name, dim, ax, n), b in sorted(cost.items()))
 
 
 def with_shardings(abstract: Any, shardings: Any) -> Any:
@@ -98,6 +129,7 @@ def setup(model_cfg, train_cfg, mesh: jax.sharding.Mesh,
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: Titans(model_cfg, rngs=nnx.Rngs(seed))))
   abstract = jax.eval_shape(make_state)
   shardings = state_shardings(abstract, mesh, rules)
+  replicated_notes = state_replication(nnx.get_partition_spec(abstract), abstract, mesh, rules)
   opts = ts.cpu_compiler_options()
   init = jax.jit(make_state, out_shardings=shardings, compiler_options=opts)
 
@@ -122,7 +154,7 @@ def setup(model_cfg, train_cfg, mesh: jax.sharding.Mesh,
   eval_step = jax.jit(traced_eval, in_shardings=(shardings.params, shardings.rest, None),
                       out_shardings=replicated, compiler_options=opts)
   return ShardedSetup(mesh, rules, graphdef, with_shardings(abstract, shardings), shardings,
-                      init, step, eval_step)
+                      init, step, eval_step, replicated_notes)
 
 
 def setup_for(cfg, mesh: jax.sharding.Mesh | None = None, donate: bool = True) -> ShardedSetup:
