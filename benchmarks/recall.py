@@ -111,24 +111,37 @@ SIZES = {
                       mqar_vocab=32, mqar_steps=300, niah_len=128,
                       niah_depths=(0.0, 0.5, 1.0), niah_samples=8, niah_steps=300,
                       batch=16, lr=5e-3, warmup=20),
-    # the GPU size (benchmarks/gpu_suite.sh): longer sequences, more steps and seeds
-    "gpu": RecallSize(name="gpu", dim=128, layers=2, heads=4, window=64, memory_chunk=16,
-                      mqar_len=512, mqar_pairs=32, mqar_queries=32, mqar_vocab=256,
-                      mqar_steps=3000, niah_tasks=("passkey", "number"), niah_len=512,
-                      niah_samples=32, niah_steps=2000, batch=32, lr=1e-3, warmup=100,
-                      seeds=(0, 1, 2)),
+    # the GPU size (benchmarks/gpu_suite.sh RECALL=1, one ≤ 10 min call; not yet run):
+    # 4× the CPU size's width and sequence lengths, 3× its steps
+    "gpu": RecallSize(name="gpu", dim=128, layers=2, heads=4, window=32, memory_chunk=8,
+                      mqar_len=256, mqar_pairs=16, mqar_queries=16, mqar_vocab=128,
+                      mqar_steps=1000, niah_tasks=("passkey", "number"), niah_len=512,
+                      niah_samples=16, niah_steps=1000, batch=32, lr=2e-3, warmup=50),
 }
 
 
-def model_config(size: RecallSize, variant: str, vocab_size: int, **memory_overrides) -> TitansConfig:
+def model_config(size: RecallSize, variant: str, vocab_size: int, *,
+                 model_overrides: Optional[dict] = None, **memory_overrides) -> TitansConfig:
   """The model of one variant at `size` (every variant shares width, depth and heads)."""
   mem = MemoryConfig.paper(size.dim, heads=size.memory_heads, chunk_size=size.memory_chunk,
                            pre_norm=False, **{**size.memory, **memory_overrides})
-  return TitansConfig.preset(
-      "tiny", variant=variant, vocab_size=vocab_size, dim=size.dim, num_layers=size.layers,
-      heads=size.heads, ffn_hidden=2 * size.dim, window=size.window, segment_len=size.window,
-      num_persistent=size.num_persistent, memory=mem, memory_heads=size.memory_heads,
-      memory_chunk=size.memory_chunk)
+  kw = dict(variant=variant, vocab_size=vocab_size, dim=size.dim, num_layers=size.layers,
+            heads=size.heads, ffn_hidden=2 * size.dim, window=size.window,
+            segment_len=size.window, num_persistent=size.num_persistent, memory=mem,
+            memory_heads=size.memory_heads, memory_chunk=size.memory_chunk)
+  kw.update(model_overrides or {})
+  return TitansConfig.preset("tiny", **kw)
+
+
+# The paper's ablations (Titans §5.9) as config switches: name -> (memory, model) overrides.
+ABLATIONS = {
+    "full": ({}, {}),
+    "linear memory (depth 1)": ({"depth": 1}, {}),
+    "no momentum": ({"momentum": False}, {}),
+    "no forgetting": ({"forget": False}, {}),
+    "no conv": ({"qkv_conv": 0}, {}),
+    "no persistent tokens": ({}, {"num_persistent": 0}),
+}
 
 
 def train_config(size: RecallSize, steps: int, seed: int) -> config_lib.TrainConfig:
@@ -370,6 +383,51 @@ def run_suite(size: RecallSize, out: str | pathlib.Path, *, tasks: Sequence[str]
   return result
 
 
+def run_ablations(size: RecallSize, variant: str, out: str | pathlib.Path, *,
+                  names: Sequence[str] = tuple(ABLATIONS), argv: Sequence[str] = (),
+                  log: Callable[[str], None] = print) -> dict:
+  """MQAR beyond-window accuracy of `variant` with each ablation switched, per seed.
+
+  Writes ablations_<variant>.json and .md under `out` (rewritten after every run).
+  """
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  result = {"env": environment(argv), "size": dataclasses.asdict(size), "variant": variant,
+            "rows": []}
+  stem = out / f"ablations_{variant}"
+  for name in names:
+    mem_over, model_over = ABLATIONS[name]
+    if variant == "lmm" and "num_persistent" in model_over:
+      continue   # lmm has no attention, hence no persistent tokens to remove
+    row = {"ablation": name, "memory": mem_over, "model": model_over, "seeds": {}}
+    for seed in size.seeds:
+      mcfg = model_config(size, variant, size.mqar_vocab, model_overrides=model_over, **mem_over)
+      trained = train_variant(mcfg, train_config(size, size.mqar_steps, seed),
+                              lambda s, b, sd=seed: mqar_batch(size, sd, s, b),
+                              log_every=max(1, size.mqar_steps // 6))
+      score = score_mqar(trained, size)
+      row["seeds"][seed] = {"beyond_window": score["beyond_window"],
+                            "accuracy": score["accuracy"], "diverged": trained.diverged,
+                            "final_loss": trained.curve[-1]["loss"]}
+      log(f"[ablation {variant}] {name} seed {seed}: beyond {score['beyond_window']:.3f}")
+    vals = [r["beyond_window"] for r in row["seeds"].values()]
+    row["beyond_window_mean"] = float(np.mean(vals))
+    row["beyond_window_min"] = float(np.min(vals))
+    result["rows"].append(row)
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+  env = result["env"]
+  lines = [f"Ablations of {variant} on MQAR ({size.name} size: {size.mqar_pairs} pairs in "
+           f"{size.mqar_len} tokens, window {size.window}, {size.mqar_steps} steps, seeds "
+           f"{list(size.seeds)}); {env['device']}, {env['date']}, commit {env['commit']}; "
+           f"`{env['command']}`", "",
+           "| ablation | accuracy beyond the window (mean over seeds) | per seed |", "|---|---|---|"]
+  for row in result["rows"]:
+    per = ", ".join(f"{100 * r['beyond_window']:.0f}%" for r in row["seeds"].values())
+    lines.append(f"| {row['ablation']} | {100 * row['beyond_window_mean']:.0f}% | {per} |")
+  stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+  return result
+
+
 def summarise(result: dict) -> dict:
   """Mean over seeds: MQAR per distance bin and S-NIAH per length, per variant."""
   size = result["size"]
@@ -466,6 +524,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   p.add_argument("--tasks", nargs="+", choices=("mqar", "niah"), default=["mqar", "niah"])
   p.add_argument("--variants", nargs="+", choices=VARIANTS, default=None)
   p.add_argument("--seeds", nargs="+", type=int, default=None)
+  p.add_argument("--ablations", default=None, metavar="VARIANT",
+                 help="instead of the suite: the ablation table of VARIANT on MQAR")
   p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                  help="override RecallSize fields, e.g. mqar_steps=500 (ints/floats/tuples)")
   args = p.parse_args(argv)
@@ -488,6 +548,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     changes[key] = tuple(value) if isinstance(current, tuple) else value
   size = dataclasses.replace(size, **changes)
   out = args.out or f"benchmarks/results/recall_{size.name}"
+  if args.ablations:
+    if args.ablations not in VARIANTS[1:]:
+      p.error(f"--ablations {args.ablations!r}: expected a memory variant {VARIANTS[1:]}")
+    return run_ablations(size, args.ablations, out, argv=["benchmarks/recall.py"] + argv)
   return run_suite(size, out, tasks=args.tasks, argv=["benchmarks/recall.py"] + argv)
 
 
