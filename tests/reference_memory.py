@@ -195,8 +195,13 @@ def _project_token(P, x_t, cfg, eps):
     return xs, xr
 
 
-def reference_apply(params, x, cfg, rms_eps=None):
+def reference_apply(params, x, cfg, rms_eps=None, record=None):
     """Run the memory over x (B×T×D) from a fresh state. Returns (y, final_state).
+
+    `record`, if a dict, is filled with what `titans_jax.memory.diagnostics` reports:
+    per token (B×T×H) theta, inner_loss (ℓ_t at the weights before the token's chunk is
+    applied), grad_point_loss (ℓ_t at W̄); per complete chunk (B×G×H) alpha, eta
+    (B×G×H×O), surprise_norm ‖u_j‖, momentum_norm ‖S_j‖ (all orders), weights_norm ‖W_j‖.
 
     All arithmetic is float64. `rms_eps` is the RMSNorm eps; titans-pytorch uses
     finfo(dtype).eps of the tensor it normalises, so by default it is
@@ -214,6 +219,17 @@ def reference_apply(params, x, cfg, rms_eps=None):
     n_chunks = T // C
 
     y_out = np.zeros((B, T, D))
+    if record is not None:
+        record.update(theta=np.zeros((B, T, H)), inner_loss=np.zeros((B, T, H)),
+                      grad_point_loss=np.zeros((B, T, H)), alpha=np.zeros((B, n_chunks, H)),
+                      eta=np.zeros((B, n_chunks, H, O)), surprise_norm=np.zeros((B, n_chunks, H)),
+                      momentum_norm=np.zeros((B, n_chunks, H)), weights_norm=np.zeros((B, n_chunks, H)))
+
+    def norm(tensors):
+        return math.sqrt(sum(float(np.sum(t * t)) for t in tensors))
+
+    def token_losses(W, rows, h):
+        return [mem_loss(W, k[t:t + 1, h], v[t:t + 1, h], [1.0], cfg) for t in rows]
     final = {"weights": {n: np.zeros((B, H) + s) for n, s in cfg.fast_weight_shapes().items()},
              "grad_point": {n: np.zeros((B, H) + s) for n, s in cfg.fast_weight_shapes().items()},
              "momentum": ({n: np.zeros((O, B, H) + s) for n, s in cfg.fast_weight_shapes().items()}
@@ -291,6 +307,13 @@ def reference_apply(params, x, cfg, rms_eps=None):
                                    for p in range(len(names))]
                 gj[h] = g
             gates.append(gj)
+        if record is not None:
+            record["theta"][b] = theta
+            for j in range(n_chunks):
+                for h in range(H):
+                    record["alpha"][b, j, h] = gates[j][h]["alpha"]
+                    if cfg.momentum:
+                        record["eta"][b, j, h] = gates[j][h]["eta"]
 
         # ---- the memory, head by head ----
         y_heads = np.zeros((T, H, d))
@@ -302,6 +325,9 @@ def reference_apply(params, x, cfg, rms_eps=None):
             for j in range(n_chunks):
                 sl = slice(j * C, (j + 1) * C)
                 g = gates[j][h]
+                if record is not None:
+                    record["inner_loss"][b, sl, h] = token_losses(W, range(j * C, (j + 1) * C), h)
+                    record["grad_point_loss"][b, sl, h] = token_losses(Wbar, range(j * C, (j + 1) * C), h)
                 grad = mem_grad(Wbar, k[sl, h], v[sl, h], theta[sl, h], cfg)
                 if cfg.max_grad_norm is not None:
                     grad = {n: soft_clamp(grad[n], cfg.max_grad_norm) for n in names}
@@ -321,13 +347,22 @@ def reference_apply(params, x, cfg, rms_eps=None):
                         update = S[-1]
                 else:
                     update = u
+                if record is not None:
+                    record["surprise_norm"][b, j, h] = norm(u.values())
+                    record["momentum_norm"][b, j, h] = norm(s[n] for s in S for n in names)
                 if cfg.spectral_norm_surprises:
                     update = {n: (newton_schulz(upd) if upd.ndim == 2 else upd)
                               for n, upd in update.items()}
                 W = {n: (1.0 - g["alpha"]) * W[n] + update[n] for n in names}
                 history.append(W)
+                if record is not None:
+                    record["weights_norm"][b, j, h] = norm(W.values())
                 if cfg.commit_every is not None and ((j + 1) * C) % cfg.commit_every == 0:
                     Wbar = {n: w.copy() for n, w in W.items()}
+            if record is not None:      # the incomplete last chunk: not applied yet
+                rest = range(n_chunks * C, T)
+                record["inner_loss"][b, n_chunks * C:, h] = token_losses(W, rest, h)
+                record["grad_point_loss"][b, n_chunks * C:, h] = token_losses(Wbar, rest, h)
             for t in range(T):
                 r = (t + 1) // C - 1
                 y_heads[t, h], _ = mem_forward(history[r + 1], q[t, h], cfg)

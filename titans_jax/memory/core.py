@@ -239,7 +239,9 @@ def _check_input(x, cfg: MemoryConfig, state):
 # ----------------------------------------------------------------------- projections ---
 
 def _project(params, x_BTD, conv_state, cfg: MemoryConfig):
-    """q (from the retrieve-normed input), k, v, θ (from the store-normed input)."""
+    """q (from the retrieve-normed input), k, v, θ (from the store-normed input).
+
+    `conv_state` is the causal conv's context (B×(K−1)×3×H×d); None means zeros."""
     xs = rmsnorm(x_BTD, params["store_norm"]["scale"].astype(x_BTD.dtype)) if cfg.pre_norm else x_BTD
     xr = rmsnorm(x_BTD, params["retrieve_norm"]["scale"].astype(x_BTD.dtype)) if cfg.pre_norm else x_BTD
     proj = {
@@ -250,6 +252,8 @@ def _project(params, x_BTD, conv_state, cfg: MemoryConfig):
     new_conv = None
     if cfg.qkv_conv:
         K = cfg.qkv_conv
+        if conv_state is None and K > 1:     # a fresh stream: zero context
+            conv_state = jnp.zeros(x_BTD.shape[:1] + (K - 1, 3) + proj["q"].shape[2:], x_BTD.dtype)
         for i, name in enumerate(("q", "k", "v")):
             ctx = conv_state[:, :, i] if K > 1 else proj[name][:, :0]
             z = jnp.concatenate([ctx.astype(proj[name].dtype), proj[name]], axis=1)
