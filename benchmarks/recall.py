@@ -269,6 +269,65 @@ def score_niah(trained: Trained, size: RecallSize, task: str) -> dict:
                             batch_size=min(size.niah_samples, 16))
 
 
+# ------------------------------------------------------------------- diagnostics ---
+
+def layer0_diagnostics(trained: Trained, size: RecallSize, *, batch: int = 8) -> dict:
+  """What the first layer's memory does on held-out MQAR (`memory.diagnostics`).
+
+  Layer 0's mixer input is RMSNorm(embedding), so it is computed here from the model's
+  own modules; deeper layers need the model-level capture (not used here). Reports the
+  per-token θ, per-chunk α / η means, and the memory's inner loss on value tokens: at a
+  pair's first occurrence (before it can be stored) and at its repeats later in the
+  sequence (after it was stored). For mag/mac also the gate's mean σ(RMSNorm(m)) and the
+  norms of the memory and attention outputs.
+  """
+  from flax import nnx
+
+  from titans_jax import memory as memory_lib
+
+  cfg = trained.model_cfg
+  if not cfg.has_memory(0):
+    return {}
+  model = nnx.merge(trained.graphdef, trained.params, trained.rest)
+  stack_def, stack_state = nnx.split(model.runs[0])
+  block = nnx.merge(stack_def, jax.tree.map(lambda a: a[0], stack_state))
+  ex = mqar_batch(size, MQAR_EVAL_SEED, 0, batch)
+  tokens = jnp.asarray(ex["inputs"])
+  h = block.mix_norm(model.embed(tokens))
+  P = block._persistent_tokens(batch)
+  xt = h if P is None else jnp.concatenate([P, h], axis=1)
+  mcfg = cfg.memory_config
+  mparams = block.memory.param_tree()
+  diag = jax.jit(memory_lib.diagnostics, static_argnums=2)(mparams, xt, mcfg)
+  n_p = 0 if P is None else P.shape[1]
+  loss = np.asarray(diag["inner_loss"])[:, n_p:].mean(-1)     # B×T (mean over heads)
+  first, repeat = [], []
+  inputs = ex["inputs"]
+  for b in range(batch):
+    seen = set()
+    for p in range(1, inputs.shape[1]):
+      if p < 2 * size.mqar_pairs and p % 2 == 1:
+        first.append(loss[b, p]); seen.add(int(inputs[b, p - 1]))
+      elif ex["weights"][b, p - 1] and int(inputs[b, p - 1]) in seen:
+        repeat.append(loss[b, p])      # p: the value token right after a query key
+  out = {"theta_mean": float(np.mean(diag["theta"])),
+         "inner_loss_values_first": float(np.mean(first)),
+         "inner_loss_values_repeat": float(np.mean(repeat)),
+         "inner_loss_all": float(np.mean(loss))}
+  for name in ("alpha", "eta"):
+    if name in diag:
+      out[f"{name}_mean"] = float(np.nanmean(np.asarray(diag[name])))
+  if cfg.variant in ("mag", "mac"):
+    m = block.memory(xt)[0][:, n_p:]
+    out["gate_mean"] = float(jnp.mean(jax.nn.sigmoid(block.gate_norm_m(m))))
+    out["memory_out_rms"] = float(jnp.sqrt(jnp.mean(jnp.square(m))))
+    if cfg.variant == "mag":
+      pk, pv = block._persistent_kv(batch)
+      y, _ = block._window_attention(h, pk, pv, False)
+      out["attention_out_rms"] = float(jnp.sqrt(jnp.mean(jnp.square(y))))
+  return out
+
+
 # ------------------------------------------------------------------ memorisation ---
 
 def memorisation(cfg: MemoryConfig, num_tokens: int, *, seed: int = 0, batch: int = 4) -> dict:
@@ -369,6 +428,7 @@ def run_suite(size: RecallSize, out: str | pathlib.Path, *, tasks: Sequence[str]
                  "diverged": trained.diverged, "curve": trained.curve}
           if task == "mqar":
             run["score"] = score_mqar(trained, size)
+            run["diagnostics"] = layer0_diagnostics(trained, size)
             log(f"  -> acc {run['score']['accuracy']:.3f} by distance {run['score']['by_distance']}")
           else:
             grid = score_niah(trained, size, sub)
@@ -407,6 +467,7 @@ def run_ablations(size: RecallSize, variant: str, out: str | pathlib.Path, *,
                               log_every=max(1, size.mqar_steps // 6))
       score = score_mqar(trained, size)
       row["seeds"][seed] = {"beyond_window": score["beyond_window"],
+                            "diagnostics": layer0_diagnostics(trained, size),
                             "accuracy": score["accuracy"], "diverged": trained.diverged,
                             "final_loss": trained.curve[-1]["loss"]}
       log(f"[ablation {variant}] {name} seed {seed}: beyond {score['beyond_window']:.3f}")
