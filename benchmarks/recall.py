@@ -98,7 +98,7 @@ SIZES = {
                         memory_chunk=4, mqar_len=32, mqar_pairs=2, mqar_queries=4,
                         mqar_vocab=16, mqar_steps=2, niah_len=112, niah_scales=(1, 2),
                         niah_depths=(0.0, 1.0), niah_samples=2, niah_steps=2, batch=2,
-                        warmup=1, variants=("swa", "lmm"), eval_batches=1),
+                        warmup=1, variants=("lmm",), eval_batches=1),
     # the learning regression test (tests/test_recall.py): one layer, MQAR with 2 pairs
     # in 32 tokens and a window of 4 — a memory-only model (lmm) learns it in ~100 steps
     "tiny": RecallSize(name="tiny", dim=32, layers=1, heads=2, window=4, num_persistent=2,
