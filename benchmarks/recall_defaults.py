@@ -23,7 +23,7 @@ for name in names:
     sz = dataclasses.replace(size, memory=CASES[name])
     t = time.time()
     tr = R.train_variant(R.model_config(sz, "lmm", sz.mqar_vocab), R.train_config(sz, sz.mqar_steps, seed),
-                         lambda s, b: R.mqar_batch(sz, seed, s, b), log_every=20)
+                         lambda s, b, sz=sz, seed=seed: R.mqar_batch(sz, seed, s, b), log_every=20)
     sc = R.score_mqar(tr, sz)
     print(json.dumps({"case": name, "seed": seed, "overrides": CASES[name], "beyond_window": sc["beyond_window"],
                       "accuracy": sc["accuracy"], "diverged": tr.diverged, "final_loss": tr.curve[-1]["loss"],

@@ -14,7 +14,6 @@ import json
 import pathlib
 import sys
 
-import jax
 import numpy as np
 import pytest
 
