@@ -8,6 +8,9 @@
 #       with a profile of one step per variant (time per scope, ops per step, busy)
 #   (d) where the memory layer's time goes    (benchmarks/memory_profile.py)
 #   (e) a short sequence-length sweep        (benchmarks/seq_sweep.py)
+#   (f) long-range recall, swa/lmm/mag/mal/mac (benchmarks/recall.py --size gpu), only
+#       with RECALL=1, which skips (b)–(e): a call of its own (T_RECALL, default 540 s;
+#       the JSON is rewritten after every run, so a cut-short suite keeps what it had)
 # Every step has its own timeout, so a slow one cannot eat the others' time, and every
 # benchmark rewrites its JSON after each point, so a step cut short keeps what it had.
 # Results (JSON, PNG, one log) go to $OUT (default ./gpu_out).
@@ -69,6 +72,7 @@ step() {  # step NAME SECONDS CMD... : run with a hard timeout, log its output
                   || say "   $name: exit $rc"
 }
 
+if [ "${RECALL:-0}" != 1 ]; then
 # shellcheck disable=SC2086
 # (b) memory layer vs titans-pytorch -------------------------------------------------
 # Full fp32 matmuls (no TF32): its outputs are checked against titans-pytorch's at 1e-4.
@@ -96,5 +100,10 @@ step seq_sweep "$T_SWEEP" \
 if [ -f "$OUT/seq_sweep.json" ] && [ ! -f "$OUT/seq_sweep.png" ]; then  # cut short: plot what it has
   "$PY" -c "import json, sys; sys.path.insert(0, 'benchmarks'); import seq_sweep; \
 seq_sweep.plot(json.load(open('$OUT/seq_sweep.json')), '$OUT/seq_sweep.png')" >> "$LOG" 2>&1
+fi
+fi  # RECALL != 1
+# (f) long-range recall (issue 14): its own call, RECALL=1 ------------------------------
+if [ "${RECALL:-0}" = 1 ]; then
+  step recall "${T_RECALL:-540}" "$PY" benchmarks/recall.py --size gpu --out "$OUT/recall"
 fi
 say "done; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"

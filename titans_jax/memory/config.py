@@ -14,6 +14,11 @@ from titans_jax.fieldcheck import check_types
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu", "identity")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 
+# Inner-loop defaults of `MemoryConfig.paper` (docs/memory.md "Defaults and why").
+PAPER_LR_PER_DIM = 16.0        # max_lr = head width / 16: θ ≤ 1/16 of the paper's sum-loss step
+PAPER_INIT_LR_BIAS = 0.0       # θ = max_lr / 2 at init, the sigmoid's steepest point
+PAPER_INIT_DECAY_BIAS = -6.0   # α = sigmoid(−6) ≈ 0.0025 per chunk at init: retain
+
 
 @dataclasses.dataclass(frozen=True)
 class MemoryConfig:
@@ -253,13 +258,22 @@ class MemoryConfig:
         L2-normalised q/k, momentum and forgetting, exact chunk-wise mini-batch gradient
         descent (`commit_every = chunk_size`), a plain MLP memory of depth 2, and
         normalisation + gating before the output projection.
+
+        Inner-loop defaults (measured, docs/memory.md "Defaults and why"): the loss is a
+        mean over the head width d, and θ_t ≤ max_lr = d / PAPER_LR_PER_DIM (θ ≤ 1/16
+        in the paper's sum-over-d units, whatever d is); at init θ = max_lr / 2 for every
+        token (init_lr_bias 0), α = sigmoid(−6) ≈ 0.0025 per chunk (the memory retains
+        what it writes for hundreds of chunks; init_decay_bias −6) and η keeps the
+        random init (≈ 0.5).
         """
+        d = overrides.get("dim_head") or dim // heads
         kw = dict(
             dim=dim, heads=heads, chunk_size=chunk_size, commit_every=chunk_size,
             depth=2, expansion=4.0, activation="gelu", residual_norm=False,
             pre_norm=False, qkv_conv=4, qkv_activation="silu", qk_l2norm=True,
             qk_rmsnorm=False, post_rmsnorm=True, gate=True, out_proj=True,
-            max_lr=1.0, momentum=True, forget=True,
+            max_lr=d / PAPER_LR_PER_DIM, momentum=True, forget=True,
+            init_lr_bias=PAPER_INIT_LR_BIAS, init_decay_bias=PAPER_INIT_DECAY_BIAS,
         )
         kw.update(overrides)
         return cls(**kw)
