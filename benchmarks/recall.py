@@ -146,8 +146,7 @@ ABLATIONS = {
 
 def train_config(size: RecallSize, steps: int, seed: int) -> config_lib.TrainConfig:
   return config_lib.TrainConfig(steps=steps, batch_size=size.batch, lr=size.lr,
-                                warmup_steps=size.warmup, weight_decay=0.0,
-                                compute_dtype="float32", seed=seed)
+                                warmup_steps=size.warmup, weight_decay=0.0, seed=seed)
 
 
 # ------------------------------------------------------------------------- data ---

@@ -26,7 +26,7 @@ def get_config() -> Config:
       data=DataConfig(kind="mqar", seq_len=32, mqar_pairs=2, mqar_queries=4),
       # a high peak lr for a 20k-parameter model; no weight decay (a few hundred steps)
       train=TrainConfig(steps=150, batch_size=16, lr=1e-2, warmup_steps=10,
-                        weight_decay=0.0, compute_dtype="float32", log_every=10,
+                        weight_decay=0.0, log_every=10,
                         eval_batches=4, checkpoint_every=150, keep_checkpoints=1),
       eval=EvalConfig(batches=4, batch_size=16, niah_lengths=(), prompt="", sample_tokens=0),
   )
