@@ -16,13 +16,14 @@ import pytest
 
 from reference_memory import mem_grad, mem_loss, newton_schulz, reference_apply
 from titans_jax.memory import MemoryConfig, apply, init, init_state
+from titans_jax.runtime.steps import FAST_COMPILE
 
 X64 = dict(dtype="float64", param_dtype="float64", inner_dtype="float64")
 
 # The memory's jit; compiled once per (config, shape). Optimisation level 0 only makes
 # XLA compile faster on these tiny shapes; it does not change the maths.
 apply_jit = jax.jit(apply, static_argnames="cfg",
-                    compiler_options={"xla_backend_optimization_level": 0})
+                    compiler_options=FAST_COMPILE)
 
 def make_params(cfg, seed):
     """Random slow parameters in `init`'s layout (its pytree structure, shapes, dtypes).

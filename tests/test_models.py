@@ -18,6 +18,7 @@ from compile_ahead import run_concurrently
 from flax import nnx
 
 from titans_jax.models import Titans, TitansConfig, decode_step, generate, prefill
+from titans_jax.runtime import steps
 
 VARIANTS = ("mac", "mag", "mal", "lmm", "swa")
 T = 32
@@ -47,8 +48,7 @@ class Harness:
 
         # On CPU, cheaper XLA optimisation roughly halves this (largest) compile; the
         # numerics are unchanged up to float reassociation.
-        opts = ({"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-                if jax.default_backend() == "cpu" else None)
+        opts = steps.compiler_options()
         self.loss_grad = jax.jit(jax.value_and_grad(loss_and_logits, has_aux=True),
                                  compiler_options=opts)
 

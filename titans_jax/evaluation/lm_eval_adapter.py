@@ -33,6 +33,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from titans_jax.data import tokenizer as tokenizer_lib, tokens as token_files
+from titans_jax.runtime import steps
 
 
 def _bucket(n: int, minimum: int = 16) -> int:
@@ -43,15 +44,13 @@ def _bucket(n: int, minimum: int = 16) -> int:
 def make_token_logprobs(graphdef):
   """Jitted `(params, rest, inputs B×T, targets B×T) -> (log p(target) B×T, greedy B×T)`,
   computed in float32 from the model's logits."""
-  from titans_jax.training.train_state import cpu_compiler_options
-
   def fn(params, rest, inputs_BT, targets_BT):
     logits = nnx.merge(graphdef, params, rest)(inputs_BT).astype(jnp.float32)
     logp = jax.nn.log_softmax(logits, axis=-1)
     picked = jnp.take_along_axis(logp, targets_BT[..., None], axis=-1)[..., 0]
     return picked, jnp.argmax(logits, axis=-1) == targets_BT
 
-  return jax.jit(fn, compiler_options=cpu_compiler_options())
+  return jax.jit(fn, compiler_options=steps.compiler_options())
 
 
 def tokenizer_for(cfg, tokenizer: Optional[str] = None) -> tokenizer_lib.Tokenizer:

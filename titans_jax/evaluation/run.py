@@ -15,8 +15,8 @@ import jax
 
 from titans_jax.data import pipeline
 from titans_jax.evaluation import niah, perplexity, sampling
-from titans_jax.training import checkpointing, config as config_lib, loop
-from titans_jax.training import train_state as ts
+from titans_jax.runtime import build, steps as ts
+from titans_jax.training import checkpointing, config as config_lib
 from titans_jax.training.metrics import strict_json
 
 
@@ -49,7 +49,7 @@ def load_for_eval(workdir, cfg: Optional[config_lib.Config] = None, step: Option
         return cfg
     else:
       ck.check_compatible(cfg, step)
-    graphdef, abstract = loop.abstract_train_state(cfg)
+    graphdef, abstract = build.abstract_train_state(cfg)
     # Evaluation runs on one device: restore every shard there, whatever mesh wrote it.
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one),

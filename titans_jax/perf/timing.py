@@ -25,9 +25,13 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from titans_jax.models import Titans
 from titans_jax.models.config import TitansConfig
-from titans_jax.perf import flops as flops_lib
+from titans_jax.perf import flops as flops_lib, profile as prof_lib
+from titans_jax.runtime import build, optimizer as opt_lib, steps as ts
+from titans_jax.training.config import TrainConfig
 
 DTYPE_ALIASES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32",
                  "float32": "float32", "f32": "float32"}
@@ -82,27 +86,6 @@ def device_info() -> dict:
             "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
-def _memory_analysis(compiled) -> dict:
-    out = {}
-    try:
-        mem = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 - not every backend implements it
-        mem = None
-    if mem is None:
-        return out
-    for k in ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-              "temp_size_in_bytes", "generated_code_size_in_bytes"):
-        if hasattr(mem, k):
-            out[k] = int(getattr(mem, k))
-    if "temp_size_in_bytes" in out:
-        # Live at the peak: inputs + outputs not aliased to (donated) inputs + temporaries.
-        out["compiled_peak_bytes"] = (out.get("argument_size_in_bytes", 0)
-                                      + out.get("output_size_in_bytes", 0)
-                                      - out.get("alias_size_in_bytes", 0)
-                                      + out["temp_size_in_bytes"])
-    return out
-
-
 def _device_memory() -> dict:
     try:
         stats = jax.devices()[0].memory_stats()
@@ -145,22 +128,14 @@ def time_train_step(cfg: TitansConfig, batch: int, seq: int, *, steps: int = 5,
       A JSON-ready dict: config, timings (median/min/max step seconds, tokens/s),
       FLOPs (analytic, `titans_jax.perf.flops.step_flops`), MFU and memory.
     """
-    from titans_jax.training import optimizer as opt_lib, train_state as ts
-    from titans_jax.training.config import TrainConfig
-    from titans_jax.training.loop import build_model
-
     tcfg = TrainConfig(steps=max(steps + warmup, 2), batch_size=batch, warmup_steps=1)
     tx = opt_lib.make_optimizer(tcfg)
     schedule = opt_lib.lr_schedule(tcfg)
 
     t0 = time.perf_counter()
     if jit_init:
-        model = build_model(cfg, seed)          # as train() does: one compiled program
+        model = build.build_model(cfg, seed)    # as train() does: one compiled program
     else:
-        from flax import nnx
-
-        from titans_jax.models import Titans
-
         model = Titans(cfg, rngs=nnx.Rngs(seed))   # op by op: no extra compile
     graphdef, state = ts.create_train_state(model, tx)
     del model
@@ -172,7 +147,7 @@ def time_train_step(cfg: TitansConfig, batch: int, seq: int, *, steps: int = 5,
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, data).compile()
     compile_s = time.perf_counter() - t0
-    memory = _memory_analysis(compiled)
+    memory = ts.compiled_memory(compiled)
 
     metrics = None
     for _ in range(warmup):
@@ -188,8 +163,6 @@ def time_train_step(cfg: TitansConfig, batch: int, seq: int, *, steps: int = 5,
     memory.update(_device_memory())
     profile = None
     if profile_runs > 0:
-        from titans_jax.perf import profile as prof_lib
-
         def run_step():
             nonlocal state, metrics
             state, metrics = compiled(state, data)
