@@ -33,7 +33,8 @@ from flax import nnx  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
 
 from titans_jax.data import tokenizer as tokenizer_lib  # noqa: E402
-from titans_jax.evaluation import lm_eval_adapter, perplexity, run, sampling  # noqa: E402
+from titans_jax.evaluation import lm_eval_adapter, run, sampling  # noqa: E402
+from titans_jax.runtime import perplexity  # noqa: E402
 from titans_jax.models.generate import generate  # noqa: E402
 from titans_jax.runtime import steps as ts  # noqa: E402
 

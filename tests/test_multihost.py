@@ -14,7 +14,8 @@ import jax
 import numpy as np
 
 from titans_jax import sharding
-from titans_jax.training import checkpointing, config as config_lib, loop, sharded
+from titans_jax.runtime import checkpointing
+from titans_jax.training import config as config_lib, loop, sharded
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 3

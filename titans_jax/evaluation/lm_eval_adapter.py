@@ -33,6 +33,9 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from titans_jax.data import tokenizer as tokenizer_lib, tokens as token_files
+from titans_jax.data.text import DataError
+from titans_jax.evaluation import run
+from titans_jax.models.generate import decode_step, prefill
 from titans_jax.runtime import steps
 
 
@@ -56,8 +59,6 @@ def make_token_logprobs(graphdef):
 def tokenizer_for(cfg, tokenizer: Optional[str] = None) -> tokenizer_lib.Tokenizer:
   """`tokenizer` if given; else the one in the data's prepare metadata; byte-level data:
   bytes. Raises DataError when a token model has none."""
-  from titans_jax.data.text import DataError
-
   if tokenizer:
     return tokenizer_lib.load(tokenizer)
   if cfg.data.kind in ("text", "niah"):
@@ -97,8 +98,6 @@ class TitansLM(LM):
   @classmethod
   def from_workdir(cls, workdir, step: Optional[int] = None, tokenizer: Optional[str] = None,
                    cfg=None, **kwargs) -> "TitansLM":
-    from titans_jax.evaluation import run
-
     cfg, step, graphdef, params, rest = run.load_for_eval(workdir, cfg, step)
     lm = cls(graphdef, params, rest, tokenizer_for(cfg, tokenizer), **kwargs)
     lm.step = step
@@ -212,8 +211,6 @@ class TitansLM(LM):
                    stop_ids: Sequence[int] = ()) -> list[list[int]]:
     """Greedy continuations (token ids, stopped early by `until` / `stop_ids`) of equal
     length prompts B×P through the cached prefill + decode step."""
-    from titans_jax.models.generate import decode_step, prefill
-
     model = self._merged()
     B, P = prompts.shape
     n_pre = P if P <= self.prefill_bucket else P - P % self.prefill_bucket

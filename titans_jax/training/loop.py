@@ -22,10 +22,9 @@ import numpy as np
 
 from titans_jax.data import pipeline
 from titans_jax.data.text import DataError
-from titans_jax.evaluation import perplexity
-from titans_jax.runtime import steps as ts
-from titans_jax.training import checkpointing, config as config_lib, sharded
-from titans_jax.training.metrics import LN2, MetricsWriter, Progress, fmt_duration, strict_json
+from titans_jax.runtime import checkpointing, perplexity, steps as ts
+from titans_jax.runtime.metrics import LN2, MetricsWriter, Progress, fmt_duration, strict_json
+from titans_jax.training import config as config_lib, sharded
 
 
 class TrainingDivergedError(RuntimeError):
