@@ -3,6 +3,7 @@ down a level (or stays inside its own package), `training` and `evaluation` neve
 each other, nothing imports `benchmarks`/`tests`, and no project import hides inside a
 function. Parses source with `ast`; imports nothing of the project, compiles nothing."""
 import ast
+import functools
 import pathlib
 
 import pytest
@@ -119,27 +120,33 @@ def _violations():
   return upward, lazy, scripts
 
 
+@functools.lru_cache(maxsize=1)
+def _tree_violations():
+  """`_violations()` of the real tree, parsed once for all the tests below."""
+  return _violations()
+
+
 def test_imports_go_down_the_map():
-  upward, _, _ = _violations()
+  upward, _, _ = _tree_violations()
   bad = [msg for me, unit, msg in upward
          if not any(me == a and unit.startswith(b) for a, b in KNOWN_UPWARD)]
   assert not bad, "upward imports (see docs/architecture.md):\n" + "\n".join(bad)
 
 
 def test_known_exceptions_are_still_needed():
-  upward, _, _ = _violations()
+  upward, _, _ = _tree_violations()
   seen = {(me, b) for me, unit, _ in upward for a, b in KNOWN_UPWARD
           if me == a and unit.startswith(b)}
   assert seen == KNOWN_UPWARD, f"moved already, delete from KNOWN_UPWARD: {KNOWN_UPWARD - seen}"
 
 
 def test_no_project_import_inside_functions():
-  _, lazy, _ = _violations()
+  _, lazy, _ = _tree_violations()
   assert not lazy, "move to the top of the module:\n" + "\n".join(lazy)
 
 
 def test_nothing_imports_scripts():
-  _, _, scripts = _violations()
+  _, _, scripts = _tree_violations()
   assert not scripts, "\n".join(scripts)
 
 
