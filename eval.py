@@ -15,7 +15,7 @@ import sys
 from titans_jax.data.text import DataError
 from titans_jax.evaluation import run
 from titans_jax.training import cli, config as config_lib
-from titans_jax.training.checkpointing import CheckpointDamagedError, quiet_orbax_error_logs
+from titans_jax.runtime.checkpointing import CheckpointDamagedError, quiet_orbax_error_logs
 
 
 def main(argv=None) -> int:

@@ -19,7 +19,7 @@ import sys
 from titans_jax.data.text import DataError
 from titans_jax.sharding import MeshError
 from titans_jax.training import cli, loop
-from titans_jax.training.checkpointing import (CheckpointDamagedError, StorageError, describe_error,
+from titans_jax.runtime.checkpointing import (CheckpointDamagedError, StorageError, describe_error,
                                                quiet_orbax_error_logs)
 from titans_jax.training.config import ConfigError
 

@@ -1,7 +1,7 @@
 """Whole-model training-step throughput: tokens/s, MFU and peak memory per variant.
 
 For each variant, build `Titans(cfg)` at the preset, its AdamW train state and the
-project's jitted train step (`titans_jax.training.train_state.make_train_step`, as
+project's jitted train step (`titans_jax.runtime.steps.make_train_step`, as
 `train()` does), compile it ahead of time, run warm-up steps, then time `--steps` steps
 one by one (each ended by `block_until_ready`). Reported per variant: median step time,
 tokens/s, its ratio to the SWA baseline of the same size (SWA is added if not listed),

@@ -46,8 +46,8 @@ from titans_jax.evaluation import niah as niah_lib
 from titans_jax.memory import MemoryConfig
 from titans_jax.models import TitansConfig
 from titans_jax.training import config as config_lib
-from titans_jax.training import optimizer as opt_lib
-from titans_jax.training import train_state as ts
+from titans_jax.runtime import optimizer as opt_lib
+from titans_jax.runtime import steps as ts
 from titans_jax.training.loop import build_model
 
 VARIANTS = ("swa", "lmm", "mag", "mal", "mac")

@@ -20,6 +20,7 @@ import numpy as np
 
 from reference_memory import reference_apply
 from titans_jax.memory import MemoryConfig, apply, init
+from titans_jax.runtime.steps import FAST_COMPILE
 
 
 def run_concurrently(jobs, max_workers=None):
@@ -37,7 +38,7 @@ X64 = dict(dtype="float64", param_dtype="float64", inner_dtype="float64")
 # The memory's jit; compiled once per (config, shape). Optimisation level 0 only makes
 # XLA compile faster on these tiny shapes; it does not change the maths.
 apply_jit = jax.jit(apply, static_argnames="cfg",
-                    compiler_options={"xla_backend_optimization_level": 0})
+                    compiler_options=FAST_COMPILE)
 
 def make_params(cfg, seed):
     """Random slow parameters in `init`'s layout (its pytree structure, shapes, dtypes).

@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from titans_jax.training import cli, config as config_lib, loop
+from titans_jax.runtime import build
+from titans_jax.training import cli, config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.py"))
@@ -26,7 +27,7 @@ def test_config_parses_and_builds_abstractly(path):
   config_lib.validate(cfg)
   assert cfg.train.lr > 0
   assert cfg.model.vocab_size >= 256 or cfg.data.kind in ("tokens", "mqar")  # bytes need 256
-  graphdef, state = loop.abstract_train_state(cfg)  # no parameter is allocated
+  graphdef, state = build.abstract_train_state(cfg)  # no parameter is allocated
   leaves = jax.tree.leaves(state.params)
   assert leaves and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
   n = sum(int(np.prod(x.shape)) for x in leaves)

@@ -17,9 +17,11 @@ from helpers import apply_jit, make_inputs, paper, tp
 
 from titans_jax import memory
 from titans_jax.memory import core
+from titans_jax.runtime import build
+from titans_jax.runtime.steps import FAST_COMPILE
 
 diagnostics_jit = jax.jit(memory.diagnostics, static_argnames="cfg",
-                          compiler_options={"xla_backend_optimization_level": 0})
+                          compiler_options=FAST_COMPILE)
 
 # name -> (config, T); T is never a multiple of the chunk size (a pending last chunk).
 CASES = {
@@ -134,8 +136,7 @@ def random_model(cfg, seed=0):
     compiles every initialiser, ~10 s on this CPU; the values do not matter here)."""
     from flax import nnx
 
-    from titans_jax.models import Titans
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Titans(cfg, rngs=nnx.Rngs(0))))
+    graphdef, state = nnx.split(build.abstract_model(cfg))
     rng = np.random.default_rng(seed)
     state = jax.tree.map(lambda a: jnp.asarray(0.3 * rng.normal(size=a.shape), a.dtype), state)
     return nnx.merge(graphdef, state)
@@ -182,10 +183,9 @@ def test_model_normal_forward_unchanged(variant, monkeypatch):
     from an abstract model: nothing is compiled."""
     from flax import nnx
 
-    from titans_jax.models import Titans
     from titans_jax.models.blocks import Block
     from titans_jax.models.diagnostics import _captured_jit
-    model = nnx.eval_shape(lambda: Titans(small_config(variant), rngs=nnx.Rngs(0)))
+    model = build.abstract_model(small_config(variant))
     tokens = jax.ShapeDtypeStruct((1, 11), jnp.int32)
 
     def lowered_text(debug_info=False):
@@ -222,12 +222,11 @@ def test_float64_model_has_no_float32_anywhere(variant):
     lowered prefill (forward + decode cache) of a float64 model holds no f32 value."""
     from flax import nnx
 
-    from titans_jax.models import Titans
     cfg = small_config(variant).replace(dtype="float64", param_dtype="float64", memory=None,
                                         memory_heads=1)
     with jax.enable_x64(True):
         assert cfg.memory_config.inner_dtype == "float64"
-        model = nnx.eval_shape(lambda: Titans(cfg, rngs=nnx.Rngs(0)))
+        model = build.abstract_model(cfg)
         graphdef, state = nnx.split(model)
         assert {leaf.dtype for leaf in jax.tree.leaves(state)} == {jnp.dtype("float64")}
         tokens = jax.ShapeDtypeStruct((1, 11), jnp.int32)

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from titans_jax.evaluation import niah, perplexity
+from titans_jax.evaluation import niah
+from titans_jax.runtime import perplexity
 
 
 def _oracle(wrong_after: int | None = None):

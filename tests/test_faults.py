@@ -28,8 +28,9 @@ import train as train_cli  # noqa: E402
 from titans_jax.data import tokens  # noqa: E402
 from titans_jax.data.text import DataError  # noqa: E402
 from titans_jax.evaluation import run as eval_run  # noqa: E402
-from titans_jax.training import checkpointing, config as config_lib, loop, sharded  # noqa: E402
-from titans_jax.training.metrics import MetricsWriter  # noqa: E402
+from titans_jax.runtime import checkpointing  # noqa: E402
+from titans_jax.runtime.metrics import MetricsWriter  # noqa: E402
+from titans_jax.training import config as config_lib, loop, sharded  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.py")

@@ -33,9 +33,10 @@ from flax import nnx  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
 
 from titans_jax.data import tokenizer as tokenizer_lib  # noqa: E402
-from titans_jax.evaluation import lm_eval_adapter, perplexity, run, sampling  # noqa: E402
+from titans_jax.evaluation import lm_eval_adapter, run, sampling  # noqa: E402
+from titans_jax.runtime import perplexity  # noqa: E402
 from titans_jax.models.generate import generate  # noqa: E402
-from titans_jax.training import train_state as ts  # noqa: E402
+from titans_jax.runtime import steps as ts  # noqa: E402
 
 pytestmark = pytest.mark.slow  # one training run (compiles) shared by the module
 DIRECT_LEN = 24  # the direct computation's padded length (the adapter pads to 16 or 32)

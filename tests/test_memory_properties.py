@@ -18,6 +18,7 @@ from helpers import (F32, apply_jit,
                                    make_inputs, make_params, paper, tp)
 from titans_jax import NeuralMemory
 from titans_jax.memory import MemoryConfig, apply, init, init_state
+from titans_jax.runtime.steps import FAST_COMPILE
 
 
 
@@ -180,8 +181,7 @@ def test_tied_gradient_point_equals_carried(impl, monkeypatch):
 
     def run():
         # Fresh jit wrappers: the patched and unpatched runs must trace separately.
-        fast = {"xla_backend_optimization_level": 0}       # as apply_jit: quick compiles
-        stream = jax.jit(apply, static_argnames="cfg", compiler_options=fast)
+        stream = jax.jit(apply, static_argnames="cfg", compiler_options=FAST_COMPILE)
         with jax.enable_x64(True):
             params, x = make_inputs(cfg, T_STREAM, seed=5)
             r = jnp.asarray(np.random.default_rng(6).normal(size=(2, T_STREAM, cfg.dim)))
@@ -190,7 +190,7 @@ def test_tied_gradient_point_equals_carried(impl, monkeypatch):
                 y, state = stream(params, x[:, a:b], cfg, state)
                 ys.append(y)
             grads = jax.jit(jax.grad(lambda p: jnp.sum(apply(p, x, cfg)[0] * r)),
-                            compiler_options=fast)(params)
+                            compiler_options=FAST_COMPILE)(params)
             return jnp.concatenate(ys, axis=1), state, grads
 
     y_tied, state_tied, g_tied = run()

@@ -23,6 +23,7 @@ from titans_jax.models.config import VARIANTS
 # Compiles every variant's training function up front (~80 s on 2 cores): not in the
 # fast subset `-m "not slow"`.
 pytestmark = pytest.mark.slow
+from titans_jax.runtime import steps
 
 T = 32
 PROMPT = 5
@@ -51,8 +52,7 @@ class Harness:
 
         # On CPU, cheaper XLA optimisation roughly halves this (largest) compile; the
         # numerics are unchanged up to float reassociation.
-        opts = ({"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-                if jax.default_backend() == "cpu" else None)
+        opts = steps.compiler_options()
         self.loss_grad = jax.jit(jax.value_and_grad(loss_and_logits, has_aux=True),
                                  compiler_options=opts)
 

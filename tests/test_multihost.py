@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from titans_jax import sharding
-from titans_jax.training import checkpointing, config as config_lib, loop, sharded
+from titans_jax.runtime import checkpointing
+from titans_jax.training import config as config_lib, loop, sharded
 
 pytestmark = pytest.mark.slow  # end-to-end / multi-device: excluded from `-m "not slow"`
 

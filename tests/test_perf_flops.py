@@ -33,9 +33,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from titans_jax.models import Titans, TitansConfig
+from titans_jax.models import TitansConfig
 from titans_jax.models.config import VARIANTS
 from titans_jax.perf import flops as F
+from titans_jax.runtime import build
+from titans_jax.runtime.steps import FAST_COMPILE
 
 B, T = 2, 32
 
@@ -90,11 +92,11 @@ def hlo_dot_flops(hlo_text: str) -> int:
 
 def _lowered_grad(cfg, monkeypatch):
     """The jitted gradient of the model's cross-entropy, lowered with every scan unrolled."""
-    from titans_jax.training.train_state import weighted_xent
+    from titans_jax.runtime.steps import weighted_xent
 
     monkeypatch.setattr(jax.lax, "scan", functools.partial(jax.lax.scan, unroll=True))
     # Abstract parameters: lowering needs shapes only (no eager initialisation).
-    graphdef, params = nnx.split(nnx.eval_shape(lambda: Titans(cfg, rngs=nnx.Rngs(0))))
+    graphdef, params = nnx.split(build.abstract_model(cfg))
     tokens = jnp.zeros((B, T), jnp.int32)
 
     def loss(p):
@@ -127,7 +129,7 @@ def test_count_matches_compiled_cost_analysis(variant, monkeypatch):
     """`jit(f).lower(...).compile().cost_analysis()` of the optimised program."""
     cfg = _cfg(variant)
     compiled = _lowered_grad(cfg, monkeypatch).compile(
-        compiler_options={"xla_backend_optimization_level": 0})
+        compiler_options=FAST_COMPILE)
     text = compiled.as_text()
     assert not re.search(r"\swhile\(", text)        # every loop unrolled: counts are whole
     matmul, total = _ours(cfg)

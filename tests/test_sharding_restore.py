@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from titans_jax import sharding
-from titans_jax.training import checkpointing, config as config_lib, sharded
+from titans_jax.runtime import checkpointing
+from titans_jax.training import config as config_lib, sharded
 
 import pathlib
 

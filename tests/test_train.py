@@ -19,7 +19,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # train.py
 import eval as eval_cli  # noqa: E402
 import train as train_cli  # noqa: E402
 from titans_jax.data.text import DataError
-from titans_jax.training import checkpointing, config as config_lib, loop, sharded
+from titans_jax.runtime import checkpointing
+from titans_jax.training import config as config_lib, loop, sharded
 
 pytestmark = pytest.mark.slow  # end-to-end / multi-device: excluded from `-m "not slow"`
 

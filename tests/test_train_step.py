@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from titans_jax.training import optimizer as opt_lib, train_state as ts
+from titans_jax.runtime import optimizer as opt_lib, steps as ts
 from titans_jax.training.config import TrainConfig
 
 

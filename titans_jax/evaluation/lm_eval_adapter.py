@@ -33,6 +33,10 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from titans_jax.data import tokenizer as tokenizer_lib, tokens as token_files
+from titans_jax.data.text import DataError
+from titans_jax.evaluation import run
+from titans_jax.models.generate import decode_step, prefill
+from titans_jax.runtime import steps
 
 
 def _bucket(n: int, minimum: int = 16) -> int:
@@ -43,22 +47,18 @@ def _bucket(n: int, minimum: int = 16) -> int:
 def make_token_logprobs(graphdef):
   """Jitted `(params, rest, inputs B×T, targets B×T) -> (log p(target) B×T, greedy B×T)`,
   computed in float32 from the model's logits."""
-  from titans_jax.training.train_state import cpu_compiler_options
-
   def fn(params, rest, inputs_BT, targets_BT):
     logits = nnx.merge(graphdef, params, rest)(inputs_BT).astype(jnp.float32)
     logp = jax.nn.log_softmax(logits, axis=-1)
     picked = jnp.take_along_axis(logp, targets_BT[..., None], axis=-1)[..., 0]
     return picked, jnp.argmax(logits, axis=-1) == targets_BT
 
-  return jax.jit(fn, compiler_options=cpu_compiler_options())
+  return jax.jit(fn, compiler_options=steps.compiler_options())
 
 
 def tokenizer_for(cfg, tokenizer: Optional[str] = None) -> tokenizer_lib.Tokenizer:
   """`tokenizer` if given; else the one in the data's prepare metadata; byte-level data:
   bytes. Raises DataError when a token model has none."""
-  from titans_jax.data.text import DataError
-
   if tokenizer:
     return tokenizer_lib.load(tokenizer)
   if cfg.data.kind in ("text", "niah"):
@@ -98,8 +98,6 @@ class TitansLM(LM):
   @classmethod
   def from_workdir(cls, workdir, step: Optional[int] = None, tokenizer: Optional[str] = None,
                    cfg=None, **kwargs) -> "TitansLM":
-    from titans_jax.evaluation import run
-
     cfg, step, graphdef, params, rest = run.load_for_eval(workdir, cfg, step)
     lm = cls(graphdef, params, rest, tokenizer_for(cfg, tokenizer), **kwargs)
     lm.step = step
@@ -213,8 +211,6 @@ class TitansLM(LM):
                    stop_ids: Sequence[int] = ()) -> list[list[int]]:
     """Greedy continuations (token ids, stopped early by `until` / `stop_ids`) of equal
     length prompts B×P through the cached prefill + decode step."""
-    from titans_jax.models.generate import decode_step, prefill
-
     model = self._merged()
     B, P = prompts.shape
     n_pre = P if P <= self.prefill_bucket else P - P % self.prefill_bucket

@@ -13,11 +13,11 @@ from typing import Callable, Optional
 
 import jax
 
-from titans_jax.data import pipeline
-from titans_jax.evaluation import niah, perplexity, sampling
-from titans_jax.training import checkpointing, config as config_lib, loop
-from titans_jax.training import train_state as ts
-from titans_jax.training.metrics import strict_json
+from titans_jax.data import pipeline, tokenizer as tokenizer_lib, tokens as token_files
+from titans_jax.evaluation import niah, sampling
+from titans_jax.runtime import build, checkpointing, perplexity, steps as ts
+from titans_jax.runtime.metrics import strict_json
+from titans_jax.training import config as config_lib
 
 
 class NonFiniteResultError(RuntimeError):
@@ -49,7 +49,7 @@ def load_for_eval(workdir, cfg: Optional[config_lib.Config] = None, step: Option
         return cfg
     else:
       ck.check_compatible(cfg, step)
-    graphdef, abstract = loop.abstract_train_state(cfg)
+    graphdef, abstract = build.abstract_train_state(cfg)
     # Evaluation runs on one device: restore every shard there, whatever mesh wrote it.
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one),
@@ -128,8 +128,6 @@ def evaluate(workdir, cfg: Optional[config_lib.Config] = None, *, step: Optional
 
 def _token_text(cfg, tokenizer: Optional[str]):
   """(tokenizer or None, prepare metadata or None) for decoding a token model's text."""
-  from titans_jax.data import tokenizer as tokenizer_lib, tokens as token_files
-
   meta = token_files.read_metadata(cfg.data.paths) if cfg.data.kind == "tokens" else None
   if tokenizer:
     return tokenizer_lib.load(tokenizer), meta

@@ -5,6 +5,7 @@ import numpy as np
 from flax import nnx
 
 from titans_jax.data import text
+from titans_jax.models import generate
 
 
 def prompt_tokens(prompt: str, byte_level: bool, tokenizer=None) -> np.ndarray:
@@ -25,8 +26,6 @@ def sample(graphdef, params, rest, prompt: str, *, max_new_tokens: int, byte_lev
            temperature: float = 0.0, seed: int = 0, tokenizer=None) -> str:
   """The continuation of `prompt` (greedy at temperature 0) as text (token models: text
   through `tokenizer` when given, else ids)."""
-  from titans_jax.models import generate
-
   toks = prompt_tokens(prompt, byte_level, tokenizer)
   if toks.size == 0:
     raise ValueError("eval.prompt is empty")

@@ -67,6 +67,7 @@ import numpy as np
 from titans_jax import memory
 from titans_jax.interop.titans_pytorch import (
     from_torch, params_from_torch_tensors, state_from_torch)
+from titans_jax.runtime import steps
 
 DTYPES = ("float32", "float64")
 REFERENCES = ("float64", "same")
@@ -213,7 +214,7 @@ def loss_jax(params, x, cfg):
 
 # XLA's CPU backend optimisations cost most of the time at comparison sizes (the
 # program is tiny; compiling it is not). They do not change what is computed.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+FAST_COMPILE = steps.FAST_COMPILE
 _JITTED: dict = {}
 
 

@@ -12,6 +12,8 @@ Axis legend: B batch, T sequence.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import datetime
 import gc
 import json
@@ -25,9 +27,13 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from titans_jax.models import Titans
 from titans_jax.models.config import TitansConfig
-from titans_jax.perf import flops as flops_lib
+from titans_jax.perf import flops as flops_lib, profile as prof_lib
+from titans_jax.runtime import build, optimizer as opt_lib, steps as ts
+from titans_jax.training.config import TrainConfig, apply_model_overrides
 
 DTYPE_ALIASES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32",
                  "float32": "float32", "f32": "float32"}
@@ -48,10 +54,6 @@ def model_config(preset: str, variant: str, dtype: str = "bf16",
     (`titans_jax.training.config.apply_model_overrides`): e.g. `num_layers=1`,
     `memory.commit_every=64`, `memory.impl=primal`. A bad one raises ConfigError naming it.
     """
-    import dataclasses
-
-    from titans_jax.training.config import apply_model_overrides
-
     kw = {"variant": variant, "dtype": DTYPE_ALIASES[dtype]}
     base = TitansConfig.preset(preset, **kw)
     memory = [o for o in overrides if o.strip().startswith("memory.")]
@@ -69,27 +71,6 @@ def device_info() -> dict:
             "num_devices": jax.device_count(), "jax": jax.__version__,
             "host": platform.node(), "cpu_count": os.cpu_count(),
             "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
-
-
-def _memory_analysis(compiled) -> dict:
-    out = {}
-    try:
-        mem = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 - not every backend implements it
-        mem = None
-    if mem is None:
-        return out
-    for k in ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-              "temp_size_in_bytes", "generated_code_size_in_bytes"):
-        if hasattr(mem, k):
-            out[k] = int(getattr(mem, k))
-    if "temp_size_in_bytes" in out:
-        # Live at the peak: inputs + outputs not aliased to (donated) inputs + temporaries.
-        out["compiled_peak_bytes"] = (out.get("argument_size_in_bytes", 0)
-                                      + out.get("output_size_in_bytes", 0)
-                                      - out.get("alias_size_in_bytes", 0)
-                                      + out["temp_size_in_bytes"])
-    return out
 
 
 def _device_memory() -> dict:
@@ -134,22 +115,14 @@ def time_train_step(cfg: TitansConfig, batch: int, seq: int, *, steps: int = 5,
       A JSON-ready dict: config, timings (median/min/max step seconds, tokens/s),
       FLOPs (analytic, `titans_jax.perf.flops.step_flops`), MFU and memory.
     """
-    from titans_jax.training import optimizer as opt_lib, train_state as ts
-    from titans_jax.training.config import TrainConfig
-    from titans_jax.training.loop import build_model
-
     tcfg = TrainConfig(steps=max(steps + warmup, 2), batch_size=batch, warmup_steps=1)
     tx = opt_lib.make_optimizer(tcfg)
     schedule = opt_lib.lr_schedule(tcfg)
 
     t0 = time.perf_counter()
     if jit_init:
-        model = build_model(cfg, seed)          # as train() does: one compiled program
+        model = build.build_model(cfg, seed)    # as train() does: one compiled program
     else:
-        from flax import nnx
-
-        from titans_jax.models import Titans
-
         model = Titans(cfg, rngs=nnx.Rngs(seed))   # op by op: no extra compile
     graphdef, state = ts.create_train_state(model, tx)
     del model
@@ -161,7 +134,7 @@ def time_train_step(cfg: TitansConfig, batch: int, seq: int, *, steps: int = 5,
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, data).compile()
     compile_s = time.perf_counter() - t0
-    memory = _memory_analysis(compiled)
+    memory = ts.compiled_memory(compiled)
 
     metrics = None
     for _ in range(warmup):
@@ -177,8 +150,6 @@ def time_train_step(cfg: TitansConfig, batch: int, seq: int, *, steps: int = 5,
     memory.update(_device_memory())
     profile = None
     if profile_runs > 0:
-        from titans_jax.perf import profile as prof_lib
-
         def run_step():
             nonlocal state, metrics
             state, metrics = compiled(state, data)

@@ -9,7 +9,6 @@ happen before the first byte is written under `workdir`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import pathlib
 import signal
@@ -20,14 +19,12 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from titans_jax.data import pipeline
 from titans_jax.data.text import DataError
-from titans_jax.evaluation import perplexity
-from titans_jax.training import checkpointing, config as config_lib, optimizer as opt_lib
-from titans_jax.training import sharded, train_state as ts
-from titans_jax.training.metrics import LN2, MetricsWriter, Progress, fmt_duration, strict_json
+from titans_jax.runtime import checkpointing, perplexity, steps as ts
+from titans_jax.runtime.metrics import LN2, MetricsWriter, Progress, fmt_duration, strict_json
+from titans_jax.training import config as config_lib, sharded
 
 
 class TrainingDivergedError(RuntimeError):
@@ -44,41 +41,6 @@ class TrainResult:
   eval: Optional[dict[str, float]]
   status: str  # "done", "stopped" (stop_after_step) or "preempted" (SIGTERM)
   wall_s: float
-
-
-def build_model(model_cfg, seed: int) -> nnx.Module:
-  """The Titans model of `model_cfg` with parameters drawn from `seed`.
-
-  Initialisation runs as one jitted program (not op by op): much faster on CPU. This
-  builds an unsharded model (notebooks, eval); training builds its state born sharded
-  through `titans_jax.training.sharded.setup`.
-  """
-  graphdef, init = _model_init(model_cfg, seed)
-  return nnx.merge(graphdef, init())
-
-
-@functools.lru_cache(maxsize=8)
-def _model_init(model_cfg, seed: int):
-  """(graphdef, jitted init) per (model config, seed), so a resumed run reuses them."""
-  from titans_jax.models import Titans
-
-  make = lambda: Titans(model_cfg, rngs=nnx.Rngs(seed))
-  graphdef = nnx.graphdef(nnx.eval_shape(make))
-  return graphdef, jax.jit(lambda: nnx.state(make()), compiler_options=ts.cpu_compiler_options())
-
-
-def abstract_train_state(cfg: config_lib.Config):
-  """(graphdef, abstract TrainState) without allocating parameters (shape check / AOT)."""
-  from titans_jax.models import Titans
-
-  tx = opt_lib.make_optimizer(cfg.train)
-  new_model = lambda: Titans(cfg.model, rngs=nnx.Rngs(cfg.train.seed))
-
-  def make():
-    return ts.create_train_state(new_model(), tx)[1]
-
-  graphdef = nnx.graphdef(nnx.eval_shape(new_model))
-  return graphdef, jax.eval_shape(make)
 
 
 def compile_step(cfg: config_lib.Config, mesh: Optional[jax.sharding.Mesh] = None
@@ -107,18 +69,10 @@ def compile_step(cfg: config_lib.Config, mesh: Optional[jax.sharding.Mesh] = Non
   for ax in mesh.axis_names:
     out[f"mesh_{ax}"] = float(mesh.shape[ax])
   out["state_per_device_bytes"] = float(_bytes_per_device(su.abstract))
-  mem = compiled.memory_analysis()
-  if mem is not None:
-    for k in ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-              "temp_size_in_bytes", "generated_code_size_in_bytes"):
-      if hasattr(mem, k):
-        out[k] = float(getattr(mem, k))
-    if all(k in out for k in ("argument_size_in_bytes", "output_size_in_bytes",
-                              "temp_size_in_bytes")):
-      # donated state: outputs alias the arguments
-      out["peak_estimate_bytes"] = (out["argument_size_in_bytes"] + out["output_size_in_bytes"]
-                                    - out.get("alias_size_in_bytes", 0.0)
-                                    + out["temp_size_in_bytes"])
+  mem = ts.compiled_memory(compiled)
+  out.update({k: float(v) for k, v in mem.items() if k != "compiled_peak_bytes"})
+  if "compiled_peak_bytes" in mem:  # donated state: outputs alias the arguments
+    out["peak_estimate_bytes"] = float(mem["compiled_peak_bytes"])
   return out
 
 

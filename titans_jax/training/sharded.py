@@ -27,7 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from titans_jax import sharding
 from titans_jax.sharding.rules import replicated_dims
-from titans_jax.training import optimizer as opt_lib, train_state as ts
+from titans_jax.runtime import build, optimizer as opt_lib, steps as ts
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -116,21 +116,14 @@ def setup(model_cfg, train_cfg, mesh: jax.sharding.Mesh,
 
   `rules_items` is the rules table as sorted (name, axes) items (hashable).
   """
-  from titans_jax.models import Titans
-
   rules = dict(rules_items)
-  tx = opt_lib.make_optimizer(train_cfg)
+  tx, make_state = build.state_factory(model_cfg, train_cfg)
   schedule = opt_lib.lr_schedule(train_cfg)
-  seed = train_cfg.seed
-
-  def make_state():
-    return ts.create_train_state(Titans(model_cfg, rngs=nnx.Rngs(seed)), tx)[1]
-
-  graphdef = nnx.graphdef(nnx.eval_shape(lambda: Titans(model_cfg, rngs=nnx.Rngs(seed))))
+  graphdef = build.graphdef(model_cfg, train_cfg.seed)
   abstract = jax.eval_shape(make_state)
   shardings = state_shardings(abstract, mesh, rules)
   replicated_notes = state_replication(nnx.get_partition_spec(abstract), abstract, mesh, rules)
-  opts = ts.cpu_compiler_options()
+  opts = ts.compiler_options()
   init = jax.jit(make_state, out_shardings=shardings, compiler_options=opts)
 
   replicated = NamedSharding(mesh, P())

@@ -1,4 +1,6 @@
-"""Held-out loss, perplexity and bits per byte (or per token)."""
+"""Held-out loss, perplexity and bits per byte (or per token) over batches, with an eval
+step from `runtime.steps.make_eval_step` (or the sharded one): used by both the training
+loop's periodic eval and `evaluation.run`."""
 from __future__ import annotations
 
 import math
@@ -8,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-LN2 = math.log(2.0)
+from titans_jax.runtime.metrics import LN2
 
 
 def evaluate_batches(eval_step: Callable, params, rest, batches: Sequence[dict[str, np.ndarray]],

@@ -1,7 +1,7 @@
 """Step time with the memory heads on the tensor axis vs replicated (docs/sharding.md).
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 \
-        python -m titans_jax.sharding.bench_memory_heads --mesh 2,1,4 --steps 5
+        python benchmarks/memory_heads_bench.py --mesh 2,1,4 --steps 5
 
 Model: MAG, dim 64, 2 layers, 4 attention / 4 memory heads, chunk 8; batch 8 × 128.
 """
