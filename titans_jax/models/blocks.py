@@ -198,7 +198,8 @@ class Block(nnx.Module):
         if pk is not None:
             keys, values = [pk] + keys, [pv] + values
         mask = attn_lib.segment_mask(L, L, self._num_p, with_memory)
-        y = attn_lib.segment_attention(q, keys, values, mask, impl=self.cfg.attn_impl)
+        y = attn_lib.segment_attention(q, keys, values, mask, impl=self.cfg.attn_impl,
+                                       layout=(self._num_p, 2 if with_memory else 1))
         if not with_memory:
             return carry, self.attn.out(y), kv
         y_D = constrain(self._merge(y), ACT_BTD)
