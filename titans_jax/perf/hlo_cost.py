@@ -85,16 +85,27 @@ def _dot_flops(text: str, shapes: dict[str, str]) -> float:
 
 
 def _trip_count(while_text: str, computations: dict[str, list[tuple[str, str]]]) -> int:
+    """A loop's trip count: XLA's `known_trip_count` if given, else N of the condition's
+    `i < N` (a scan's loop counts from 0 in steps of 1), else 1."""
     m = re.search(r'"known_trip_count":\{"n":"(\d+)"', while_text)
     if m:
         return int(m.group(1))
     cond = re.search(r"condition=%?([\w.\-]+)", while_text)
-    consts = []
-    for _, text in computations.get(cond.group(1) if cond else "", []):
-        c = re.search(r"\bconstant\((-?\d+)\)", text)
-        if c:
-            consts.append(int(c.group(1)))
-    return max(consts) if consts and max(consts) > 0 else 1
+    todo, seen, consts, bounds = [cond.group(1)] if cond else [], set(), {}, []
+    while todo:                       # the condition and any fusion it calls
+        comp = todo.pop()
+        if comp in seen:
+            continue
+        seen.add(comp)
+        for name, text in computations.get(comp, []):
+            c = re.search(r"\bconstant\((-?\d+)\)", text)
+            if c:
+                consts[name] = int(c.group(1))
+            todo.extend(profile.callees(text))
+        for _, text in computations.get(comp, []):
+            if " compare(" in text and "direction=LT" in text:
+                bounds += [consts[o] for o in _operands(text)[1:] if o in consts]
+    return max(bounds) if bounds else max([1] + list(consts.values()))
 
 
 def _instructions(hlo_text: str):
@@ -110,6 +121,10 @@ def _instructions(hlo_text: str):
         m = profile._INSTRUCTION.match(line)
         if m:
             out.append((m.group(1), m.group(2), comp))
+        elif out and line.strip() not in ("", "}"):
+            # an instruction printed over several lines (Mosaic kernels' metadata)
+            name, text, c = out[-1]
+            out[-1] = (name, text + " " + line.strip(), c)
     return out, entry
 
 
@@ -185,7 +200,11 @@ def analyse(hlo_text: str,
             nbytes = _bytes(shapes[name]) + sum(_bytes(shapes.get(o, "")) for o in _operands(text))
         total_flops += n * flops
         total_bytes += n * nbytes
-        group = by[components.get(name, "other")]
+        component = components.get(name, "other")
+        if component == "unnamed":                      # metadata on a continuation line
+            src = re.search(r'op_name="([^"]*)"', text)
+            component = profile.component(src.group(1)) if src else component
+        group = by[component]
         group["flops"] += n * flops
         group["bytes"] += n * nbytes
     return {"flops": total_flops, "bytes": total_bytes, "kernel_flops": k_flops,
