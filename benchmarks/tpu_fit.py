@@ -121,6 +121,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/tpu_fit.jsonl"))
     ap.add_argument("--timeout", type=int, default=900, help="seconds per compile")
     ap.add_argument("--render", action="store_true", help="print the table and exit")
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS, help="only these variants")
     ap.add_argument("--cell", nargs=4, metavar=("CHIP", "PRESET", "VARIANT", "SEQ"),
                     help=argparse.SUPPRESS)   # the subprocess's own job
     args = ap.parse_args(argv)
@@ -133,10 +134,9 @@ def main(argv=None) -> int:
         print(render(load(out)))
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = load(out)
     for cell in cells():
-        if cell in done:
-            continue
+        if cell in load(out) or (args.variants and cell[2] not in args.variants):
+            continue   # (re-read each time: several runners may share --out)
         cmd = [sys.executable, __file__, "--out", str(out), "--cell", *map(str, cell)]
         t = time.time()
         try:
