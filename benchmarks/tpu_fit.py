@@ -50,6 +50,10 @@ def run_cell(chip: str, preset: str, variant: str, seq: int) -> dict:
     n = len(aot.target_devices(target))
     t = time.time()
     size = aot.size_train_step(cell_config(preset, variant, seq, n), target)
+    if os.environ.get("TPU_FIT_HLO_DIR"):      # keep the program for re-analysis
+        d = pathlib.Path(os.environ["TPU_FIT_HLO_DIR"])
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{chip}_{preset}_{variant}_{seq}.hlo.txt").write_text(size.hlo_text)
     return {"chip": chip, "target": target, "preset": preset, "variant": variant, "seq": seq,
             "mesh": size.mesh, "batch": n, "state_bytes": size.state_bytes,
             "other_bytes": size.other_bytes, "total_bytes": size.total_bytes,

@@ -115,19 +115,25 @@ def test_prefill_and_decode_compile_for_tpu(generation_sizes):
 
 
 def test_hlo_cost_counts_loop_trips():
-    """XLA's cost analysis counts a loop body once; hlo_cost multiplies by the trips."""
+    """XLA's cost analysis counts a loop body once; hlo_cost multiplies by the trips.
+    Bytes grow linearly with the trips: a step reads its slice of the stacked weights
+    and writes its slot of the stacked outputs, not the whole stacks."""
     from titans_jax.perf import hlo_cost
 
     mesh = jax.sharding.Mesh(np.array(aot.target_devices(TARGET)[:1]), ("x",))
     s = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
     def f(w, x):
-        return jax.lax.scan(lambda c, wi: (jnp.tanh(c @ wi), None), x, w)[0]
+        return jax.lax.scan(lambda c, wi: (jnp.tanh(c @ wi), c), x, w)
 
-    w = jax.ShapeDtypeStruct((5, 128, 128), jnp.float32, sharding=s)
-    x = jax.ShapeDtypeStruct((64, 128), jnp.float32, sharding=s)
-    compiled = jax.jit(f).lower(w, x).compile()
-    assert hlo_cost.analyse(compiled.as_text())["flops"] == 5 * 2 * 64 * 128 * 128
+    costs = {}
+    for n in (5, 20):
+        w = jax.ShapeDtypeStruct((n, 128, 128), jnp.float32, sharding=s)
+        x = jax.ShapeDtypeStruct((64, 128), jnp.float32, sharding=s)
+        costs[n] = hlo_cost.analyse(jax.jit(f).lower(w, x).compile().as_text())
+    assert costs[5]["flops"] == 5 * 2 * 64 * 128 * 128
+    assert costs[20]["flops"] == 20 * 2 * 64 * 128 * 128
+    assert costs[20]["bytes"] / costs[5]["bytes"] == pytest.approx(4.0, rel=0.1)
 
 
 # ------------------------------------------------ splash under shard_map == XLA ---

@@ -165,6 +165,7 @@ class StepSize:
   model_flops: Optional[float]    # analytic (perf.flops), per device; train only
   by_component: dict[str, dict[str, float]]
   mosaic_calls: int
+  hlo_text: str = dataclasses.field(default="", repr=False)
 
   @property
   def total_bytes(self) -> float:
@@ -209,7 +210,7 @@ def _analyse(step, target, mesh, shape, state_parts, compiled, model_flops) -> S
       alias_bytes=float(mem.alias_size_in_bytes), temp_bytes=float(mem.temp_size_in_bytes),
       flops=cost["flops"], kernel_flops=cost["kernel_flops"], hbm_bytes=cost["bytes"],
       model_flops=model_flops, by_component=cost["by_component"],
-      mosaic_calls=text.count('custom_call_target="tpu_custom_call"'))
+      mosaic_calls=text.count('custom_call_target="tpu_custom_call"'), hlo_text=text)
 
 
 def size_train_step(cfg, target: str, mesh: Optional[jax.sharding.Mesh] = None) -> StepSize:

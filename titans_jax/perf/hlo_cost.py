@@ -108,6 +108,77 @@ def _trip_count(while_text: str, computations: dict[str, list[tuple[str, str]]])
     return max(bounds) if bounds else max([1] + list(consts.values()))
 
 
+def _param_read(comp: str, index: int, full: float, computations, shapes, depth=0) -> float:
+    """Bytes a fused computation reads of its parameter `index`: only the slices where
+    every use is a dynamic-slice (through bitcasts and nested fusions), else all."""
+    body = computations.get(comp, [])
+    pname = next((n for n, t in body
+                  if re.search(rf"\bparameter\({index}\)", t)), None)
+    if pname is None or depth > 8:
+        return full
+    total, todo = 0.0, [pname]
+    while todo:
+        src = todo.pop()
+        for name, t in body:
+            ops = _operands(t)
+            if src not in ops:
+                continue
+            op = profile.opcode(t)
+            if op == "dynamic-slice" and ops[0] == src:
+                total += _bytes(profile.shape_of(t))
+            elif op == "bitcast":
+                todo.append(name)
+            elif op == "fusion":
+                callee = next(iter(profile.callees(t)), "")
+                total += sum(_param_read(callee, i, full, computations, shapes, depth + 1)
+                             for i, o in enumerate(ops) if o == src)
+            else:
+                return full
+    return min(total, full)
+
+
+def _updates_in_place(comp: str, computations, shapes, depth=0) -> float:
+    """Bytes written by the dynamic-update-slices of a fused computation (nested fusions
+    included); 0 if it has none."""
+    total = 0.0
+    for _, t in computations.get(comp, []):
+        op = profile.opcode(t)
+        ops = _operands(t)
+        if op == "dynamic-update-slice" and len(ops) > 1:
+            total += _bytes(shapes.get(ops[1], ""))
+        elif op == "fusion" and depth < 8:
+            total += _updates_in_place(next(iter(profile.callees(t)), ""), computations,
+                                       shapes, depth + 1)
+    return total
+
+
+def _traffic(text: str, shapes: dict[str, str], computations) -> float:
+    """HBM bytes of one top-level instruction: its operands and output, except that a
+    slice of a buffer reads only the slice (dynamic-slice, also inside fusions) and an
+    in-place update writes only the update (dynamic-update-slice: a loop stacking its
+    outputs would otherwise count the whole stack every iteration)."""
+    op = profile.opcode(text)
+    ops = _operands(text)
+    out = _bytes(profile.shape_of(text))
+    if op == "dynamic-slice":
+        return 2.0 * out
+    if op == "dynamic-update-slice" and len(ops) > 1:
+        return 2.0 * _bytes(shapes.get(ops[1], ""))
+    ins = [float(_bytes(shapes.get(o, ""))) for o in ops]
+    if op == "fusion":
+        callee = next(iter(profile.callees(text)), "")
+        ins = [_param_read(callee, i, b, computations, shapes) for i, b in enumerate(ins)]
+        update = _updates_in_place(callee, computations, shapes)
+        if update:
+            # the buffer operand(s) the size of the output are updated in place
+            for i, o in enumerate(ops):
+                if _bytes(shapes.get(o, "")) == out and ins[i]:
+                    ins[i] = 0.0
+                    out = update
+                    break
+    return out + sum(ins)
+
+
 def _instructions(hlo_text: str):
     """(name, text after '=', computation) of every instruction, and the entry's name."""
     out, comp, entry = [], "", None
@@ -197,7 +268,7 @@ def analyse(hlo_text: str,
             k_flops += n * flops
         nbytes = 0.0
         if comp not in fused and op not in _NO_TRAFFIC:
-            nbytes = _bytes(shapes[name]) + sum(_bytes(shapes.get(o, "")) for o in _operands(text))
+            nbytes = _traffic(text, shapes, computations)
         total_flops += n * flops
         total_bytes += n * nbytes
         component = components.get(name, "other")
