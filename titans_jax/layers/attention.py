@@ -250,7 +250,7 @@ def _splash_window_attention(q_BTHK, k_BTHK, v_BTHK, window, pk_BPHK, pv_BPHK,
                              interpret: bool = False):
     """Sliding-window splash attention over [P ‖ x]; None where the kernel cannot
     serve (the caller then uses XLA). `interpret=True`: the Pallas interpreter."""
-    B, T, H, K = q_BTHK.shape
+    T = q_BTHK.shape[1]
     P = 0 if pk_BPHK is None else pk_BPHK.shape[1]
     if P:
         k_BTHK = jnp.concatenate([pk_BPHK.astype(k_BTHK.dtype), k_BTHK], axis=1)
@@ -335,7 +335,7 @@ def _splash(q_BQHK, k_BCHK, v_BCHK, mask_spec: _GroupedCausalMaskSpec):
     except ImportError:  # pragma: no cover - depends on the JAX build
         _notice_once("attention: this JAX has no Pallas splash attention; using XLA")
         return None
-    B, Q, H, K = q_BQHK.shape
+    Q, K = q_BQHK.shape[1], q_BQHK.shape[-1]
     C = k_BCHK.shape[1]
     Qp, Cp = -(-Q // _BLOCK) * _BLOCK, -(-C // _BLOCK) * _BLOCK
     scale = 1.0 / math.sqrt(K)
