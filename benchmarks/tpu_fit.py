@@ -24,6 +24,7 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))      # this checkout's titans_jax, also from benchmarks/
 CHIPS = {"v5e-8": "v5e:2x4", "v5p-8": "v5p:2x2x1", "v4-8": "v4:2x2x1"}
 PRESETS = ("170m", "340m", "400m", "760m")
 VARIANTS = ("mac", "mag", "mal", "lmm", "swa")
@@ -65,6 +66,49 @@ def run_cell(chip: str, preset: str, variant: str, seq: int) -> dict:
             "shares": aot.component_shares(size), "compile_s": time.time() - t}
 
 
+def splash_blocks(preset: str, variant: str, seq: int) -> dict:
+    """The splash masks' visible blocks of a cell's model ((Qp, Cp) -> blocks), as
+    `titans_jax.layers.attention` registers them while tracing."""
+    from titans_jax.layers.attention import _GroupedCausalMaskSpec as Spec
+
+    m = cell_config(preset, variant, seq, 1).model
+    up = lambda n: -(-n // 128) * 128
+    P = m.num_persistent
+    if variant == "mac":
+        S = min(m.segment_len, seq)
+        specs = [Spec(S, P, 2, S, S), Spec(S, P, 1, S, S)]
+    elif variant == "lmm":
+        specs = []
+    else:
+        specs = [Spec(seq, P, 1, seq, m.window)]
+    return {(up(sp[0]), up(sp[1] + sp[2] * sp[3])): sp.visible_blocks(up(sp[0]),
+                                                                       up(sp[1] + sp[2] * sp[3]))
+            for sp in specs}
+
+
+def reanalyse(record: dict, hlo_text: str) -> dict:
+    """Recompute a record's compiled FLOPs / bytes / shares from its saved HLO (after a
+    change to titans_jax.perf.hlo_cost), keeping the memory figures."""
+    from titans_jax.layers import attention
+    from titans_jax.perf import aot, hlo_cost
+
+    attention.SPLASH_VISIBLE_BLOCKS.update(
+        splash_blocks(record["preset"], record["variant"], record["seq"]))
+    cost = hlo_cost.analyse(hlo_text, aot._kernel_flops)
+    chip = next(c for c in aot.CHIPS.values() if c.hbm_bytes == record["hbm_bytes_capacity"]
+                and c.name == record["chip"].split("-")[0])
+    size = aot.StepSize(step="train step", target=record["target"], chip=chip,
+                        mesh=record["mesh"], shape="", state_bytes=record["state_bytes"],
+                        state_parts={}, argument_bytes=0, output_bytes=0, alias_bytes=0,
+                        temp_bytes=0, flops=cost["flops"], kernel_flops=cost["kernel_flops"],
+                        hbm_bytes=cost["bytes"], model_flops=record["model_flops"],
+                        by_component=cost["by_component"], mosaic_calls=record["mosaic_calls"])
+    return {**record, "flops": size.flops, "kernel_flops": size.kernel_flops,
+            "hbm_bytes": size.hbm_bytes, "compute_s": size.compute_s,
+            "memory_s": size.memory_s, "bound_s": size.bound_s, "mfu_bound": size.mfu_bound,
+            "shares": aot.component_shares(size)}
+
+
 def cells():
     # Cheapest first, so that a time-limited run fills whole rows of small models.
     for seq in CONTEXTS:
@@ -93,12 +137,12 @@ def render(results: dict) -> str:
             "| fits | TFLOPs/step | GB/step | bound ms | limit | MFU ≤ | FLOPs: scan / attn / rest "
             "| bytes: scan / attn / rest |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    missing = []
     for chip, preset, variant, seq in cells():
         r = results.get((chip, preset, variant, seq))
         mesh = "fsdp=" + str({"v5e-8": 8}.get(chip, 4))
         if r is None:
-            lines.append(f"| {chip} ({mesh}) | {preset} | {seq // 1024}K | {variant} | "
-                         + " | ".join(["—"] * 11) + " |")
+            missing.append(f"{chip}/{preset}/{seq // 1024}K/{variant}")
             continue
         if "error" in r:
             lines.append(f"| {chip} ({mesh}) | {preset} | {seq // 1024}K | {variant} | "
@@ -116,6 +160,9 @@ def render(results: dict) -> str:
             f"{r['bound_s'] * 1e3:.0f} | {'compute' if r['compute_s'] >= r['memory_s'] else 'HBM'} | "
             f"{100 * r['mfu_bound']:.0f}% | {100 * scan[0]:.0f} / {100 * attn[0]:.0f} / "
             f"{100 * rest[0]:.0f}% | {100 * scan[1]:.0f} / {100 * attn[1]:.0f} / {100 * rest[1]:.0f}% |")
+    done = len(list(cells())) - len(missing)
+    lines.append(f"\n{done} of {len(list(cells()))} cells compiled; not compiled: "
+                 + (", ".join(missing) if missing else "none") + ".")
     return "\n".join(lines)
 
 
@@ -126,6 +173,9 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=int, default=900, help="seconds per compile")
     ap.add_argument("--render", action="store_true", help="print the table and exit")
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, help="only these variants")
+    ap.add_argument("--reanalyse", metavar="HLO_DIR",
+                    help="recompute FLOPs/bytes of --out's cells from the HLO saved there "
+                         "(TPU_FIT_HLO_DIR=HLO_DIR while compiling)")
     ap.add_argument("--cell", nargs=4, metavar=("CHIP", "PRESET", "VARIANT", "SEQ"),
                     help=argparse.SUPPRESS)   # the subprocess's own job
     args = ap.parse_args(argv)
@@ -133,6 +183,14 @@ def main(argv=None) -> int:
     if args.cell:
         chip, preset, variant, seq = args.cell
         print(json.dumps(run_cell(chip, preset, variant, int(seq))))
+        return 0
+    if args.reanalyse:
+        records = load(out)
+        for key, r in records.items():
+            hlo = pathlib.Path(args.reanalyse) / "{}_{}_{}_{}.hlo.txt".format(*key)
+            if "error" not in r and hlo.exists():
+                records[key] = reanalyse(r, hlo.read_text())
+        out.write_text("".join(json.dumps(r) + "\n" for r in records.values()))
         return 0
     if args.render:
         print(render(load(out)))

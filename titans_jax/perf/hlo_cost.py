@@ -70,16 +70,25 @@ def _dot_flops(text: str, shapes: dict[str, str]) -> float:
         m = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", text)
         contracted = math.prod(lhs_dims[int(i)] for i in m.group(1).split(",") if i) if m else 1
         return 2.0 * out_elems * contracted
-    # convolution: contracted size = the kernel's elements per output feature
+    # convolution: contracted size = input features × the window taps that can touch
+    # the input (XLA writes batched dots' gradients as convolutions whose window spans
+    # a padded size-1 spatial axis: only one of its taps is real work)
     if len(ops) < 2 or ops[1] not in shapes:
         return 0.0
     rhs = _arrays(shapes[ops[1]])
-    labels = re.search(r"dim_labels=\w*_(\w+)->", text)
+    labels = re.search(r"dim_labels=(\w+)_(\w+)->", text)
     if not rhs or not labels:
         return 0.0
-    rhs_dims, rhs_labels = rhs[0][1], labels.group(1)
-    o = rhs_labels.find("o")
-    per_out = math.prod(rhs_dims) / (rhs_dims[o] if 0 <= o < len(rhs_dims) else 1)
+    lhs_labels, rhs_labels = labels.group(1), labels.group(2)
+    rhs_dims = rhs[0][1]
+    i = rhs_labels.find("i")
+    per_out = rhs_dims[i] if 0 <= i < len(rhs_dims) else 1
+    for ch in "0123456789":
+        kr, kl = rhs_labels.find(ch), lhs_labels.find(ch)
+        if kr < 0:
+            break
+        window = rhs_dims[kr]
+        per_out *= min(window, lhs_dims[kl]) if 0 <= kl < len(lhs_dims) else window
     # (a grouped conv's kernel already holds only its group's input features)
     return 2.0 * out_elems * per_out
 
@@ -137,19 +146,20 @@ def _param_read(comp: str, index: int, full: float, computations, shapes, depth=
     return min(total, full)
 
 
-def _updates_in_place(comp: str, computations, shapes, depth=0) -> float:
-    """Bytes written by the dynamic-update-slices of a fused computation (nested fusions
-    included); 0 if it has none."""
-    total = 0.0
+def _updates_in_place(comp: str, computations, shapes, depth=0) -> tuple[int, float]:
+    """(number, bytes written) of the dynamic-update-slices of a fused computation,
+    nested fusions included."""
+    count, total = 0, 0.0
     for _, t in computations.get(comp, []):
         op = profile.opcode(t)
         ops = _operands(t)
         if op == "dynamic-update-slice" and len(ops) > 1:
-            total += _bytes(shapes.get(ops[1], ""))
+            count, total = count + 1, total + _bytes(shapes.get(ops[1], ""))
         elif op == "fusion" and depth < 8:
-            total += _updates_in_place(next(iter(profile.callees(t)), ""), computations,
-                                       shapes, depth + 1)
-    return total
+            c, b = _updates_in_place(next(iter(profile.callees(t)), ""), computations,
+                                     shapes, depth + 1)
+            count, total = count + c, total + b
+    return count, total
 
 
 def _traffic(text: str, shapes: dict[str, str], computations) -> float:
@@ -168,14 +178,21 @@ def _traffic(text: str, shapes: dict[str, str], computations) -> float:
     if op == "fusion":
         callee = next(iter(profile.callees(text)), "")
         ins = [_param_read(callee, i, b, computations, shapes) for i, b in enumerate(ins)]
-        update = _updates_in_place(callee, computations, shapes)
-        if update:
-            # the buffer operand(s) the size of the output are updated in place
-            for i, o in enumerate(ops):
-                if _bytes(shapes.get(o, "")) == out and ins[i]:
+        count, update = _updates_in_place(callee, computations, shapes)
+        if count:
+            # operands as large as an output (element) are buffers updated in place:
+            # neither read nor written whole, only the updates are written
+            outs = [float(_DTYPE_BYTES.get(dt, 4) * math.prod(d))
+                    for dt, d in _arrays(profile.shape_of(text))]
+            matched = 0
+            for i in sorted(range(len(ops)), key=lambda i: -ins[i]):
+                full = float(_bytes(shapes.get(ops[i], "")))
+                if matched < count and full and full in outs:
+                    outs.remove(full)
                     ins[i] = 0.0
-                    out = update
-                    break
+                    matched += 1
+            if matched:
+                out = sum(outs) + update
     return out + sum(ins)
 
 
