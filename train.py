@@ -35,11 +35,20 @@ def main(argv=None) -> int:
   parser.add_argument("--skip_damaged", action="store_true",
                       help="resume from the newest readable checkpoint, setting damaged newer "
                            "ones aside (default: a damaged newest checkpoint stops the run)")
+  parser.add_argument("--target", default=None,
+                      help="with --dry_run: compile for this TPU topology instead (e.g. "
+                           "v5p:2x2x2; needs the tpu extra) and print fit and roofline "
+                           "for the train, prefill and decode steps (docs/tpu.md)")
+  parser.add_argument("--require_fit", action="store_true",
+                      help="with --target: exit 4 when a step does not fit the chip's HBM")
   cli.add_distributed_flags(parser)
   args, cfg = cli.parse(parser, argv)
   quiet_orbax_error_logs()  # failures come out as one `error:` line below
   try:
     cli.init_distributed(args)
+    if args.target:
+      from titans_jax.training import aot
+      return aot.main(cfg, args.target, require_fit=args.require_fit)
     if args.dry_run:
       for k, v in loop.compile_step(cfg).items():
         print(f"{k}: {v / 2**20:.1f} MiB" if k.endswith("bytes") else f"{k}: {v:,.0f}")

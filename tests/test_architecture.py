@@ -14,7 +14,7 @@ PKG = ROOT / "titans_jax"
 # Longest prefix wins. Keep in step with the table in docs/architecture.md.
 LEVELS = {
     "titans_jax.fieldcheck": 0,
-    "titans_jax.layers": 0,
+    "titans_jax.layers": 0.5,  # kernels place themselves on the active mesh (sharding.rules)
     "titans_jax.sharding": 0,
     "titans_jax.memory": 1,
     "titans_jax.models": 2,

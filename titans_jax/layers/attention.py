@@ -6,9 +6,15 @@ persistent keys. Implementations (`impl`):
   * "xla": einsum + fp32 softmax; runs everywhere (the reference path).
   * "dot_product": jax.nn.dot_product_attention, letting JAX pick the kernel.
   * "cudnn": jax.nn.dot_product_attention(implementation="cudnn") (GPU, bf16/fp16).
-  * "splash": TPU Pallas splash attention (sliding window only); elsewhere it falls
-    back to "xla".
+  * "splash": TPU Pallas splash attention for the full-sequence paths (the sliding
+    window over [P ‖ x], MAC's segments over [P ‖ h ‖ x]); one-token decode and
+    non-TPU platforms use "xla" (with a one-line notice, once, where splash was asked
+    for and cannot serve).
   * "auto": cudnn on GPU for half-precision inputs, splash on TPU, else xla.
+The platform is that of the devices of the mesh being traced for (`use_rules`), not
+`jax.default_backend()`: a CPU host compiling for a TPU topology gets splash. On a
+mesh the kernel runs inside `jax.shard_map` over the batch axes and the heads (Mosaic
+kernels cannot be partitioned automatically).
 No path ever builds a T×T mask or score matrix: the sliding window is computed over
 blocks of W queries, each attending to its own and the previous block of keys.
 
@@ -17,16 +23,53 @@ C keys per block (N_p + 2W), P persistent tokens, H heads, K head width, Q queri
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import logging
 import math
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from titans_jax.layers.basic import Linear
+from titans_jax.sharding import rules as rules_lib
 
 IMPLS = ("auto", "xla", "dot_product", "cudnn", "splash")
+
+_log = logging.getLogger(__name__)
+_NOTICED: set[str] = set()
+# Tests: run the splash kernel in the Pallas interpreter on any platform.
+_INTERPRET: contextvars.ContextVar[bool] = contextvars.ContextVar("splash_interpret",
+                                                                  default=False)
+
+
+@contextlib.contextmanager
+def splash_interpret():
+    """Within this context (while tracing) "splash" runs the Pallas kernel in interpret
+    mode on any platform, sharded exactly as on TPU (numerical tests on CPU)."""
+    token = _INTERPRET.set(True)
+    try:
+        yield
+    finally:
+        _INTERPRET.reset(token)
+
+
+def _notice_once(msg: str) -> None:
+    if msg not in _NOTICED:
+        _NOTICED.add(msg)
+        _log.warning(msg)
+
+
+def target_platform() -> str:
+    """The platform being traced for: the active mesh's devices, else the default
+    backend. ("tpu" for a TPU topology's compile-only devices on a CPU host.)"""
+    mesh = rules_lib.active_mesh()
+    if mesh is not None:
+        return mesh.devices.flat[0].platform
+    return jax.default_backend()
 
 
 def _resolve_impl(impl: str, dtype) -> str:
@@ -34,7 +77,7 @@ def _resolve_impl(impl: str, dtype) -> str:
         raise ValueError(f"attention impl {impl!r} is not one of {IMPLS}")
     if impl != "auto":
         return impl
-    backend = jax.default_backend()
+    backend = target_platform()
     if backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
         return "cudnn"
     if backend == "tpu":
@@ -171,70 +214,161 @@ def segment_mask(num_queries: int, seg_len: int, num_persistent: int, with_memor
 
 
 @jax.named_scope("attention")
-def segment_attention(q_BQHK, keys, values, mask_QC, impl: str = "xla"):
-    """Attention of a segment's queries over concatenated key groups ([P ‖ h ‖ x])."""
+def segment_attention(q_BQHK, keys, values, mask_QC, impl: str = "xla",
+                      layout: Optional[tuple[int, int]] = None):
+    """Attention of a segment's queries over concatenated key groups ([P ‖ h ‖ x]).
+
+    `layout` = (P, number of causal groups) says that `mask_QC` is `segment_mask` of a
+    segment from its start (P persistent keys, then h and/or x of the queries' length):
+    then "splash" can serve it; without it the mask is arbitrary and XLA computes it.
+    """
     k = jnp.concatenate([k.astype(q_BQHK.dtype) for k in keys], axis=1)
     v = jnp.concatenate([v.astype(q_BQHK.dtype) for v in values], axis=1)
+    impl = _resolve_impl(impl, q_BQHK.dtype)
+    if impl == "splash" and layout is not None:
+        P, groups = layout
+        mask = _GroupedCausalMaskSpec(q_BQHK.shape[1], P, groups, q_BQHK.shape[1],
+                                      window=q_BQHK.shape[1])
+        out = _splash(q_BQHK, k, v, mask)
+        if out is not None:
+            return out
+    if impl == "splash":
+        impl = "xla"
     return masked_attention(q_BQHK, k, v, mask_QC[None], impl)
 
 
 # ------------------------------------------------------------------ TPU splash kernel ---
 
+_SPLASH_DTYPES = (jnp.float32, jnp.bfloat16)
+_BLOCK = 128   # splash's default q / kv block: sequences are padded to a multiple
+#: (padded queries, padded keys) -> visible blocks of the mask last traced at that shape,
+#: for cost models of compiled programs (XLA cannot see into the kernel; training.aot).
+SPLASH_VISIBLE_BLOCKS: dict[tuple[int, int], int] = {}
+
+
 def _splash_window_attention(q_BTHK, k_BTHK, v_BTHK, window, pk_BPHK, pv_BPHK,
                              interpret: bool = False):
-    """Splash attention (Pallas, TPU) over [P ‖ x] with a persistent-or-local mask.
+    """Sliding-window splash attention over [P ‖ x]; None where the kernel cannot
+    serve (the caller then uses XLA). `interpret=True`: the Pallas interpreter."""
+    T = q_BTHK.shape[1]
+    P = 0 if pk_BPHK is None else pk_BPHK.shape[1]
+    if P:
+        k_BTHK = jnp.concatenate([pk_BPHK.astype(k_BTHK.dtype), k_BTHK], axis=1)
+        v_BTHK = jnp.concatenate([pv_BPHK.astype(v_BTHK.dtype), v_BTHK], axis=1)
+    mask = _GroupedCausalMaskSpec(T, P, 1, T, window)
+    if interpret:
+        with splash_interpret():
+            return _splash(q_BTHK, k_BTHK, v_BTHK, mask)
+    return _splash(q_BTHK, k_BTHK, v_BTHK, mask)
 
-    Returns None where the kernel is unavailable (no TPU, or no Pallas TPU ops in this
-    JAX build), so that the caller falls back to XLA. `interpret=True` runs the kernel
-    in the Pallas interpreter on any backend (tests).
-    """
-    if jax.default_backend() != "tpu" and not interpret:
+
+class _GroupedCausalMaskSpec(tuple):
+    """(Q, P, groups, G, window): keys [P persistent ‖ `groups` groups of G keys]; query
+    i sees every persistent key and key j of each group when i − W < j ≤ i.
+
+    SWA is one group of T keys with the window W; a MAC segment of L tokens is two
+    groups (h, x) of L keys with no window (W = L). Hashable: splash caches the block
+    structure per mask."""
+
+    def __new__(cls, num_queries, num_persistent, groups, group_len, window):
+        return super().__new__(cls, (num_queries, num_persistent, groups, group_len, window))
+
+    def visible_blocks(self, Qp: int, Cp: int, block: int = _BLOCK) -> int:
+        """(query block, key block) pairs of the padded Qp×Cp problem holding any
+        visible pair: the blocks splash computes (it skips the others)."""
+        Q, P, groups, G, W = self
+        q0 = np.arange(Qp // block)[:, None] * block
+        k0 = np.arange(Cp // block)[None, :] * block
+        q1, k1 = q0 + block - 1, k0 + block - 1
+        qmax = np.minimum(q1, Q - 1)
+        vis = (k0 < P) | ((q1 >= Q) & (k0 == 0))
+        for g in range(groups):
+            s = P + g * G
+            lo_key, hi_key = np.maximum(k0, s) - s, np.minimum(k1, s + G - 1) - s
+            lo_vis, hi_vis = np.maximum(0, q0 - W + 1), np.minimum(qmax, G - 1)
+            vis = vis | ((lo_key <= hi_key) & (q0 < Q)
+                         & (np.maximum(lo_key, lo_vis) <= np.minimum(hi_key, hi_vis)))
+        return int(vis.sum())
+
+    def splash_mask(self, sm, shape):
+        Q, P, groups, G, W = self
+
+        def mask_function(q_ids, kv_ids):
+            vis = kv_ids < P
+            for g in range(groups):
+                j = kv_ids - (P + g * G)
+                vis = vis | ((j >= 0) & (j < G) & (j <= q_ids) & (q_ids - j < W))
+            # padded queries (dropped afterwards) see key 0, so no row is empty
+            return vis | ((q_ids >= Q) & (kv_ids == 0))
+
+        spec = tuple(self) + tuple(shape)
+
+        class GroupedCausalMask(sm._ComputableMask):
+            def __init__(self):
+                super().__init__(shape=shape, mask_function=mask_function)
+
+            def __eq__(self, other):
+                return isinstance(other, GroupedCausalMask) and hash(self) == hash(other)
+
+            def __hash__(self):
+                return hash(("GroupedCausalMask",) + spec)
+
+        return GroupedCausalMask()
+
+
+def _splash(q_BQHK, k_BCHK, v_BCHK, mask_spec: _GroupedCausalMaskSpec):
+    """softmax(q kᵀ/√K + mask) v by the splash kernel, sharded over the active mesh's
+    batch axes and heads with `shard_map`; None (after a one-line notice, once) where
+    the kernel cannot serve."""
+    interpret = _INTERPRET.get()
+    platform = target_platform()
+    if platform != "tpu" and not interpret:
+        _notice_once(f"attention: splash needs a TPU (tracing for {platform}); using XLA")
+        return None
+    if jnp.dtype(q_BQHK.dtype) not in _SPLASH_DTYPES:
+        _notice_once(f"attention: splash takes float32/bfloat16, not {q_BQHK.dtype}; "
+                     "using XLA")
         return None
     try:
         from jax.experimental.pallas.ops.tpu.splash_attention import (
             splash_attention_kernel as sk, splash_attention_mask as sm)
     except ImportError:  # pragma: no cover - depends on the JAX build
+        _notice_once("attention: this JAX has no Pallas splash attention; using XLA")
         return None
-    B, T, H, K = q_BTHK.shape
-    P = 0 if pk_BPHK is None else pk_BPHK.shape[1]
-    # Pad queries and keys to the kernel's 128-token blocks; the mask hides padded keys
-    # from real queries (they lie after every real query), padded queries are dropped.
-    Tq = -(-T // 128) * 128
-    kv_len = -(-(Tq + P) // 128) * 128
-    if P:
-        k_BTHK = jnp.concatenate([jnp.broadcast_to(pk_BPHK, (B, P, H, K)).astype(k_BTHK.dtype),
-                                  k_BTHK], axis=1)
-        v_BTHK = jnp.concatenate([jnp.broadcast_to(pv_BPHK, (B, P, H, K)).astype(v_BTHK.dtype),
-                                  v_BTHK], axis=1)
-    pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n - x.shape[1]), (0, 0), (0, 0)))
-    q_BTHK, k_BTHK, v_BTHK = pad(q_BTHK, Tq), pad(k_BTHK, kv_len), pad(v_BTHK, kv_len)
-    mask = sm.MultiHeadMask([_persistent_local_mask(sm, (Tq, kv_len), window, P)] * H)
-    kernel = sk.make_splash_mha(mask, head_shards=1, q_seq_shards=1, interpret=interpret)
+    Q, K = q_BQHK.shape[1], q_BQHK.shape[-1]
+    C = k_BCHK.shape[1]
+    Qp, Cp = -(-Q // _BLOCK) * _BLOCK, -(-C // _BLOCK) * _BLOCK
     scale = 1.0 / math.sqrt(K)
-    to_HTK = lambda x: jnp.swapaxes(x, 0, 1)
-    out = jax.vmap(lambda q, k, v: kernel(to_HTK(q) * scale, to_HTK(k), to_HTK(v)))(
-        q_BTHK, k_BTHK, v_BTHK)
-    return jnp.swapaxes(out, 1, 2)[:, :T]
+    SPLASH_VISIBLE_BLOCKS[(Qp, Cp)] = mask_spec.visible_blocks(Qp, Cp)
 
+    def local(q, k, v):
+        """One device's batch rows and heads (q: b×Q×h×K)."""
+        h = q.shape[2]
+        pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n - x.shape[1]), (0, 0), (0, 0)))
+        q, k, v = pad(q * jnp.asarray(scale, q.dtype), Qp), pad(k, Cp), pad(v, Cp)
+        mask = sm.MultiHeadMask([mask_spec.splash_mask(sm, (Qp, Cp))] * h)
+        kernel = sk.make_splash_mha(mask, head_shards=1, q_seq_shards=1, interpret=interpret)
+        to_HTK = lambda x: jnp.swapaxes(x, 0, 1)
+        out = jax.vmap(lambda q, k, v: kernel(to_HTK(q), to_HTK(k), to_HTK(v)))(q, k, v)
+        return jnp.swapaxes(out, 1, 2)[:, :Q]
 
-def _persistent_local_mask(sm, shape, window: int, num_persistent: int):
-    """A lazy splash mask over keys [P ‖ x]: persistent keys always, x within the causal
-    window. (Splash needs masks to be hashable to cache their block structure.)"""
-
-    class PersistentLocalMask(sm._ComputableMask):
-        def __init__(self):
-            def mask_function(q_ids, kv_ids):
-                kx = kv_ids - num_persistent
-                return (kv_ids < num_persistent) | ((kx <= q_ids) & (q_ids - kx < window))
-            super().__init__(shape=shape, mask_function=mask_function)
-
-        def __eq__(self, other):
-            return isinstance(other, PersistentLocalMask) and hash(self) == hash(other)
-
-        def __hash__(self):
-            return hash(("PersistentLocalMask", self.shape, window, num_persistent))
-
-    return PersistentLocalMask()
+    mesh = rules_lib.active_mesh()
+    try:
+        if mesh is None or mesh.size == 1:
+            return local(q_BQHK, k_BCHK, v_BCHK)
+        # Mosaic kernels are not partitioned by XLA: run one per device on its rows and
+        # heads (the same spec as the constrained activations; mesh axes that do not
+        # divide B or H replicate the work).
+        names = ("batch", None, "act_heads", None)
+        rules = rules_lib.active_rules()
+        spec = rules_lib.logical_to_spec(names, q_BQHK.shape, mesh, rules)
+        kv_spec = rules_lib.logical_to_spec(names, k_BCHK.shape, mesh, rules)
+        return jax.shard_map(local, mesh=mesh, in_specs=(spec, kv_spec, kv_spec),
+                             out_specs=spec, check_vma=False)(q_BQHK, k_BCHK, v_BCHK)
+    except (NotImplementedError, ValueError) as e:   # a shape the kernel does not take
+        _notice_once(f"attention: splash cannot serve q{tuple(q_BQHK.shape)} "
+                     f"k{tuple(k_BCHK.shape)} ({type(e).__name__}: {str(e)[:120]}); using XLA")
+        return None
 
 
 # -------------------------------------------------------------------- projections ---

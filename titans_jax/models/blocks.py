@@ -253,7 +253,8 @@ class Block(nnx.Module):
         if pk is not None:
             keys, values = [pk] + keys, [pv] + values
         mask = attn_lib.segment_mask(L, L, self._num_p, with_memory)
-        y = attn_lib.segment_attention(q, keys, values, mask, impl=self.cfg.attn_impl)
+        y = attn_lib.segment_attention(q, keys, values, mask, impl=self.cfg.attn_impl,
+                                       layout=(self._num_p, 2 if with_memory else 1))
         if not with_memory:
             stats = self._mixer_stats(self._merge(y)) if capturing(self) else {}
             return carry, self.attn.out(y), kv, stats

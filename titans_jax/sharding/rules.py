@@ -163,6 +163,12 @@ def active_mesh() -> Optional[jax.sharding.Mesh]:
   return None if ctx is None else ctx.mesh
 
 
+def active_rules() -> Mapping[str, tuple[str, ...]]:
+  """The rules table of the enclosing `use_rules` (RULES outside any)."""
+  ctx = _ACTIVE.get()
+  return RULES if ctx is None else ctx.rules
+
+
 def constrain(x: jax.Array, names: AxisNames) -> jax.Array:
   """`with_sharding_constraint(x, rules(names))` inside `use_rules`; identity outside."""
   ctx = _ACTIVE.get()
