@@ -7,8 +7,11 @@ donated state) is compiled on abstract inputs, and XLA reports
   * args: parameters + optimizer state + batch (`memory_analysis().argument_size`),
   * temps: temporaries (activations kept for the backward, workspaces),
   * peak: args + outputs − donated aliases + temps (what must fit on the chip),
-  * FLOPs and bytes accessed: `cost_analysis()` (XLA's estimate; a loop body is counted
-    once per iteration on TPU, once in all on CPU — compare TPU rows),
+  * FLOPs and bytes accessed: `cost_analysis()`, XLA's estimate, in which a while loop's
+    body counts ONCE whatever its trip count (checked for TPU and CPU: a scan of 10
+    matmuls reports the FLOPs of one). With the layers scanned and the memory's blocks
+    scanned these are one layer and one block, not the step: compare them only
+    between programs with the same loops,
 
 plus, from `jax.ad_checkpoint` on the abstract loss, the residuals the forward saves for
 the backward, split into the memory's block scan (`memory_block` scope) and the rest.
@@ -53,6 +56,8 @@ def parse_args(argv=None):
                     help="config overrides, as model_bench (memory.FIELD for MemoryConfig)")
     ap.add_argument("--parts", action="store_true",
                     help="also: the memory layer alone, and memory remat off")
+    ap.add_argument("--saved_only", action="store_true",
+                    help="only the saved-for-backward split (traces, compiles nothing)")
     ap.add_argument("--out", default=None, help="JSON output")
     return ap.parse_args(argv)
 
@@ -132,7 +137,9 @@ def _train_step_program(cfg, batch, seq):
 
     tcfg = TrainConfig(steps=10, batch_size=batch, warmup_steps=1)
     tx, schedule = opt_lib.make_optimizer(tcfg), opt_lib.lr_schedule(tcfg)
-    new_model = lambda: Titans(cfg, rngs=nnx.Rngs(0))  # noqa: E731
+    def new_model():
+        return Titans(cfg, rngs=nnx.Rngs(0))
+
     graphdef = nnx.graphdef(nnx.eval_shape(new_model))
     state = jax.eval_shape(lambda: ts.create_train_state(new_model(), tx)[1])
     data = {"inputs": jax.ShapeDtypeStruct((batch, seq), jnp.int32),
@@ -166,6 +173,9 @@ def _memory_layer_program(cfg, batch, seq):
     return jax.grad(loss, argnums=(0, 1)), (params, x), (), (loss, (params, x))
 
 
+CARRIED = "scan-carry"
+
+
 def _sub_jaxpr(eqn):
     for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
         j = eqn.params.get(key)
@@ -188,19 +198,23 @@ def _producer_scope(jaxpr, var, prefix: str = "") -> str:
     sub = _sub_jaxpr(eqn)
     if sub is None or len(sub.outvars) != len(eqn.outvars):
         return scope
-    inner = sub.outvars[[i for i, v in enumerate(eqn.outvars) if v is var][0]]
+    inner = sub.outvars[next(i for i, v in enumerate(eqn.outvars) if v is var)]
     if isinstance(inner, core.Literal):
         return scope
     for i, v in enumerate(sub.invars):
-        if v is inner and len(sub.invars) == len(eqn.invars):   # forwarded input
-            return _producer_scope(jaxpr, eqn.invars[i], prefix)
+        if v is inner:
+            if eqn.primitive.name == "scan":     # a carry stacked over the iterations
+                return f"{scope}/{CARRIED}"
+            if len(sub.invars) == len(eqn.invars):   # an input passed through
+                return _producer_scope(jaxpr, eqn.invars[i], prefix)
     return _producer_scope(sub, inner, scope)
 
 
 def saved_residual_bytes(loss_fn, args) -> dict:
     """Bytes the forward of `loss_fn` keeps for its backward (the residuals of its vjp),
-    by the scope of the op that computes them: the memory's block scan (`memory_block`),
-    the rest of the memory (`memory`), everything else."""
+    by the scope of the op that computes them: the memory's block scan (`memory_block`
+    ops, and the scan's carries stacked over its blocks), the rest of the memory
+    (`memory`), everything else."""
     import math
 
     import jax
@@ -217,19 +231,22 @@ def saved_residual_bytes(loss_fn, args) -> dict:
         seen.add(id(var))
         nbytes = math.prod(var.aval.shape) * var.aval.dtype.itemsize
         scope = _producer_scope(jaxpr, var)
-        key = ("memory_block" if "memory_block" in scope
-               else "memory" if "memory" in scope else "other")
+        in_memory = "memory" in scope
+        key = ("memory_block" if "memory_block" in scope or (in_memory and CARRIED in scope)
+               else "memory" if in_memory else "other")
         out[key] += nbytes
     return out
 
 
-def measure(cfg, batch, seq, target, program):
+def measure(cfg, batch, seq, target, program, saved_only=False):
     fn, args, donate, (loss_fn, loss_args) = program(cfg, batch, seq)
     device = None if target == "cpu" else _tpu_device(target)
-    t0 = time.perf_counter()
-    compiled = _compile(fn, args, device, donate)
-    row = _analysis(compiled)
-    row["compile_s"] = time.perf_counter() - t0
+    row = {}
+    if not saved_only:
+        t0 = time.perf_counter()
+        compiled = _compile(fn, args, device, donate)
+        row = _analysis(compiled)
+        row["compile_s"] = time.perf_counter() - t0
     with _trace_as("cpu" if device is None else device.platform):
         row["saved"] = saved_residual_bytes(loss_fn, loss_args)
     return row
@@ -239,6 +256,10 @@ def measure(cfg, batch, seq, target, program):
 
 def size(nbytes) -> str:
     return f"{nbytes / GiB:.2f} GiB" if nbytes >= GiB / 2 else f"{nbytes / 2**20:.1f} MiB"
+
+
+def _ratio(row, base, key) -> str:
+    return f"{row[key] / base[key]:.2f}" if base and base[key] else "—"
 
 
 def markdown(rows) -> str:
@@ -252,7 +273,7 @@ def markdown(rows) -> str:
                          f"{r['error'][:100]} |" + " |" * (len(head) - 4))
             continue
         b = base.get(r["target"])
-        ratio = lambda k: f"{r[k] / b[k]:.2f}" if b and b[k] else "—"  # noqa: E731
+        ratio = functools.partial(_ratio, r, b)
         s = r["saved"]
         lines.append(
             f"| {r['target']} | {r['variant']} | {r['what']} | {size(r['argument'])} | "
@@ -282,7 +303,7 @@ def run(args):
                              _train_step_program))
             for what, c, program in jobs:
                 try:
-                    row = measure(c, args.batch, args.seq, target, program)
+                    row = measure(c, args.batch, args.seq, target, program, args.saved_only)
                 except Exception as e:  # noqa: BLE001 - record and go on
                     row = {"error": f"{type(e).__name__}: {e}"[:500]}
                 row.update(target=target, variant=v, what=what)
@@ -291,7 +312,8 @@ def run(args):
                 if args.out:
                     with open(args.out, "w") as f:
                         json.dump({"args": vars(args), "rows": rows}, f, indent=1)
-    print(markdown(rows))
+    if not args.saved_only:
+        print(markdown(rows))
     return rows
 
 
