@@ -64,8 +64,8 @@ class MemoryConfig:
         recompute), off for the primal path. Does not change the result.
       scan_remat_every: two-level rematerialisation of the block scan: keep the carried
         (W, S) for the backward only every this many blocks, and recompute the blocks in
-        between from there (saved carries: N/n + n instead of N for N blocks). None: off.
-        Does not change the result (docs/memory.md, "Memory of the backward").
+        between from there (saved carries: N/n + n instead of N for N blocks). None (or
+        1, or n ≥ N): off. Does not change the result (docs/memory.md §6).
       impl: how a commit block is computed (docs/memory.md). "primal": per-chunk
         gradients, recurrences over the per-chunk weight tensors and retrieval from K
         materialised weight sets. "dual": the same maths with no per-chunk weights —
