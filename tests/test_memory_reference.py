@@ -85,6 +85,14 @@ if "impl" in MemoryConfig.__dataclass_fields__:
         X64_CASES[_name + "_primal"] = (_cfg.replace(impl="primal"), _T)
 
 
+# Two-level rematerialisation of the block scan: groups of n blocks and the N mod n
+# blocks left over (N = 5 blocks here; tests/test_memory_properties.py has the gradients).
+if "scan_remat_every" in MemoryConfig.__dataclass_fields__:
+    for _name, _every in (("paper", 2), ("commit_chunk_primal", 3)):
+        _cfg, _T = X64_CASES[_name]
+        X64_CASES[f"{_name}_scan_remat_every{_every}"] = (_cfg.replace(scan_remat_every=_every), _T)
+
+
 @pytest.mark.parametrize("name", list(X64_CASES))
 def test_fast_path_matches_reference_x64(name):
     cfg, T = X64_CASES[name]

@@ -76,6 +76,10 @@ class MemoryConfig:
       remat: rematerialise each commit-block step in the backward pass. None (default):
         on for the dual path (its per-block intermediates cost more to write out than to
         recompute), off for the primal path. Does not change the result.
+      scan_remat_every: two-level rematerialisation of the block scan: keep the carried
+        (W, S) for the backward only every this many blocks, and recompute the blocks in
+        between from there (saved carries: N/n + n instead of N for N blocks). None (or
+        1, or n ≥ N): off. Does not change the result (docs/memory.md §7).
       impl: how a commit block is computed (docs/memory.md). "primal": per-chunk
         gradients, recurrences over the per-chunk weight tensors and retrieval from K
         materialised weight sets. "dual": the same maths with no per-chunk weights —
@@ -127,6 +131,7 @@ class MemoryConfig:
     chunks_per_block: Optional[int] = None
     recurrence: str = "associative"
     remat: Optional[bool] = None
+    scan_remat_every: Optional[int] = None
     impl: str = "auto"
 
     def __post_init__(self):
@@ -190,6 +195,9 @@ class MemoryConfig:
         if self.impl == "dual" and self.spectral_norm_surprises:
             bad("impl='dual' cannot express spectral_norm_surprises (Newton–Schulz is not "
                 "linear); use impl='auto' or 'primal'")
+        if self.scan_remat_every is not None and not (
+                isinstance(self.scan_remat_every, int) and self.scan_remat_every > 0):
+            bad(f"scan_remat_every must be a positive int or None, got {self.scan_remat_every!r}")
         if self.chunks_per_block is not None:
             if not (isinstance(self.chunks_per_block, int) and self.chunks_per_block > 0):
                 bad(f"chunks_per_block must be a positive int or None, got {self.chunks_per_block!r}")

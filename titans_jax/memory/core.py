@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 
 from titans_jax.memory.config import MemoryConfig
 from titans_jax.memory.dual import dual_block_step, use_dual
@@ -383,6 +384,38 @@ def _maybe_remat(step, remat: bool):
     return jax.checkpoint(step) if remat else step
 
 
+SCAN_CARRY_NAME = "memory_scan_carry"   # the carries the two-level scan saves (a remat name)
+
+
+def _scan_blocks(step, carry0, blocks, remat: bool, every: Optional[int]):
+    """`lax.scan(step, carry0, blocks)` over the leading (block) axis, with the backward's
+    memory chosen by `remat` (each step recomputed from its carry) and `every`.
+
+    every = n: two-level rematerialisation. The blocks run in groups of n, each group a
+    checkpointed inner scan, so the forward keeps one carry per group (named
+    SCAN_CARRY_NAME, so that an enclosing remat policy can keep them) and the backward
+    recomputes one group's n carries at a time: N/n + n saved carries instead of N. The
+    N mod n blocks left over run in a plain scan after the groups. Same values.
+    """
+    inner = _maybe_remat(step, remat)
+    num_blocks = jax.tree.leaves(blocks)[0].shape[0]
+    if every is None or every >= num_blocks or every == 1:
+        return lax.scan(inner, carry0, blocks)
+    groups, rest = divmod(num_blocks, every)
+
+    def group(carry, group_blocks):
+        carry = checkpoint_name(carry, SCAN_CARRY_NAME)
+        return lax.scan(inner, carry, group_blocks)
+
+    head = jax.tree.map(lambda b: b[:groups * every].reshape((groups, every) + b.shape[1:]), blocks)
+    carry, y_head = lax.scan(jax.checkpoint(group), carry0, head)
+    y_head = y_head.reshape((groups * every,) + y_head.shape[2:])
+    if not rest:
+        return carry, y_head
+    carry, y_tail = lax.scan(inner, carry, jax.tree.map(lambda b: b[groups * every:], blocks))
+    return carry, jnp.concatenate([y_head, y_tail], axis=0)
+
+
 @jax.named_scope("memory")      # profiles group the layer's ops by these scopes (perf.profile)
 def apply(params: dict, x: jax.Array, cfg: MemoryConfig, state: Optional[State] = None,
           *, constrain_fresh_state: Optional[Callable[[State], State]] = None):
@@ -484,14 +517,14 @@ def apply(params: dict, x: jax.Array, cfg: MemoryConfig, state: Optional[State] 
         # Commit after every chunk (the paper's exact mini-batch GD): a block is one
         # chunk and W̄ = W at every block start, so the scan carries W once — one
         # weight-size carry fewer to select, stack for the backward and differentiate.
-        (weights, momentum), y_blocks = lax.scan(
-            _maybe_remat(_tied_gradient_point(step), remat),
-            (state["weights"], state["momentum"]), blocks)
+        (weights, momentum), y_blocks = _scan_blocks(
+            _tied_gradient_point(step), (state["weights"], state["momentum"]), blocks,
+            remat, cfg.scan_remat_every)
         grad_point = weights
     else:
         carry0 = (state["weights"], state["momentum"], state["grad_point"])
-        (weights, momentum, grad_point), y_blocks = lax.scan(
-            _maybe_remat(step, remat), carry0, blocks)
+        (weights, momentum, grad_point), y_blocks = _scan_blocks(
+            step, carry0, blocks, remat, cfg.scan_remat_every)
 
     # N×B×H×K×C×d -> B×L×H×d (shifted by one token), then the last token with final W.
     y_shift = jnp.moveaxis(y_blocks, 0, 1).reshape(B, num_blocks, H, kb, C, d)

@@ -243,7 +243,8 @@ class TitansConfig:
         dim, layers, heads, target = _SCALES[name]
         kw = dict(variant=variant, vocab_size=32000, dim=dim, num_layers=layers, heads=heads,
                   window=512, segment_len=512, num_persistent=16, memory_heads=heads,
-                  memory_chunk=16, dtype="bfloat16", param_dtype="float32", remat="dots")
+                  memory_chunk=16, dtype="bfloat16", param_dtype="float32",
+                  remat="dots_no_batch")  # "dots" also saves every matmul in the memory scan (docs/memory.md §7)
         kw = _with_overrides(kw, overrides)
         if "ffn_hidden" not in overrides:
             probe = cls(**{**kw, "ffn_hidden": _FFN_MULTIPLE})
