@@ -5,6 +5,7 @@
 
 Model: MAG, dim 64, 2 layers, 4 attention / 4 memory heads, chunk 8; batch 8 × 128.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,17 +26,27 @@ def main(argv=None) -> None:
   p.add_argument("--steps", type=int, default=5)
   args = p.parse_args(argv)
   shape = tuple(int(c) for c in args.mesh.split(","))
-  mcfg = TitansConfig.preset("tiny", variant="mag", dim=64, num_layers=2, heads=4,
-                             ffn_hidden=128, window=32, num_persistent=2, memory_heads=4,
-                             memory_chunk=8)
+  mcfg = TitansConfig.preset(
+    "tiny",
+    variant="mag",
+    dim=64,
+    num_layers=2,
+    heads=4,
+    ffn_hidden=128,
+    window=32,
+    num_persistent=2,
+    memory_heads=4,
+    memory_chunk=8,
+  )
   tcfg = TrainConfig(steps=100, batch_size=8, lr=1e-3, warmup_steps=0)
   x = np.random.default_rng(0).integers(0, 256, size=(8, 129)).astype(np.int32)
   batch = {"inputs": x[:, :-1], "targets": x[:, 1:], "weights": np.ones((8, 128), np.float32)}
   runs = {}
   for mode in ("tensor", "replicated"):
     mesh_cfg = sharding.MeshConfig(*shape, memory_heads=mode)
-    su = sharded.setup(mcfg, tcfg, sharding.make_mesh(mesh_cfg),
-                       tuple(sorted(sharding.rules_for(mesh_cfg).items())))
+    su = sharded.setup(
+      mcfg, tcfg, sharding.make_mesh(mesh_cfg), tuple(sorted(sharding.rules_for(mesh_cfg).items()))
+    )
     state, b = su.init(), su.put_batch(batch)
     state, m = su.step(state, b)  # compile
     jax.block_until_ready(m)
@@ -50,8 +61,11 @@ def main(argv=None) -> None:
       times.append(time.perf_counter() - t)
       run[1] = state
   for mode, (_, _, _, times) in runs.items():
-    print(f"mesh {shape} memory_heads={mode}: median {np.median(times) * 1e3:.0f} ms, "
-          f"min {min(times) * 1e3:.0f} ms over {len(times)} steps")
+    print(
+      f"mesh {shape} memory_heads={mode}: median {np.median(times) * 1e3:.0f} ms, "
+      f"min {min(times) * 1e3:.0f} ms over {len(times)} steps"
+    )
+
 
 if __name__ == "__main__":
   main()

@@ -20,6 +20,7 @@ niah_<variant>_<task>.png heatmaps.
 
 From a notebook: `from benchmarks.recall import SIZES, run_suite, train_variant`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,8 @@ import platform
 import subprocess
 import sys
 import time
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -45,9 +47,9 @@ from titans_jax.data import synthetic
 from titans_jax.evaluation import niah as niah_lib
 from titans_jax.memory import MemoryConfig
 from titans_jax.models import TitansConfig
-from titans_jax.training import config as config_lib
 from titans_jax.runtime import optimizer as opt_lib
 from titans_jax.runtime import steps as ts
+from titans_jax.training import config as config_lib
 from titans_jax.training.loop import build_model
 
 VARIANTS = ("swa", "lmm", "mag", "mal", "mac")
@@ -57,6 +59,7 @@ MQAR_EVAL_SEED = 9_000_011  # disjoint from the training streams (seeds 0..)
 
 # ------------------------------------------------------------------------ sizes ---
 
+
 @dataclasses.dataclass(frozen=True)
 class RecallSize:
   """One benchmark size: the model shape, the tasks and the training budget."""
@@ -65,11 +68,11 @@ class RecallSize:
   dim: int = 64
   layers: int = 2
   heads: int = 4
-  window: int = 16            # attention window (swa/mag/mal) and MAC segment length
+  window: int = 16  # attention window (swa/mag/mal) and MAC segment length
   num_persistent: int = 4
   memory_heads: int = 1
   memory_chunk: int = 8
-  memory: dict = dataclasses.field(default_factory=dict)   # MemoryConfig.paper overrides
+  memory: dict = dataclasses.field(default_factory=dict)  # MemoryConfig.paper overrides
   # MQAR
   mqar_len: int = 128
   mqar_pairs: int = 8
@@ -93,81 +96,192 @@ class RecallSize:
 
 
 SIZES = {
-    # a few seconds: the smoke test of the suite (files and fields, not accuracy)
-    "smoke": RecallSize(name="smoke", dim=16, layers=1, heads=2, window=8, num_persistent=2,
-                        memory_chunk=4, mqar_len=32, mqar_pairs=2, mqar_queries=4,
-                        mqar_vocab=16, mqar_steps=2, niah_len=112, niah_scales=(1, 2),
-                        niah_depths=(0.0, 1.0), niah_samples=2, niah_steps=2, batch=2,
-                        warmup=1, variants=("lmm",), eval_batches=1),
-    # the learning regression test (tests/test_recall.py): one layer, MQAR with 2 pairs
-    # in 32 tokens and a window of 4 — a memory-only model (lmm) learns it in ~100 steps
-    "tiny": RecallSize(name="tiny", dim=32, layers=1, heads=2, window=4, num_persistent=2,
-                       memory_chunk=4, mqar_len=32, mqar_pairs=2, mqar_queries=4,
-                       mqar_vocab=16, mqar_steps=120, niah_steps=0, batch=16, lr=1e-2,
-                       warmup=10, variants=("swa", "lmm"), eval_batches=4),
-    # the CPU size (≤ ~60 min end to end on a 2-core CPU)
-    "cpu": RecallSize(name="cpu", dim=32, layers=2, heads=2, window=8, num_persistent=2,
-                      memory_chunk=4, mqar_len=64, mqar_pairs=4, mqar_queries=8,
-                      mqar_vocab=32, mqar_steps=300, niah_len=128,
-                      niah_depths=(0.0, 0.5, 1.0), niah_samples=8, niah_steps=300,
-                      batch=16, lr=5e-3, warmup=20),
-    # the GPU size (benchmarks/gpu_suite.sh RECALL=1, one ≤ 10 min call; not yet run):
-    # 4× the CPU size's width and sequence lengths, 3× its steps
-    "gpu": RecallSize(name="gpu", dim=128, layers=2, heads=4, window=32, memory_chunk=8,
-                      mqar_len=256, mqar_pairs=16, mqar_queries=16, mqar_vocab=128,
-                      mqar_steps=1000, niah_tasks=("passkey", "number"), niah_len=512,
-                      niah_samples=16, niah_steps=1000, batch=32, lr=2e-3, warmup=50),
+  # a few seconds: the smoke test of the suite (files and fields, not accuracy)
+  "smoke": RecallSize(
+    name="smoke",
+    dim=16,
+    layers=1,
+    heads=2,
+    window=8,
+    num_persistent=2,
+    memory_chunk=4,
+    mqar_len=32,
+    mqar_pairs=2,
+    mqar_queries=4,
+    mqar_vocab=16,
+    mqar_steps=2,
+    niah_len=112,
+    niah_scales=(1, 2),
+    niah_depths=(0.0, 1.0),
+    niah_samples=2,
+    niah_steps=2,
+    batch=2,
+    warmup=1,
+    variants=("lmm",),
+    eval_batches=1,
+  ),
+  # the learning regression test (tests/test_recall.py): one layer, MQAR with 2 pairs
+  # in 32 tokens and a window of 4 — a memory-only model (lmm) learns it in ~100 steps
+  "tiny": RecallSize(
+    name="tiny",
+    dim=32,
+    layers=1,
+    heads=2,
+    window=4,
+    num_persistent=2,
+    memory_chunk=4,
+    mqar_len=32,
+    mqar_pairs=2,
+    mqar_queries=4,
+    mqar_vocab=16,
+    mqar_steps=120,
+    niah_steps=0,
+    batch=16,
+    lr=1e-2,
+    warmup=10,
+    variants=("swa", "lmm"),
+    eval_batches=4,
+  ),
+  # the CPU size (≤ ~60 min end to end on a 2-core CPU)
+  "cpu": RecallSize(
+    name="cpu",
+    dim=32,
+    layers=2,
+    heads=2,
+    window=8,
+    num_persistent=2,
+    memory_chunk=4,
+    mqar_len=64,
+    mqar_pairs=4,
+    mqar_queries=8,
+    mqar_vocab=32,
+    mqar_steps=300,
+    niah_len=128,
+    niah_depths=(0.0, 0.5, 1.0),
+    niah_samples=8,
+    niah_steps=300,
+    batch=16,
+    lr=5e-3,
+    warmup=20,
+  ),
+  # the GPU size (benchmarks/gpu_suite.sh RECALL=1, one ≤ 10 min call; not yet run):
+  # 4× the CPU size's width and sequence lengths, 3× its steps
+  "gpu": RecallSize(
+    name="gpu",
+    dim=128,
+    layers=2,
+    heads=4,
+    window=32,
+    memory_chunk=8,
+    mqar_len=256,
+    mqar_pairs=16,
+    mqar_queries=16,
+    mqar_vocab=128,
+    mqar_steps=1000,
+    niah_tasks=("passkey", "number"),
+    niah_len=512,
+    niah_samples=16,
+    niah_steps=1000,
+    batch=32,
+    lr=2e-3,
+    warmup=50,
+  ),
 }
 
 
-def model_config(size: RecallSize, variant: str, vocab_size: int, *,
-                 model_overrides: Optional[dict] = None, **memory_overrides) -> TitansConfig:
+def model_config(
+  size: RecallSize,
+  variant: str,
+  vocab_size: int,
+  *,
+  model_overrides: Optional[dict] = None,
+  **memory_overrides,
+) -> TitansConfig:
   """The model of one variant at `size` (every variant shares width, depth and heads)."""
-  mem = MemoryConfig.paper(size.dim, heads=size.memory_heads, chunk_size=size.memory_chunk,
-                           pre_norm=False, **{**size.memory, **memory_overrides})
-  kw = dict(variant=variant, vocab_size=vocab_size, dim=size.dim, num_layers=size.layers,
-            heads=size.heads, ffn_hidden=2 * size.dim, window=size.window,
-            segment_len=size.window, num_persistent=size.num_persistent, memory=mem,
-            memory_heads=size.memory_heads, memory_chunk=size.memory_chunk)
+  mem = MemoryConfig.paper(
+    size.dim,
+    heads=size.memory_heads,
+    chunk_size=size.memory_chunk,
+    pre_norm=False,
+    **{**size.memory, **memory_overrides},
+  )
+  kw = dict(
+    variant=variant,
+    vocab_size=vocab_size,
+    dim=size.dim,
+    num_layers=size.layers,
+    heads=size.heads,
+    ffn_hidden=2 * size.dim,
+    window=size.window,
+    segment_len=size.window,
+    num_persistent=size.num_persistent,
+    memory=mem,
+    memory_heads=size.memory_heads,
+    memory_chunk=size.memory_chunk,
+  )
   kw.update(model_overrides or {})
   return TitansConfig.preset("tiny", **kw)
 
 
 # The paper's ablations (Titans §5.9) as config switches: name -> (memory, model) overrides.
 ABLATIONS = {
-    "full": ({}, {}),
-    "linear memory (depth 1)": ({"depth": 1}, {}),
-    "no momentum": ({"momentum": False}, {}),
-    "no forgetting": ({"forget": False}, {}),
-    "no conv": ({"qkv_conv": 0}, {}),
-    "no persistent tokens": ({}, {"num_persistent": 0}),
+  "full": ({}, {}),
+  "linear memory (depth 1)": ({"depth": 1}, {}),
+  "no momentum": ({"momentum": False}, {}),
+  "no forgetting": ({"forget": False}, {}),
+  "no conv": ({"qkv_conv": 0}, {}),
+  "no persistent tokens": ({}, {"num_persistent": 0}),
 }
 
 
 def train_config(size: RecallSize, steps: int, seed: int) -> config_lib.TrainConfig:
-  return config_lib.TrainConfig(steps=steps, batch_size=size.batch, lr=size.lr,
-                                warmup_steps=size.warmup, weight_decay=0.0, seed=seed)
+  return config_lib.TrainConfig(
+    steps=steps,
+    batch_size=size.batch,
+    lr=size.lr,
+    warmup_steps=size.warmup,
+    weight_decay=0.0,
+    seed=seed,
+  )
 
 
 # ------------------------------------------------------------------------- data ---
 
+
 def mqar_batch(size: RecallSize, seed: int, start: int, batch: int) -> dict[str, np.ndarray]:
   """Examples start..start+batch of MQAR stream `seed` as a model batch."""
-  exs = [synthetic.mqar_example(synthetic.example_rng(seed, start + i), size.mqar_len,
-                                size.mqar_pairs, size.mqar_queries, size.mqar_vocab)
-         for i in range(batch)]
+  exs = [
+    synthetic.mqar_example(
+      synthetic.example_rng(seed, start + i),
+      size.mqar_len,
+      size.mqar_pairs,
+      size.mqar_queries,
+      size.mqar_vocab,
+    )
+    for i in range(batch)
+  ]
   t = np.stack([e["tokens"] for e in exs])
-  return {"inputs": t[:, :-1], "targets": t[:, 1:], "weights": np.stack([e["weights"] for e in exs])}
+  return {
+    "inputs": t[:, :-1],
+    "targets": t[:, 1:],
+    "weights": np.stack([e["weights"] for e in exs]),
+  }
 
 
-def niah_batch(size: RecallSize, task: str, seed: int, start: int, batch: int) -> dict[str, np.ndarray]:
+def niah_batch(
+  size: RecallSize, task: str, seed: int, start: int, batch: int
+) -> dict[str, np.ndarray]:
   """Examples of S-NIAH stream `seed` (needle at a random depth) as a model batch."""
   exs = []
   for i in range(batch):
     rng = synthetic.example_rng(seed, start + i)
     exs.append(synthetic.niah_example(rng, task, size.niah_len, float(rng.random())))
   t = np.stack([e["tokens"] for e in exs])
-  return {"inputs": t[:, :-1], "targets": t[:, 1:], "weights": np.stack([e["weights"] for e in exs])}
+  return {
+    "inputs": t[:, :-1],
+    "targets": t[:, 1:],
+    "weights": np.stack([e["weights"] for e in exs]),
+  }
 
 
 def query_distances(inputs_BT: np.ndarray, weights_BT: np.ndarray, num_pairs: int) -> np.ndarray:
@@ -192,6 +306,7 @@ def distance_bin(dist: np.ndarray, window: int) -> np.ndarray:
 
 # --------------------------------------------------------------------- training ---
 
+
 @dataclasses.dataclass
 class Trained:
   """A trained model: jitted pieces, final parameters and the learning curve."""
@@ -200,14 +315,19 @@ class Trained:
   graphdef: object
   params: object
   rest: object
-  curve: list[dict]          # [{"step", "loss", "accuracy"}] every `log_every` steps
+  curve: list[dict]  # [{"step", "loss", "accuracy"}] every `log_every` steps
   wall_s: float
   diverged: bool
 
 
-def train_variant(model_cfg: TitansConfig, train_cfg: config_lib.TrainConfig,
-                  batch_fn: Callable[[int, int], dict[str, np.ndarray]], *,
-                  log_every: int = 50, log: Optional[Callable[[str], None]] = None) -> Trained:
+def train_variant(
+  model_cfg: TitansConfig,
+  train_cfg: config_lib.TrainConfig,
+  batch_fn: Callable[[int, int], dict[str, np.ndarray]],
+  *,
+  log_every: int = 50,
+  log: Optional[Callable[[str], None]] = None,
+) -> Trained:
   """Train `model_cfg` for `train_cfg.steps` updates on `batch_fn(start, batch)`.
 
   Built on the library's model, optimiser and jitted train step (the same ones
@@ -227,21 +347,28 @@ def train_variant(model_cfg: TitansConfig, train_cfg: config_lib.TrainConfig,
       m = jax.device_get(m)
       if not m["finite"]:
         diverged = True
-      acc_loss += float(m["loss"]); acc_ok += float(m["accuracy"]); n += 1
+      acc_loss += float(m["loss"])
+      acc_ok += float(m["accuracy"])
+      n += 1
       curve.append({"step": step, "loss": float(m["loss"]), "accuracy": float(m["accuracy"])})
       if log:
-        log(f"  step {step:5d} loss {float(m['loss']):.3f} acc {float(m['accuracy']):.3f}"
-            f" ({time.perf_counter() - t0:.0f}s)")
-  return Trained(model_cfg, graphdef, state.params, state.rest, curve,
-                 time.perf_counter() - t0, diverged)
+        log(
+          f"  step {step:5d} loss {float(m['loss']):.3f} acc {float(m['accuracy']):.3f}"
+          f" ({time.perf_counter() - t0:.0f}s)"
+        )
+  return Trained(
+    model_cfg, graphdef, state.params, state.rest, curve, time.perf_counter() - t0, diverged
+  )
 
 
 # ---------------------------------------------------------------------- scoring ---
 
+
 def score_mqar(trained: Trained, size: RecallSize) -> dict:
   """Held-out MQAR accuracy overall and per key→query distance bin."""
   predict = niah_lib.make_predict(trained.graphdef)
-  correct = np.zeros(len(DIST_BINS)); total = np.zeros(len(DIST_BINS))
+  correct = np.zeros(len(DIST_BINS))
+  total = np.zeros(len(DIST_BINS))
   for b in range(size.eval_batches):
     batch = mqar_batch(size, MQAR_EVAL_SEED, b * size.batch, size.batch)
     pred = np.asarray(predict(trained.params, trained.rest, jnp.asarray(batch["inputs"])))
@@ -253,22 +380,33 @@ def score_mqar(trained: Trained, size: RecallSize) -> dict:
     np.add.at(total, bins, 1)
   acc = {name: (float(c / t) if t else None) for name, c, t in zip(DIST_BINS, correct, total)}
   beyond = total[1:].sum()
-  return {"accuracy": float(correct.sum() / max(total.sum(), 1)),
-          "beyond_window": float(correct[1:].sum() / beyond) if beyond else None,
-          "by_distance": acc, "count_by_distance": dict(zip(DIST_BINS, total.astype(int).tolist())),
-          "chance": 2.0 / size.mqar_vocab}
+  return {
+    "accuracy": float(correct.sum() / max(total.sum(), 1)),
+    "beyond_window": float(correct[1:].sum() / beyond) if beyond else None,
+    "by_distance": acc,
+    "count_by_distance": dict(zip(DIST_BINS, total.astype(int).tolist())),
+    "chance": 2.0 / size.mqar_vocab,
+  }
 
 
 def score_niah(trained: Trained, size: RecallSize, task: str) -> dict:
   """S-NIAH exact-match grid at 1×, 2×, 4× the training length over depths."""
   predict = niah_lib.make_predict(trained.graphdef)
   lengths = [size.niah_len * s for s in size.niah_scales]
-  return niah_lib.niah_grid(predict, trained.params, trained.rest, task=task, lengths=lengths,
-                            depths=size.niah_depths, samples=size.niah_samples,
-                            batch_size=min(size.niah_samples, 16))
+  return niah_lib.niah_grid(
+    predict,
+    trained.params,
+    trained.rest,
+    task=task,
+    lengths=lengths,
+    depths=size.niah_depths,
+    samples=size.niah_samples,
+    batch_size=min(size.niah_samples, 16),
+  )
 
 
 # ------------------------------------------------------------------- diagnostics ---
+
 
 def layer0_diagnostics(trained: Trained, size: RecallSize, *, batch: int = 8) -> dict:
   """What the first layer's memory does on held-out MQAR (`memory.diagnostics`).
@@ -299,20 +437,23 @@ def layer0_diagnostics(trained: Trained, size: RecallSize, *, batch: int = 8) ->
   mparams = block.memory.param_tree()
   diag = jax.jit(memory_lib.diagnostics, static_argnums=2)(mparams, xt, mcfg)
   n_p = 0 if P is None else P.shape[1]
-  loss = np.asarray(diag["inner_loss"])[:, n_p:].mean(-1)     # B×T (mean over heads)
+  loss = np.asarray(diag["inner_loss"])[:, n_p:].mean(-1)  # B×T (mean over heads)
   first, repeat = [], []
   inputs = ex["inputs"]
   for b in range(batch):
     seen = set()
     for p in range(1, inputs.shape[1]):
       if p < 2 * size.mqar_pairs and p % 2 == 1:
-        first.append(loss[b, p]); seen.add(int(inputs[b, p - 1]))
+        first.append(loss[b, p])
+        seen.add(int(inputs[b, p - 1]))
       elif ex["weights"][b, p - 1] and int(inputs[b, p - 1]) in seen:
-        repeat.append(loss[b, p])      # p: the value token right after a query key
-  out = {"theta_mean": float(np.mean(diag["theta"])),
-         "inner_loss_values_first": float(np.mean(first)),
-         "inner_loss_values_repeat": float(np.mean(repeat)),
-         "inner_loss_all": float(np.mean(loss))}
+        repeat.append(loss[b, p])  # p: the value token right after a query key
+  out = {
+    "theta_mean": float(np.mean(diag["theta"])),
+    "inner_loss_values_first": float(np.mean(first)),
+    "inner_loss_values_repeat": float(np.mean(repeat)),
+    "inner_loss_all": float(np.mean(loss)),
+  }
   for name in ("alpha", "eta"):
     if name in diag:
       out[f"{name}_mean"] = float(np.nanmean(np.asarray(diag[name])))
@@ -329,6 +470,7 @@ def layer0_diagnostics(trained: Trained, size: RecallSize, *, batch: int = 8) ->
 
 # ------------------------------------------------------------------ memorisation ---
 
+
 def memorisation(cfg: MemoryConfig, num_tokens: int, *, seed: int = 0, batch: int = 4) -> dict:
   """Test-time memorisation of one memory layer with fixed random projections.
 
@@ -342,9 +484,16 @@ def memorisation(cfg: MemoryConfig, num_tokens: int, *, seed: int = 0, batch: in
   """
   errs = [float(e) for e in _memorisation_errors(cfg, num_tokens, seed, batch)]
   before, stored, unseen, forget_all, theta = errs
-  return {"before": before, "stored": stored, "unseen": unseen, "forget_all": forget_all,
-          "stored_over_before": stored / before, "stored_over_unseen": stored / unseen,
-          "stored_over_forget_all": stored / forget_all, "theta_mean": theta}
+  return {
+    "before": before,
+    "stored": stored,
+    "unseen": unseen,
+    "forget_all": forget_all,
+    "stored_over_before": stored / before,
+    "stored_over_unseen": stored / unseen,
+    "stored_over_forget_all": stored / forget_all,
+    "theta_mean": theta,
+  }
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
@@ -359,42 +508,68 @@ def _memorisation_errors(cfg: MemoryConfig, num_tokens: int, seed: int, batch: i
   kx, ku = jax.random.split(jax.random.key(seed + 1))
   x = jax.random.normal(kx, (batch, num_tokens, cfg.dim))
   xu = jax.random.normal(ku, (batch, num_tokens, cfg.dim))
-  conv = (jnp.zeros((batch, cfg.qkv_conv - 1, 3, cfg.heads, cfg.head_dim))
-          if cfg.qkv_conv > 1 else None)
+  conv = (
+    jnp.zeros((batch, cfg.qkv_conv - 1, 3, cfg.heads, cfg.head_dim)) if cfg.qkv_conv > 1 else None
+  )
   _, _, _, k, v, lr, _ = _project(params, x, conv, cfg)
   _, _, _, k_unseen, v_unseen, _, _ = _project(params, xu, conv, cfg)
   # The same layer twice in one program: as initialised, and forgetting everything
   # (decay gate weight 0, bias 30: α = sigmoid(30) = 1 in float32).
-  forget_all = dict(params, decay={"w": jnp.zeros_like(params["decay"]["w"]),
-                                   "b": jnp.full_like(params["decay"]["b"], 30.0)})
+  forget_all = dict(
+    params,
+    decay={
+      "w": jnp.zeros_like(params["decay"]["w"]),
+      "b": jnp.full_like(params["decay"]["b"], 30.0),
+    },
+  )
   states = [memory_lib.apply(p, x, cfg)[1]["weights"] for p in (params, forget_all)]
   fwd = jax.vmap(jax.vmap(lambda w, kk: memory_forward(w, kk, cfg), in_axes=(0, 1), out_axes=1))
   w0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (batch,) + a.shape), params["W0"])
   err = lambda w, kk, vv: jnp.mean(jnp.square(fwd(w, kk.astype(jnp.float32)) - vv))
-  return (err(w0, k, v), err(states[0], k, v), err(states[0], k_unseen, v_unseen),
-          err(states[1], k, v), lr.mean())
+  return (
+    err(w0, k, v),
+    err(states[0], k, v),
+    err(states[0], k_unseen, v_unseen),
+    err(states[1], k, v),
+    lr.mean(),
+  )
 
 
 # ---------------------------------------------------------------------- the suite ---
 
+
 def environment(argv: Sequence[str]) -> dict:
   try:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True).stdout.strip())
+    commit = subprocess.run(
+      ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    dirty = bool(
+      subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+      ).stdout.strip()
+    )
   except (OSError, subprocess.CalledProcessError):
     commit, dirty = "unknown", False
   dev = jax.devices()[0]
-  return {"device": f"{dev.platform}: {getattr(dev, 'device_kind', '')}",
-          "cpu_count": __import__("os").cpu_count(), "host": platform.node(),
-          "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-          "commit": commit + ("+dirty" if dirty else ""), "jax": jax.__version__,
-          "command": "python " + " ".join(argv)}
+  return {
+    "device": f"{dev.platform}: {getattr(dev, 'device_kind', '')}",
+    "cpu_count": __import__("os").cpu_count(),
+    "host": platform.node(),
+    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    "commit": commit + ("+dirty" if dirty else ""),
+    "jax": jax.__version__,
+    "command": "python " + " ".join(argv),
+  }
 
 
-def run_suite(size: RecallSize, out: str | pathlib.Path, *, tasks: Sequence[str] = ("mqar", "niah"),
-              argv: Sequence[str] = (), log: Callable[[str], None] = print) -> dict:
+def run_suite(
+  size: RecallSize,
+  out: str | pathlib.Path,
+  *,
+  tasks: Sequence[str] = ("mqar", "niah"),
+  argv: Sequence[str] = (),
+  log: Callable[[str], None] = print,
+) -> dict:
   """Train and score every variant of `size`; write JSON, markdown and PNGs under `out`.
 
   The JSON is rewritten after every run, so a suite cut short keeps what it had.
@@ -420,20 +595,33 @@ def run_suite(size: RecallSize, out: str | pathlib.Path, *, tasks: Sequence[str]
             mcfg = model_config(size, variant, 256)
             tcfg = train_config(size, size.niah_steps, seed)
             fn = lambda start, b, s=seed, k=sub: niah_batch(size, k, s, start, b)
-          trained = train_variant(mcfg, tcfg, fn, log=log,
-                                  log_every=max(1, min(50, tcfg.steps // 10)))
-          run = {"task": task, "subtask": sub, "variant": variant, "seed": seed,
-                 "steps": tcfg.steps, "train_wall_s": trained.wall_s,
-                 "diverged": trained.diverged, "curve": trained.curve}
+          trained = train_variant(
+            mcfg, tcfg, fn, log=log, log_every=max(1, min(50, tcfg.steps // 10))
+          )
+          run = {
+            "task": task,
+            "subtask": sub,
+            "variant": variant,
+            "seed": seed,
+            "steps": tcfg.steps,
+            "train_wall_s": trained.wall_s,
+            "diverged": trained.diverged,
+            "curve": trained.curve,
+          }
           if task == "mqar":
             run["score"] = score_mqar(trained, size)
             run["diagnostics"] = layer0_diagnostics(trained, size)
-            log(f"  -> acc {run['score']['accuracy']:.3f} by distance {run['score']['by_distance']}")
+            log(
+              f"  -> acc {run['score']['accuracy']:.3f} by distance {run['score']['by_distance']}"
+            )
           else:
             grid = score_niah(trained, size, sub)
             run["score"] = grid
-            niah_lib.write_grid(grid, out / f"niah_{variant}_s{seed}",
-                                title=f"{variant} S-NIAH {sub} (trained at {size.niah_len})")
+            niah_lib.write_grid(
+              grid,
+              out / f"niah_{variant}_s{seed}",
+              title=f"{variant} S-NIAH {sub} (trained at {size.niah_len})",
+            )
             log(f"  -> niah mean {grid['mean_accuracy']:.3f}")
           result["runs"].append(run)
           flush()
@@ -442,33 +630,49 @@ def run_suite(size: RecallSize, out: str | pathlib.Path, *, tasks: Sequence[str]
   return result
 
 
-def run_ablations(size: RecallSize, variant: str, out: str | pathlib.Path, *,
-                  names: Sequence[str] = tuple(ABLATIONS), argv: Sequence[str] = (),
-                  log: Callable[[str], None] = print) -> dict:
+def run_ablations(
+  size: RecallSize,
+  variant: str,
+  out: str | pathlib.Path,
+  *,
+  names: Sequence[str] = tuple(ABLATIONS),
+  argv: Sequence[str] = (),
+  log: Callable[[str], None] = print,
+) -> dict:
   """MQAR beyond-window accuracy of `variant` with each ablation switched, per seed.
 
   Writes ablations_<variant>.json and .md under `out` (rewritten after every run).
   """
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  result = {"env": environment(argv), "size": dataclasses.asdict(size), "variant": variant,
-            "rows": []}
+  result = {
+    "env": environment(argv),
+    "size": dataclasses.asdict(size),
+    "variant": variant,
+    "rows": [],
+  }
   stem = out / f"ablations_{variant}"
   for name in names:
     mem_over, model_over = ABLATIONS[name]
     if variant == "lmm" and "num_persistent" in model_over:
-      continue   # lmm has no attention, hence no persistent tokens to remove
+      continue  # lmm has no attention, hence no persistent tokens to remove
     row = {"ablation": name, "memory": mem_over, "model": model_over, "seeds": {}}
     for seed in size.seeds:
       mcfg = model_config(size, variant, size.mqar_vocab, model_overrides=model_over, **mem_over)
-      trained = train_variant(mcfg, train_config(size, size.mqar_steps, seed),
-                              lambda s, b, sd=seed: mqar_batch(size, sd, s, b),
-                              log_every=max(1, size.mqar_steps // 6))
+      trained = train_variant(
+        mcfg,
+        train_config(size, size.mqar_steps, seed),
+        lambda s, b, sd=seed: mqar_batch(size, sd, s, b),
+        log_every=max(1, size.mqar_steps // 6),
+      )
       score = score_mqar(trained, size)
-      row["seeds"][seed] = {"beyond_window": score["beyond_window"],
-                            "diagnostics": layer0_diagnostics(trained, size),
-                            "accuracy": score["accuracy"], "diverged": trained.diverged,
-                            "final_loss": trained.curve[-1]["loss"]}
+      row["seeds"][seed] = {
+        "beyond_window": score["beyond_window"],
+        "diagnostics": layer0_diagnostics(trained, size),
+        "accuracy": score["accuracy"],
+        "diverged": trained.diverged,
+        "final_loss": trained.curve[-1]["loss"],
+      }
       log(f"[ablation {variant}] {name} seed {seed}: beyond {score['beyond_window']:.3f}")
     vals = [r["beyond_window"] for r in row["seeds"].values()]
     row["beyond_window_mean"] = float(np.mean(vals))
@@ -476,11 +680,15 @@ def run_ablations(size: RecallSize, variant: str, out: str | pathlib.Path, *,
     result["rows"].append(row)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
   env = result["env"]
-  lines = [f"Ablations of {variant} on MQAR ({size.name} size: {size.mqar_pairs} pairs in "
-           f"{size.mqar_len} tokens, window {size.window}, {size.mqar_steps} steps, seeds "
-           f"{list(size.seeds)}); {env['device']}, {env['date']}, commit {env['commit']}; "
-           f"`{env['command']}`", "",
-           "| ablation | accuracy beyond the window (mean over seeds) | per seed |", "|---|---|---|"]
+  lines = [
+    f"Ablations of {variant} on MQAR ({size.name} size: {size.mqar_pairs} pairs in "
+    f"{size.mqar_len} tokens, window {size.window}, {size.mqar_steps} steps, seeds "
+    f"{list(size.seeds)}); {env['device']}, {env['date']}, commit {env['commit']}; "
+    f"`{env['command']}`",
+    "",
+    "| ablation | accuracy beyond the window (mean over seeds) | per seed |",
+    "|---|---|---|",
+  ]
   for row in result["rows"]:
     per = ", ".join(f"{100 * r['beyond_window']:.0f}%" for r in row["seeds"].values())
     lines.append(f"| {row['ablation']} | {100 * row['beyond_window_mean']:.0f}% | {per} |")
@@ -507,8 +715,9 @@ def summarise(result: dict) -> dict:
   for (task, v), grids in niah.items():
     per_len = np.mean([np.asarray(g["accuracy"]).mean(0) for g in grids], axis=0)
     out["niah"].setdefault(task, {})[v] = {
-        "by_length": dict(zip([str(L) for L in grids[0]["lengths"]], per_len.tolist())),
-        "seeds": len(grids)}
+      "by_length": dict(zip([str(L) for L in grids[0]["lengths"]], per_len.tolist())),
+      "seeds": len(grids),
+    }
   out["window"] = size["window"]
   return out
 
@@ -532,28 +741,43 @@ def write_report(result: dict, out: pathlib.Path) -> None:
   s = summarise(result)
   result["summary"] = s
   env, size = result["env"], result["size"]
-  lines = [f"# Long-range recall ({size['name']} size)", "",
-           f"Device: {env['device']} ({env['cpu_count']} cores), {env['date']}, commit "
-           f"{env['commit']}.  ", f"Command: `{env['command']}`", "",
-           f"Width {size['dim']}, {size['layers']} layers, window {size['window']}, memory "
-           f"chunk {size['memory_chunk']}, batch {size['batch']}, lr {size['lr']}, seeds "
-           f"{list(size['seeds'])}.", ""]
+  lines = [
+    f"# Long-range recall ({size['name']} size)",
+    "",
+    f"Device: {env['device']} ({env['cpu_count']} cores), {env['date']}, commit {env['commit']}.  ",
+    f"Command: `{env['command']}`",
+    "",
+    f"Width {size['dim']}, {size['layers']} layers, window {size['window']}, memory "
+    f"chunk {size['memory_chunk']}, batch {size['batch']}, lr {size['lr']}, seeds "
+    f"{list(size['seeds'])}.",
+    "",
+  ]
   if s["mqar"]:
     W = size["window"]
-    lines += [f"MQAR ({size['mqar_pairs']} pairs, {size['mqar_queries']} queries, "
-              f"{size['mqar_len']} tokens, vocab {size['mqar_vocab']}, {size['mqar_steps']} "
-              f"steps; chance {100 * 2 / size['mqar_vocab']:.1f}%): held-out accuracy by "
-              f"key→query distance (window W = {W})", "",
-              "| variant | ≤ W | W–2W | 2W–4W | > 4W | beyond W | all |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+      f"MQAR ({size['mqar_pairs']} pairs, {size['mqar_queries']} queries, "
+      f"{size['mqar_len']} tokens, vocab {size['mqar_vocab']}, {size['mqar_steps']} "
+      f"steps; chance {100 * 2 / size['mqar_vocab']:.1f}%): held-out accuracy by "
+      f"key→query distance (window W = {W})",
+      "",
+      "| variant | ≤ W | W–2W | 2W–4W | > 4W | beyond W | all |",
+      "|---|---|---|---|---|---|---|",
+    ]
     for v, row in s["mqar"].items():
-      lines.append(f"| {v} | " + " | ".join(_pct(row[b]) for b in DIST_BINS)
-                   + f" | {_pct(row['beyond_window'])} | {_pct(row['all'])} |")
+      lines.append(
+        f"| {v} | "
+        + " | ".join(_pct(row[b]) for b in DIST_BINS)
+        + f" | {_pct(row['beyond_window'])} | {_pct(row['all'])} |"
+      )
     lines.append("")
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     for v, row in s["mqar"].items():
-      ax.plot(range(len(DIST_BINS)), [np.nan if row[b] is None else row[b] for b in DIST_BINS],
-              marker="o", label=v)
+      ax.plot(
+        range(len(DIST_BINS)),
+        [np.nan if row[b] is None else row[b] for b in DIST_BINS],
+        marker="o",
+        label=v,
+      )
     ax.axhline(2 / size["mqar_vocab"], color="gray", ls=":", label="chance")
     ax.set_xticks(range(len(DIST_BINS)), ["≤ W", "W–2W", "2W–4W", "> 4W"])
     ax.set_xlabel(f"key→query distance (W = {W})")
@@ -566,10 +790,14 @@ def write_report(result: dict, out: pathlib.Path) -> None:
     plt.close(fig)
   for task, per_v in s["niah"].items():
     lengths = list(next(iter(per_v.values()))["by_length"])
-    lines += [f"S-NIAH {task} (trained at {size['niah_len']} bytes, {size['niah_steps']} steps): "
-              f"exact-match accuracy over depths {list(size['niah_depths'])}, "
-              f"{size['niah_samples']} samples per cell", "",
-              "| variant | " + " | ".join(lengths) + " |", "|---|" + "---|" * len(lengths)]
+    lines += [
+      f"S-NIAH {task} (trained at {size['niah_len']} bytes, {size['niah_steps']} steps): "
+      f"exact-match accuracy over depths {list(size['niah_depths'])}, "
+      f"{size['niah_samples']} samples per cell",
+      "",
+      "| variant | " + " | ".join(lengths) + " |",
+      "|---|" + "---|" * len(lengths),
+    ]
     for v, row in per_v.items():
       lines.append(f"| {v} | " + " | ".join(_pct(row["by_length"][L]) for L in lengths) + " |")
     lines.append("")
@@ -580,14 +808,25 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   argv = list(sys.argv[1:] if argv is None else argv)
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--size", choices=sorted(SIZES), default="cpu")
-  p.add_argument("--out", default=None, help="output folder (default benchmarks/results/recall_<size>)")
+  p.add_argument(
+    "--out", default=None, help="output folder (default benchmarks/results/recall_<size>)"
+  )
   p.add_argument("--tasks", nargs="+", choices=("mqar", "niah"), default=["mqar", "niah"])
   p.add_argument("--variants", nargs="+", choices=VARIANTS, default=None)
   p.add_argument("--seeds", nargs="+", type=int, default=None)
-  p.add_argument("--ablations", default=None, metavar="VARIANT",
-                 help="instead of the suite: the ablation table of VARIANT on MQAR")
-  p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                 help="override RecallSize fields, e.g. mqar_steps=500 (ints/floats/tuples)")
+  p.add_argument(
+    "--ablations",
+    default=None,
+    metavar="VARIANT",
+    help="instead of the suite: the ablation table of VARIANT on MQAR",
+  )
+  p.add_argument(
+    "--set",
+    nargs="*",
+    default=[],
+    metavar="FIELD=VALUE",
+    help="override RecallSize fields, e.g. mqar_steps=500 (ints/floats/tuples)",
+  )
   args = p.parse_args(argv)
   size = SIZES[args.size]
   changes = {}

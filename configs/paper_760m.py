@@ -10,6 +10,7 @@ Point it at your data (a flat .bin/.npy of token ids, or ArrayRecord documents):
       --set data.paths=/data/train.bin --set data.eval_paths=/data/val.bin
 Pick the variant with --set model.variant=mag (mac, mag, mal, lmm, swa).
 """
+
 import dataclasses
 import pathlib
 
@@ -19,7 +20,9 @@ from titans_jax.training.config import Config, load_config
 
 def get_config() -> Config:
   base = load_config(pathlib.Path(__file__).with_name("paper_340m.py"))
-  model = TitansConfig.preset("760m", variant=base.model.variant, vocab_size=32000,
-                              dtype="bfloat16")
-  return dataclasses.replace(base, name="paper_760m", model=model,
-                             train=dataclasses.replace(base.train, steps=60000))
+  model = TitansConfig.preset(
+    "760m", variant=base.model.variant, vocab_size=32000, dtype="bfloat16"
+  )
+  return dataclasses.replace(
+    base, name="paper_760m", model=model, train=dataclasses.replace(base.train, steps=60000)
+  )

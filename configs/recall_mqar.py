@@ -9,6 +9,7 @@ Measured (2026-11-30, shared 2-core CPU, benchmarks/recall.py `train_variant`, s
 
   python train.py --config configs/recall_mqar.py --workdir runs/recall_mqar
 """
+
 from titans_jax.memory import MemoryConfig
 from titans_jax.models import TitansConfig
 from titans_jax.training.config import Config, DataConfig, EvalConfig, TrainConfig
@@ -16,17 +17,37 @@ from titans_jax.training.config import Config, DataConfig, EvalConfig, TrainConf
 
 def get_config() -> Config:
   memory = MemoryConfig.paper(32, heads=1, chunk_size=4, pre_norm=False)
-  model = TitansConfig.preset("tiny", variant="lmm", vocab_size=16, dim=32, num_layers=1,
-                              heads=2, ffn_hidden=64, window=4, segment_len=4,
-                              num_persistent=2, memory=memory, memory_heads=1,
-                              memory_chunk=4, dtype="float32")
+  model = TitansConfig.preset(
+    "tiny",
+    variant="lmm",
+    vocab_size=16,
+    dim=32,
+    num_layers=1,
+    heads=2,
+    ffn_hidden=64,
+    window=4,
+    segment_len=4,
+    num_persistent=2,
+    memory=memory,
+    memory_heads=1,
+    memory_chunk=4,
+    dtype="float32",
+  )
   return Config(
-      name="recall_mqar",
-      model=model,
-      data=DataConfig(kind="mqar", seq_len=32, mqar_pairs=2, mqar_queries=4),
-      # a high peak lr for a 20k-parameter model; no weight decay (a few hundred steps)
-      train=TrainConfig(steps=150, batch_size=16, lr=1e-2, warmup_steps=10,
-                        weight_decay=0.0, log_every=10,
-                        eval_batches=4, checkpoint_every=150, keep_checkpoints=1),
-      eval=EvalConfig(batches=4, batch_size=16, niah_lengths=(), prompt="", sample_tokens=0),
+    name="recall_mqar",
+    model=model,
+    data=DataConfig(kind="mqar", seq_len=32, mqar_pairs=2, mqar_queries=4),
+    # a high peak lr for a 20k-parameter model; no weight decay (a few hundred steps)
+    train=TrainConfig(
+      steps=150,
+      batch_size=16,
+      lr=1e-2,
+      warmup_steps=10,
+      weight_decay=0.0,
+      log_every=10,
+      eval_batches=4,
+      checkpoint_every=150,
+      keep_checkpoints=1,
+    ),
+    eval=EvalConfig(batches=4, batch_size=16, niah_lengths=(), prompt="", sample_tokens=0),
   )

@@ -2,6 +2,7 @@
 
 XLA_FLAGS must be set before jax is imported anywhere, which is why it lives here.
 """
+
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -19,9 +20,9 @@ import pytest  # noqa: E402
 
 @pytest.fixture(autouse=True, scope="module")
 def _fresh_jax_caches_per_module():
-    """Drop the compiled executables of earlier test files before each one: in one long
-    `pytest` process they pile up, and the sharded-step compiles of test_sharding crashed
-    inside XLA (SIGSEGV in backend_compile) after the rest of the suite, never alone."""
-    jax.clear_caches()
-    gc.collect()
-    yield
+  """Drop the compiled executables of earlier test files before each one: in one long
+  `pytest` process they pile up, and the sharded-step compiles of test_sharding crashed
+  inside XLA (SIGSEGV in backend_compile) after the rest of the suite, never alone."""
+  jax.clear_caches()
+  gc.collect()
+  yield

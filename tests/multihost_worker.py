@@ -5,6 +5,7 @@
 4 fake CPU devices per process, gloo collectives, jax.distributed on localhost; trains
 configs/tiny.py with the overrides and writes this process's losses to OUT_JSON.
 """
+
 import json
 import os
 import pathlib
@@ -22,17 +23,26 @@ from titans_jax.sharding import distributed  # noqa: E402
 
 def main():
   port, pid, workdir, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-  distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
-                         process_id=pid)
+  distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid)
   assert jax.process_count() == 2 and jax.device_count() == 8, jax.devices()
-  from titans_jax.training import config as config_lib, loop
-  cfg = config_lib.apply_overrides(config_lib.load_config(ROOT / "configs" / "tiny.py"),
-                                   sys.argv[5:])
+  from titans_jax.training import config as config_lib
+  from titans_jax.training import loop
+
+  cfg = config_lib.apply_overrides(
+    config_lib.load_config(ROOT / "configs" / "tiny.py"), sys.argv[5:]
+  )
   lines = []
   result = loop.train(cfg, workdir, log=lines.append)
-  pathlib.Path(out).write_text(json.dumps(
-      {"losses": result.losses, "final_step": result.final_step, "log_lines": len(lines),
-       "local_devices": jax.local_device_count()}))
+  pathlib.Path(out).write_text(
+    json.dumps(
+      {
+        "losses": result.losses,
+        "final_step": result.final_step,
+        "log_lines": len(lines),
+        "local_devices": jax.local_device_count(),
+      }
+    )
+  )
   jax.distributed.shutdown()
 
 

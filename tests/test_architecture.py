@@ -2,6 +2,7 @@
 down a level (or stays inside its own package), `training` and `evaluation` never import
 each other, nothing imports `benchmarks`/`tests`, and no project import hides inside a
 function. Parses source with `ast`; imports nothing of the project, compiles nothing."""
+
 import ast
 import functools
 import pathlib
@@ -13,30 +14,29 @@ PKG = ROOT / "titans_jax"
 
 # Longest prefix wins. Keep in step with the table in docs/architecture.md.
 LEVELS = {
-    "titans_jax.fieldcheck": 0,
-    "titans_jax.layers": 0.5,  # kernels place themselves on the active mesh (sharding.rules)
-    "titans_jax.sharding": 0,
-    "titans_jax.memory": 1,
-    "titans_jax.models": 2,
-    "titans_jax.data": 3,
-    "titans_jax.perf": 3,
-    "titans_jax.training.config": 3.5,  # the experiment Config (over data); to move to titans_jax/config.py
-    "titans_jax.runtime": 4,
-    "titans_jax.training": 5,
-    "titans_jax.evaluation": 5,
-    "titans_jax.interop": 5,
+  "titans_jax.fieldcheck": 0,
+  "titans_jax.layers": 0.5,  # kernels place themselves on the active mesh (sharding.rules)
+  "titans_jax.sharding": 0,
+  "titans_jax.memory": 1,
+  "titans_jax.models": 2,
+  "titans_jax.data": 3,
+  "titans_jax.perf": 3,
+  "titans_jax.training.config": 3.5,  # the experiment Config (over data); to move to titans_jax/config.py
+  "titans_jax.runtime": 4,
+  "titans_jax.training": 5,
+  "titans_jax.evaluation": 5,
+  "titans_jax.interop": 5,
 }
 
 # (importer, imported prefix) pairs that break the map and are written down under "To
 # move" in docs/architecture.md. Delete an entry when its move is done (a test below
 # fails on a stale entry).
 KNOWN_UPWARD = {
-    ("titans_jax.perf.timing", "titans_jax.runtime"),
-    ("titans_jax.perf.timing", "titans_jax.training.config"),
+  ("titans_jax.perf.timing", "titans_jax.runtime"),
+  ("titans_jax.perf.timing", "titans_jax.training.config"),
 }
 # Modules whose function-local project imports are listed as "to move" in the docs.
-KNOWN_LAZY = {"titans_jax.training.config", "titans_jax.training.cli",
-              "titans_jax.models.config"}
+KNOWN_LAZY = {"titans_jax.training.config", "titans_jax.training.cli", "titans_jax.models.config"}
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -56,13 +56,20 @@ def _imports(path: pathlib.Path):
   me = _module_name(path)
   is_pkg = path.name == "__init__.py"
   out = []
-  for fn_node in [None] + [n for n in ast.walk(tree)
-                           if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
+  for fn_node in [None] + [
+    n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+  ]:
     body = tree.body if fn_node is None else fn_node.body
-    nodes = [n for stmt in body for n in ast.walk(stmt)] if fn_node is not None else [
-        n for stmt in body if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef,
-                                                     ast.ClassDef))
-        for n in ast.walk(stmt)]
+    nodes = (
+      [n for stmt in body for n in ast.walk(stmt)]
+      if fn_node is not None
+      else [
+        n
+        for stmt in body
+        if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        for n in ast.walk(stmt)
+      ]
+    )
     for n in nodes:
       if isinstance(n, ast.Import):
         out += [(a.name, n.lineno, fn_node is not None) for a in n.names]
@@ -70,10 +77,16 @@ def _imports(path: pathlib.Path):
         mod = n.module or ""
         if n.level:  # relative: resolve against this module's package
           base = me.split(".") if is_pkg else me.split(".")[:-1]
-          base = base[:len(base) - (n.level - 1)]
+          base = base[: len(base) - (n.level - 1)]
           mod = ".".join(base + ([mod] if mod else []))
-        out += [(_resolve(mod, a.name) if mod.startswith("titans_jax") else mod,
-                 n.lineno, fn_node is not None) for a in n.names]
+        out += [
+          (
+            _resolve(mod, a.name) if mod.startswith("titans_jax") else mod,
+            n.lineno,
+            fn_node is not None,
+          )
+          for a in n.names
+        ]
   # Methods of classes are walked from the FunctionDef list; class bodies' own imports:
   for cls in [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]:
     for stmt in cls.body:
@@ -83,8 +96,9 @@ def _imports(path: pathlib.Path):
 
 
 def _level(module: str):
-  best = max((p for p in LEVELS if module == p or module.startswith(p + ".")),
-             key=len, default=None)
+  best = max(
+    (p for p in LEVELS if module == p or module.startswith(p + ".")), key=len, default=None
+  )
   return (best, LEVELS[best]) if best else (None, None)
 
 
@@ -116,8 +130,9 @@ def _violations():
         continue
       unit, level = _level(target)
       if level is None or level >= my_level:
-        upward.append((me, unit or target, f"{where}: {me} (level {my_level}) imports "
-                                           f"{target} (level {level})"))
+        upward.append(
+          (me, unit or target, f"{where}: {me} (level {my_level}) imports {target} (level {level})")
+        )
   return upward, lazy, scripts
 
 
@@ -129,15 +144,19 @@ def _tree_violations():
 
 def test_imports_go_down_the_map():
   upward, _, _ = _tree_violations()
-  bad = [msg for me, unit, msg in upward
-         if not any(me == a and unit.startswith(b) for a, b in KNOWN_UPWARD)]
+  bad = [
+    msg
+    for me, unit, msg in upward
+    if not any(me == a and unit.startswith(b) for a, b in KNOWN_UPWARD)
+  ]
   assert not bad, "upward imports (see docs/architecture.md):\n" + "\n".join(bad)
 
 
 def test_known_exceptions_are_still_needed():
   upward, _, _ = _tree_violations()
-  seen = {(me, b) for me, unit, _ in upward for a, b in KNOWN_UPWARD
-          if me == a and unit.startswith(b)}
+  seen = {
+    (me, b) for me, unit, _ in upward for a, b in KNOWN_UPWARD if me == a and unit.startswith(b)
+  }
   assert seen == KNOWN_UPWARD, f"moved already, delete from KNOWN_UPWARD: {KNOWN_UPWARD - seen}"
 
 
@@ -154,24 +173,31 @@ def test_nothing_imports_scripts():
 def test_training_and_evaluation_never_import_each_other():
   for path in _files():
     me = _module_name(path)
-    for pkg, other in (("titans_jax.training", "titans_jax.evaluation"),
-                       ("titans_jax.evaluation", "titans_jax.training")):
+    for pkg, other in (
+      ("titans_jax.training", "titans_jax.evaluation"),
+      ("titans_jax.evaluation", "titans_jax.training"),
+    ):
       if me.startswith(pkg):
-        bad = [t for t, _, _ in _imports(path) if t.startswith(other)
-               and _level(t)[0] != "titans_jax.training.config"]
+        bad = [
+          t
+          for t, _, _ in _imports(path)
+          if t.startswith(other) and _level(t)[0] != "titans_jax.training.config"
+        ]
         assert not bad, f"{me} imports {bad}"
 
 
-@pytest.mark.parametrize("source,expected", [
+@pytest.mark.parametrize(
+  "source,expected",
+  [
     ("from titans_jax.training import loop\n", "upward"),
     ("def f():\n  from titans_jax.models import Titans\n", "lazy"),
     ("import benchmarks.model_bench\n", "scripts"),
-])
+  ],
+)
 def test_the_checker_catches_each_kind(tmp_path, monkeypatch, source, expected):
   """A planted bad module in a copy of the map is reported (the checks can fail)."""
   fake = PKG / "layers" / "_planted_for_test.py"
-  monkeypatch.setattr(pathlib.Path, "rglob",
-                      lambda self, pat: [fake] if self == PKG else [])
+  monkeypatch.setattr(pathlib.Path, "rglob", lambda self, pat: [fake] if self == PKG else [])
   monkeypatch.setattr(pathlib.Path, "read_text", lambda self, *a, **k: source)
   upward, lazy, scripts = _violations()
   found = {"upward": [m for *_, m in upward], "lazy": lazy, "scripts": scripts}

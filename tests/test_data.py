@@ -1,4 +1,5 @@
 """Data: text discovery and split, token files, synthetic tasks, grain pipelines."""
+
 import pathlib
 
 import numpy as np
@@ -65,8 +66,9 @@ def test_encode_decode_roundtrip():
 
 
 def test_text_batches_shift_and_resume(tmp_path):
-  cfg = DataConfig(kind="text", paths=(str(_write_corpus(tmp_path)),), seq_len=32,
-                   eval_fraction=0.2)
+  cfg = DataConfig(
+    kind="text", paths=(str(_write_corpus(tmp_path)),), seq_len=32, eval_fraction=0.2
+  )
   corpus = pipeline.load_corpus(cfg, 256)
   assert corpus.byte_level and corpus.train.dtype == np.uint8
   ds = pipeline.train_dataset(cfg, corpus, 4, seed=3)
@@ -78,7 +80,7 @@ def test_text_batches_shift_and_resume(tmp_path):
   stream = corpus.train.astype(np.int32)
   row = b0["inputs"][0]
   starts = np.flatnonzero(stream[:-32] == row[0])
-  assert any(np.array_equal(stream[s:s + 32], row) for s in starts)
+  assert any(np.array_equal(stream[s : s + 32], row) for s in starts)
 
   state = it.get_state()
   expected = [next(it)["inputs"] for _ in range(3)]
@@ -92,8 +94,9 @@ def test_text_batches_shift_and_resume(tmp_path):
 
 
 def test_process_shards_are_disjoint(tmp_path):
-  cfg = DataConfig(kind="text", paths=(str(_write_corpus(tmp_path)),), seq_len=64,
-                   eval_fraction=0.0)
+  cfg = DataConfig(
+    kind="text", paths=(str(_write_corpus(tmp_path)),), seq_len=64, eval_fraction=0.0
+  )
   corpus = pipeline.load_corpus(cfg, 256)
   n_windows = (len(corpus.train) - 1) // 64
   rows = []
@@ -109,8 +112,9 @@ def test_process_shards_are_disjoint(tmp_path):
 
 
 def test_eval_batches_fixed(tmp_path):
-  cfg = DataConfig(kind="text", paths=(str(_write_corpus(tmp_path)),), seq_len=32,
-                   eval_fraction=0.2)
+  cfg = DataConfig(
+    kind="text", paths=(str(_write_corpus(tmp_path)),), seq_len=32, eval_fraction=0.2
+  )
   corpus = pipeline.load_corpus(cfg, 256)
   a = pipeline.eval_batches(cfg, corpus, 4, 3)
   b = pipeline.eval_batches(cfg, corpus, 4, 3)
@@ -126,8 +130,7 @@ def test_flat_token_files(tmp_path):
   np.save(tmp_path / "t.npy", toks)
   toks.astype("<u2").tofile(tmp_path / "t.bin")
   for name in ("t.npy", "t.bin"):
-    cfg = DataConfig(kind="tokens", paths=(str(tmp_path / name),), seq_len=16,
-                     eval_fraction=0.1)
+    cfg = DataConfig(kind="tokens", paths=(str(tmp_path / name),), seq_len=16, eval_fraction=0.1)
     corpus = pipeline.load_corpus(cfg, 1000)
     assert len(corpus.train) == 4500 and len(corpus.held_out) == 500
     batch = next(iter(pipeline.train_dataset(cfg, corpus, 2, seed=0)))
@@ -143,8 +146,13 @@ def test_flat_token_files(tmp_path):
 def test_array_record_documents_are_packed(tmp_path):
   docs = [np.full((n,), i + 1, np.int32) for i, n in enumerate([5, 17, 9, 30, 3, 12, 40, 8])]
   tokens.write_array_record(tmp_path / "docs.array_record", docs, token_dtype="uint16")
-  cfg = DataConfig(kind="tokens", paths=(str(tmp_path / "docs.array_record"),), seq_len=10,
-                   eval_fraction=0.25, separator=0)
+  cfg = DataConfig(
+    kind="tokens",
+    paths=(str(tmp_path / "docs.array_record"),),
+    seq_len=10,
+    eval_fraction=0.25,
+    separator=0,
+  )
   corpus = pipeline.load_corpus(cfg, 100)
   assert corpus.records
   it = iter(pipeline.train_dataset(cfg, corpus, 2, seed=0))
@@ -175,7 +183,7 @@ def test_niah_example(task, depth):
   s = text.decode(toks)
   n_ans = int(w.sum())
   answer = s[-n_ans:]
-  assert np.all(w[L - n_ans:] == 1) and w[:L - n_ans].sum() == 0
+  assert np.all(w[L - n_ans :] == 1) and w[: L - n_ans].sum() == 0
   needle_at = s.find(answer)  # first occurrence is inside the needle
   assert needle_at < len(s) - n_ans
   frac = needle_at / (L + 1)
@@ -216,8 +224,9 @@ def test_synthetic_pipeline_is_deterministic():
 
 
 def test_no_held_out_data_is_explained(tmp_path):
-  cfg = DataConfig(kind="text", paths=(str(_write_corpus(tmp_path)),), seq_len=32,
-                   eval_fraction=0.0)
+  cfg = DataConfig(
+    kind="text", paths=(str(_write_corpus(tmp_path)),), seq_len=32, eval_fraction=0.0
+  )
   corpus = pipeline.load_corpus(cfg, 256)
   with pytest.raises(DataError, match="held-out data has 0 tokens.*eval_fraction"):
     pipeline.eval_batches(cfg, corpus, 4, 2)

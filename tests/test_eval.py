@@ -1,4 +1,5 @@
 """S-NIAH scoring and outputs, held-out metric arithmetic (no model compilation needed)."""
+
 import json
 import math
 
@@ -38,8 +39,7 @@ def test_niah_cell_counts_exact_matches(monkeypatch):
 
   monkeypatch.setattr(niah.synthetic, "niah_example", recording)
   # tokens are int32; the predict's rows are int32 too, so bytes keys match
-  assert niah.niah_cell(predict, None, None, "passkey", 160, 0.5, samples=5,
-                        batch_size=2) == 1.0
+  assert niah.niah_cell(predict, None, None, "passkey", 160, 0.5, samples=5, batch_size=2) == 1.0
   wrong, state2 = _oracle(wrong_after=150)
   state2["last"] = state["last"]
   assert niah.niah_cell(wrong, None, None, "passkey", 160, 0.5, samples=5, batch_size=2) == 0.0
@@ -52,6 +52,7 @@ def test_niah_cells_are_reproducible():
     def predict(params, rest, x):
       sink.append(np.asarray(x).copy())
       return np.zeros_like(np.asarray(x))
+
     return predict
 
   niah.niah_cell(capture(a), None, None, "number", 300, 0.25, samples=3, batch_size=4)
@@ -61,8 +62,14 @@ def test_niah_cells_are_reproducible():
 
 
 def test_grid_outputs(tmp_path):
-  grid = {"task": "passkey", "lengths": [256, 512], "depths": [0.0, 0.5, 1.0], "samples": 4,
-          "accuracy": [[1.0, 0.5], [0.75, 0.25], [0.0, 1.0]], "mean_accuracy": 0.5833}
+  grid = {
+    "task": "passkey",
+    "lengths": [256, 512],
+    "depths": [0.0, 0.5, 1.0],
+    "samples": 4,
+    "accuracy": [[1.0, 0.5], [0.75, 0.25], [0.0, 1.0]],
+    "mean_accuracy": 0.5833,
+  }
   paths = niah.write_grid(grid, tmp_path)
   assert json.loads(open(paths["json"]).read())["accuracy"] == grid["accuracy"]
   md = open(paths["markdown"]).read()
@@ -73,10 +80,19 @@ def test_grid_outputs(tmp_path):
 
 def test_perplexity_is_token_weighted():
   # two batches: (sum CE, sum w, sum correct)
-  sums = iter([(np.float32(4.0), np.float32(2.0), np.float32(1.0)),
-               (np.float32(2.0), np.float32(6.0), np.float32(3.0))])
-  m = perplexity.evaluate_batches(lambda p, r, b: next(sums), None, None,
-                                  [{"x": np.zeros(1)}, {"x": np.zeros(1)}], byte_level=True)
+  sums = iter(
+    [
+      (np.float32(4.0), np.float32(2.0), np.float32(1.0)),
+      (np.float32(2.0), np.float32(6.0), np.float32(3.0)),
+    ]
+  )
+  m = perplexity.evaluate_batches(
+    lambda p, r, b: next(sums),
+    None,
+    None,
+    [{"x": np.zeros(1)}, {"x": np.zeros(1)}],
+    byte_level=True,
+  )
   assert m["loss"] == pytest.approx(6.0 / 8.0)
   assert m["bits_per_byte"] == pytest.approx(0.75 / math.log(2))
   assert m["perplexity"] == pytest.approx(math.exp(0.75))

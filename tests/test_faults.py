@@ -9,6 +9,7 @@ steps; every test copies that run's workdir (shutil.copytree) before changing it
 The tests on that run are marked slow: its compilation is most of this module's time
 (80 s of 100 s on the shared 2-core development CPU at load average 24).
 """
+
 import errno
 import hashlib
 import json
@@ -30,14 +31,23 @@ from titans_jax.data.text import DataError  # noqa: E402
 from titans_jax.evaluation import run as eval_run  # noqa: E402
 from titans_jax.runtime import checkpointing  # noqa: E402
 from titans_jax.runtime.metrics import MetricsWriter  # noqa: E402
-from titans_jax.training import config as config_lib, loop, sharded  # noqa: E402
+from titans_jax.training import config as config_lib  # noqa: E402
+from titans_jax.training import loop, sharded
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.py")
 # lr=10 reached over 120 warmup steps: finite for a few steps, then the weights blow up.
-OVERRIDES = ["model.num_layers=1", "train.steps=1000", "train.lr=10",
-             "train.warmup_steps=120", "train.checkpoint_every=1", "train.keep_checkpoints=3",
-             "train.log_every=1", "train.async_checkpoint=false", "train.eval_every=0"]
+OVERRIDES = [
+  "model.num_layers=1",
+  "train.steps=1000",
+  "train.lr=10",
+  "train.warmup_steps=120",
+  "train.checkpoint_every=1",
+  "train.keep_checkpoints=3",
+  "train.log_every=1",
+  "train.async_checkpoint=false",
+  "train.eval_every=0",
+]
 GOOD = re.compile(r"newest checkpoint (\S+/checkpoints/(\d+)) \(step (\d+)\)")
 
 
@@ -54,9 +64,10 @@ def _cli(workdir, *extra):
 
 def _tree(root: pathlib.Path) -> dict:
   """Every file under `root` with the hash of its bytes (directories as entries too)."""
-  return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest()
-                                     if p.is_file() else "dir")
-          for p in sorted(root.rglob("*"))}
+  return {
+    str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
+    for p in sorted(root.rglob("*"))
+  }
 
 
 @pytest.fixture(scope="module")
@@ -102,12 +113,22 @@ def test_nan_stop_names_a_checkpoint_that_resumes_and_trains_on(diverged, tmp_pa
 
 
 @pytest.mark.slow
-def test_eval_of_a_non_finite_result_exits_nonzero_with_strict_json(diverged, tmp_path,
-                                                                    monkeypatch, capsys):
+def test_eval_of_a_non_finite_result_exits_nonzero_with_strict_json(
+  diverged, tmp_path, monkeypatch, capsys
+):
   run = _copy(diverged, tmp_path)
   nan = float("nan")
-  monkeypatch.setattr(eval_run.perplexity, "evaluate_batches", lambda *a, **k: {
-      "loss": nan, "perplexity": nan, "bits_per_byte": nan, "accuracy": 0.0, "tokens": 8.0})
+  monkeypatch.setattr(
+    eval_run.perplexity,
+    "evaluate_batches",
+    lambda *a, **k: {
+      "loss": nan,
+      "perplexity": nan,
+      "bits_per_byte": nan,
+      "accuracy": 0.0,
+      "tokens": 8.0,
+    },
+  )
   rc = eval_cli.main(["--workdir", str(run), "--skip", "niah,samples"])
   err = capsys.readouterr().err
   assert rc == 3 and "non-finite held-out loss" in err, err
@@ -130,15 +151,17 @@ def _largest(d: pathlib.Path) -> pathlib.Path:
 
 
 DAMAGE = {
-    "truncated state data file": (lambda s: _truncate(_largest(s / "state" / "d")),
-                                  "cannot be read"),
-    "truncated data-iterator file": (lambda s: _truncate(s / "data" / "process_0-of-1.json"),
-                                     "cannot be read"),
-    "missing _METADATA": (lambda s: (s / "state" / "_METADATA").unlink(),
-                          "missing state/_METADATA"),
-    "missing state/": (lambda s: shutil.rmtree(s / "state"), "missing state/"),
-    "missing config/metadata": (lambda s: (s / "config" / "metadata").unlink(),
-                                "missing config/metadata"),
+  "truncated state data file": (lambda s: _truncate(_largest(s / "state" / "d")), "cannot be read"),
+  "truncated data-iterator file": (
+    lambda s: _truncate(s / "data" / "process_0-of-1.json"),
+    "cannot be read",
+  ),
+  "missing _METADATA": (lambda s: (s / "state" / "_METADATA").unlink(), "missing state/_METADATA"),
+  "missing state/": (lambda s: shutil.rmtree(s / "state"), "missing state/"),
+  "missing config/metadata": (
+    lambda s: (s / "config" / "metadata").unlink(),
+    "missing config/metadata",
+  ),
 }
 
 
@@ -168,8 +191,7 @@ def test_damaged_newest_checkpoint_one_line_and_untouched(diverged, tmp_path, ca
 
 
 @pytest.mark.slow
-def test_skip_damaged_resumes_from_the_previous_and_sets_it_aside(diverged, tmp_path,
-                                                                   capsys):
+def test_skip_damaged_resumes_from_the_previous_and_sets_it_aside(diverged, tmp_path, capsys):
   run = _copy(diverged, tmp_path)
   steps = checkpointing.existing_steps(run)
   newest, previous = steps[-1], steps[-2]
@@ -212,8 +234,9 @@ def test_read_only_workdir(tmp_path, capsys, monkeypatch):
   ro.mkdir()
   # root ignores permission bits, so the read-only filesystem is simulated at os.access
   real = checkpointing.os.access
-  monkeypatch.setattr(checkpointing.os, "access",
-                      lambda p, mode: False if pathlib.Path(p) == ro else real(p, mode))
+  monkeypatch.setattr(
+    checkpointing.os, "access", lambda p, mode: False if pathlib.Path(p) == ro else real(p, mode)
+  )
   monkeypatch.setattr(checkpointing, "_is_read_only", lambda p: True)
   rc = _cli(ro / "run")
   err = capsys.readouterr().err
@@ -275,14 +298,18 @@ def test_non_dividing_mesh_dimensions_are_reported_once(tmp_path):
 
   if jax.device_count() < 8:
     pytest.skip("needs the 8 fake CPU devices of conftest.py")
-  cfg = config_lib.apply_overrides(_cfg(), ["mesh.data=2", "mesh.fsdp=1", "mesh.tensor=4",
-                                            "train.batch_size=3"])
+  cfg = config_lib.apply_overrides(
+    _cfg(), ["mesh.data=2", "mesh.fsdp=1", "mesh.tensor=4", "train.batch_size=3"]
+  )
   su = sharded.setup_for(cfg)  # abstract state only: nothing is compiled here
   notice = su.replication_notice((3, cfg.data.seq_len))
   assert notice.startswith("mesh: ") and "\n" not in notice
   # 2 attention heads cannot split over tensor=4: replicated, with its cost in MiB
-  assert re.search(r"heads=2 does not divide mesh tensor=4: [\d.]+ MiB of train state is "
-                   r"replicated along tensor instead of split \(\+[\d.]+ MiB per device", notice)
+  assert re.search(
+    r"heads=2 does not divide mesh tensor=4: [\d.]+ MiB of train state is "
+    r"replicated along tensor instead of split \(\+[\d.]+ MiB per device",
+    notice,
+  )
   assert "train.batch_size=3 does not divide mesh data=2: the batch is replicated" in notice
   assert sharded.setup_for(_cfg()).replication_notice((8, 128)) is None  # data=8 divides 8
 
@@ -290,7 +317,8 @@ def test_non_dividing_mesh_dimensions_are_reported_once(tmp_path):
 def test_metrics_rows_of_replayed_steps_are_replaced(tmp_path):
   rows = [{"step": s, "train/loss": float(s)} for s in range(1, 7)]
   (tmp_path / "metrics.jsonl").write_text(
-      "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 7, "tra')  # torn by a kill
+    "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 7, "tra'
+  )  # torn by a kill
   w = MetricsWriter(tmp_path, resume_step=4)
   w.write(5, {"loss": 0.5})
   w.close()

@@ -1,5 +1,6 @@
 """BABILong and RULER readers on small files in their published layouts (written here),
 scored into the S-NIAH grid files by a scripted generator (no model needed)."""
+
 import json
 
 import numpy as np
@@ -12,8 +13,14 @@ from titans_jax.evaluation import longctx
 def _babilong_rows(task, n, length):
   # The dataset's columns: input (facts hidden in filler text), question, target.
   places = ["kitchen", "garden", "office", "hallway"]
-  return [{"input": f"Filler {length} {task}. Mary went to the {places[i % 4]}. More filler.",
-           "question": "Where is Mary?", "target": places[i % 4]} for i in range(n)]
+  return [
+    {
+      "input": f"Filler {length} {task}. Mary went to the {places[i % 4]}. More filler.",
+      "question": "Where is Mary?",
+      "target": places[i % 4],
+    }
+    for i in range(n)
+  ]
 
 
 def _write_babilong(root, pq):
@@ -30,6 +37,7 @@ def _write_babilong(root, pq):
       name = f"{task}-00000-of-00001" if length == "0k" else "0000"
       if pq is not None:
         import pyarrow as pa
+
         pq.write_table(pa.Table.from_pylist(rows), d / f"{name}.parquet")
       else:
         (d / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -57,14 +65,17 @@ def test_babilong_reader_and_grid(tmp_path):
       out.append(f" The {place.title() if ok else 'moon'}.\nkitchen garden office hallway")
     return out
 
-  g = longctx.evaluate(ex, generate, suite="BABILong", task="qa1-qa2", row_axis="task",
-                       outdir=tmp_path / "out")
+  g = longctx.evaluate(
+    ex, generate, suite="BABILong", task="qa1-qa2", row_axis="task", outdir=tmp_path / "out"
+  )
   assert g["lengths"] == ["0k", "1k"] and g["depths"] == ["qa1", "qa2"]
   np.testing.assert_allclose(g["accuracy"], [[0.5, 0.5], [0.5, 0.0]])
   md = (tmp_path / "out" / "babilong_qa1-qa2.md").read_text()
   assert "| task \\ length | 0k | 1k |" in md and "| qa2 | 50% | 0% |" in md
-  assert json.loads((tmp_path / "out" / "babilong_qa1-qa2.json").read_text())["accuracy"] == \
-      g["accuracy"]
+  assert (
+    json.loads((tmp_path / "out" / "babilong_qa1-qa2.json").read_text())["accuracy"]
+    == g["accuracy"]
+  )
   assert (tmp_path / "out" / "babilong_qa1-qa2.png").stat().st_size > 0
   # the answer counts only in the first line (the second line lists every place)
   assert longctx.score(ex[2], "office\nkitchen") == 1.0
@@ -78,11 +89,17 @@ def test_ruler_reader_depths_lengths_and_string_match_all(tmp_path):
     rows = []
     for i, depth in enumerate((0.0, 0.5, 1.0, 0.5)):
       length = seq_len - 50
-      rows.append({"index": i, "input": f"haystack {seq_len} needle-{i} ...",
-                   "outputs": [f"{1000 + i}", f"{2000 + i}"], "length": length,
-                   "length_w_model_temp": length + 20,
-                   "answer_prefix": " The special magic numbers are",
-                   "token_position_answer": int(depth * length)})
+      rows.append(
+        {
+          "index": i,
+          "input": f"haystack {seq_len} needle-{i} ...",
+          "outputs": [f"{1000 + i}", f"{2000 + i}"],
+          "length": length,
+          "length_w_model_temp": length + 20,
+          "answer_prefix": " The special magic numbers are",
+          "token_position_answer": int(depth * length),
+        }
+      )
     (d / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   ex = longctx.read_ruler([tmp_path / "ruler"])
   assert len(ex) == 8 and {e.length for e in ex} == {4096, 8192}
@@ -96,8 +113,9 @@ def test_ruler_reader_depths_lengths_and_string_match_all(tmp_path):
       out.append(f" {1000 + i} and {2000 + i}." if "haystack 4096" in p else f" {1000 + i}.")
     return out
 
-  g = longctx.evaluate(ex, generate, suite="RULER", task="niah_multikey_1", row_axis="depth",
-                       outdir=tmp_path / "out")
+  g = longctx.evaluate(
+    ex, generate, suite="RULER", task="niah_multikey_1", row_axis="depth", outdir=tmp_path / "out"
+  )
   assert g["lengths"] == [4096, 8192] and g["depths"] == [0.0, 0.5, 1.0]
   np.testing.assert_allclose(g["accuracy"], [[1.0, 0.5]] * 3)
   assert g["samples"] == 1  # depth 0.5 holds 2 per length, the others 1

@@ -3,6 +3,7 @@ train the tiny model (at one layer) for a few steps on the global (8, 1, 1) mesh
 reads only its rows of every batch, their losses equal the single-process 8-device run,
 and the checkpoint both processes wrote restores in this single process, equal to the
 one the single-process run wrote."""
+
 import json
 import os
 import pathlib
@@ -14,18 +15,26 @@ import jax
 import numpy as np
 import pytest
 
-from titans_jax import sharding
 from titans_jax.runtime import checkpointing
-from titans_jax.training import config as config_lib, loop, sharded
+from titans_jax.training import config as config_lib
+from titans_jax.training import loop, sharded
 
 pytestmark = pytest.mark.slow  # end-to-end / multi-device: excluded from `-m "not slow"`
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 3
-OVERRIDES = [f"train.steps={STEPS}", f"train.checkpoint_every={STEPS}", "train.log_every=1",
-             "train.warmup_steps=1", "train.lr=0.01", "train.async_checkpoint=false",
-             "train.eval_batches=1", "eval.batch_size=4", "mesh.data=-1",
-             "model.num_layers=1"]  # one layer: smaller compiles (3 processes each compile)
+OVERRIDES = [
+  f"train.steps={STEPS}",
+  f"train.checkpoint_every={STEPS}",
+  "train.log_every=1",
+  "train.warmup_steps=1",
+  "train.lr=0.01",
+  "train.async_checkpoint=false",
+  "train.eval_batches=1",
+  "eval.batch_size=4",
+  "mesh.data=-1",
+  "model.num_layers=1",
+]  # one layer: smaller compiles (3 processes each compile)
 
 
 def _free_port() -> int:
@@ -39,10 +48,24 @@ def test_two_processes_equal_one(tmp_path):
   workdir = tmp_path / "two"
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
   env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-  procs = [subprocess.Popen(
-      [sys.executable, str(ROOT / "tests" / "multihost_worker.py"), str(port), str(i),
-       str(workdir), str(tmp_path / f"out{i}.json"), *OVERRIDES],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        str(ROOT / "tests" / "multihost_worker.py"),
+        str(port),
+        str(i),
+        str(workdir),
+        str(tmp_path / f"out{i}.json"),
+        *OVERRIDES,
+      ],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outs = []
   for p in procs:
     try:
@@ -58,8 +81,7 @@ def test_two_processes_equal_one(tmp_path):
   assert [r["local_devices"] for r in results] == [4, 4]
   assert results[0]["log_lines"] > 0 and results[1]["log_lines"] == 0  # logs: process 0
 
-  cfg = config_lib.apply_overrides(config_lib.load_config(ROOT / "configs" / "tiny.py"),
-                                   OVERRIDES)
+  cfg = config_lib.apply_overrides(config_lib.load_config(ROOT / "configs" / "tiny.py"), OVERRIDES)
   single = loop.train(cfg, tmp_path / "one", log=lambda s: None)
   want = [single.losses[s] for s in range(1, STEPS + 1)]
   for r in results:

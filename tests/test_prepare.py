@@ -3,6 +3,7 @@ BPE tokenizer trained here by `tokenizers` (no download), its meta.json held aga
 config, and bad input stopping with nothing written. Training on the prepared tokens and
 decoding samples is in test_lm_eval.py, which shares that one trained run.
 """
+
 import dataclasses
 import json
 import pathlib
@@ -14,9 +15,11 @@ import pytest
 pytest.importorskip("tokenizers")
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import _text_corpus as tc  # noqa: E402
-from titans_jax.data import pipeline, prepare, tokenizer as tokenizer_lib  # noqa: E402
+from titans_jax.data import pipeline, prepare  # noqa: E402
+from titans_jax.data import tokenizer as tokenizer_lib
 from titans_jax.data.text import DataError  # noqa: E402
+
+import _text_corpus as tc  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +37,29 @@ def _split_docs(ids: np.ndarray, sep: int) -> list[list[int]]:
 
 def test_documents_whole_split_deterministic_workers_agree(corpus, tmp_path):
   src, tok_path = corpus
-  a = prepare.prepare([str(src)], str(tok_path), str(tmp_path / "a"), eval_fraction=0.3,
-                      workers=1, progress=False)
-  b = prepare.prepare([str(src)], str(tok_path), str(tmp_path / "b"), eval_fraction=0.3,
-                      workers=2, progress=False, shard_tokens=500)
+  a = prepare.prepare(
+    [str(src)], str(tok_path), str(tmp_path / "a"), eval_fraction=0.3, workers=1, progress=False
+  )
+  b = prepare.prepare(
+    [str(src)],
+    str(tok_path),
+    str(tmp_path / "b"),
+    eval_fraction=0.3,
+    workers=2,
+    progress=False,
+    shard_tokens=500,
+  )
   tok = tokenizer_lib.load(tok_path)
   sep = a["separator"]
   assert sep == tok.eos_id and a["vocab_size"] == tc.VOCAB and a["token_dtype"] == "uint16"
   assert a["tokenizer"]["sha256"] == tokenizer_lib.file_sha256(tok_path)
   # Every document, whole, in file / line order, on the side its hash picks.
-  docs = [(k, t) for k, t in prepare.iter_documents(
-      sorted(src.glob("*")), "text", {f: src for f in src.glob("*")})]
+  docs = [
+    (k, t)
+    for k, t in prepare.iter_documents(
+      sorted(src.glob("*")), "text", {f: src for f in src.glob("*")}
+    )
+  ]
   for side, flag in (("train", False), ("held_out", True)):
     ids = np.fromfile(tmp_path / "a" / f"{side}_00000.bin", dtype="<u2").astype(np.int64)
     want = [tok.encode(t) for k, t in docs if prepare.held_out(k, 0.3, 0) == flag]
@@ -69,11 +84,11 @@ def test_bad_input_one_line_error_nothing_written(corpus, tmp_path, capsys):
   empty.mkdir()
   (empty / "a.txt").write_text("")
   cases = [
-      ([str(src)], str(tmp_path / "missing.json"), "missing.json"),
-      ([str(bad_jsonl)], str(tok_path), f"{bad_jsonl}:2: no field 'text'"),
-      ([str(empty)], str(tok_path), str(empty)),
-      ([str(empty / "a.txt")], str(tok_path), "no text found"),
-      ([str(tmp_path / "nope")], str(tok_path), "nope"),
+    ([str(src)], str(tmp_path / "missing.json"), "missing.json"),
+    ([str(bad_jsonl)], str(tok_path), f"{bad_jsonl}:2: no field 'text'"),
+    ([str(empty)], str(tok_path), str(empty)),
+    ([str(empty / "a.txt")], str(tok_path), "no text found"),
+    ([str(tmp_path / "nope")], str(tok_path), "nope"),
   ]
   for paths, tok, needle in cases:
     with pytest.raises(DataError, match=None) as e:
@@ -88,8 +103,9 @@ def test_bad_input_one_line_error_nothing_written(corpus, tmp_path, capsys):
 
 def test_metadata_mismatch_names_both(corpus, tmp_path):
   src, tok_path = corpus
-  prepare.prepare([str(src)], str(tok_path), str(tmp_path / "d"), eval_fraction=0.3,
-                  workers=1, progress=False)
+  prepare.prepare(
+    [str(src)], str(tok_path), str(tmp_path / "d"), eval_fraction=0.3, workers=1, progress=False
+  )
   data = tc.token_config(tmp_path / "d").data
   assert pipeline.load_corpus(data, tc.VOCAB).train.dtype == np.dtype("<u2")
   with pytest.raises(DataError, match=r"model.vocab_size=256 .*vocab_size=300"):
@@ -101,11 +117,23 @@ def test_metadata_mismatch_names_both(corpus, tmp_path):
 def test_sentencepiece_model(corpus, tmp_path):
   spm = pytest.importorskip("sentencepiece")
   src, _ = corpus
-  spm.SentencePieceTrainer.train(input=str(src / "doc00.txt"), model_prefix=str(tmp_path / "sp"),
-                                 vocab_size=60, model_type="bpe", eos_id=1, bos_id=-1,
-                                 minloglevel=2)
-  meta = prepare.prepare([str(src)], str(tmp_path / "sp.model"), str(tmp_path / "d"),
-                         eval_fraction=0.3, workers=1, progress=False)
+  spm.SentencePieceTrainer.train(
+    input=str(src / "doc00.txt"),
+    model_prefix=str(tmp_path / "sp"),
+    vocab_size=60,
+    model_type="bpe",
+    eos_id=1,
+    bos_id=-1,
+    minloglevel=2,
+  )
+  meta = prepare.prepare(
+    [str(src)],
+    str(tmp_path / "sp.model"),
+    str(tmp_path / "d"),
+    eval_fraction=0.3,
+    workers=1,
+    progress=False,
+  )
   tok = tokenizer_lib.load(tmp_path / "sp.model")
   assert meta["tokenizer"]["kind"] == "sentencepiece" and meta["vocab_size"] == 60
   assert meta["separator"] == 1
@@ -119,10 +147,12 @@ def test_eval_tokenizer_from_metadata_is_checked(corpus, tmp_path):
   src, tok_path = corpus
   tok_copy = tmp_path / "tok.json"
   tok_copy.write_bytes(tok_path.read_bytes())
-  meta = prepare.prepare([str(src)], str(tok_copy), str(tmp_path / "d"), eval_fraction=0.3,
-                         workers=1, progress=False)
-  assert tokenizer_lib.from_metadata(meta).encode("the cat") == \
-      tokenizer_lib.load(tok_path).encode("the cat")
+  meta = prepare.prepare(
+    [str(src)], str(tok_copy), str(tmp_path / "d"), eval_fraction=0.3, workers=1, progress=False
+  )
+  assert tokenizer_lib.from_metadata(meta).encode("the cat") == tokenizer_lib.load(tok_path).encode(
+    "the cat"
+  )
   tok_copy.write_text(tok_copy.read_text().replace('"cat"', '"cta"', 1))
   with pytest.raises(DataError, match="has changed since the tokens were written"):
     tokenizer_lib.from_metadata(meta)

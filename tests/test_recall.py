@@ -9,6 +9,7 @@
   window after a fixed number of steps (fixed seeds).
 * The benchmark's smallest size runs end to end and writes its files and fields.
 """
+
 import importlib.util
 import json
 import pathlib
@@ -25,13 +26,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def _recall():
   spec = importlib.util.spec_from_file_location("recall_bench", ROOT / "benchmarks" / "recall.py")
   mod = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = mod   # dataclasses look their module up by name
+  sys.modules[spec.name] = mod  # dataclasses look their module up by name
   spec.loader.exec_module(mod)
   return mod
 
 
 R = _recall()
-
 
 
 # ------------------------------------------------------------------ memorisation ---
@@ -42,9 +42,10 @@ R = _recall()
 # all N tokens), so its fixed gates are set to retain (decay bias −6) with θ ≈ 3/N
 # (bias −3; at θ ≈ 0.5 the 64 summed gradients overshoot: loss 9.3 against 1.7 before).
 MEMORISE_CASES = {
-    "paper": MemoryConfig.paper(32, heads=1, chunk_size=8),
-    "titans_pytorch": MemoryConfig.titans_pytorch(32, heads=1, chunk_size=8,
-                                                  init_decay_bias=-6.0, init_lr_bias=-3.0),
+  "paper": MemoryConfig.paper(32, heads=1, chunk_size=8),
+  "titans_pytorch": MemoryConfig.titans_pytorch(
+    32, heads=1, chunk_size=8, init_decay_bias=-6.0, init_lr_bias=-3.0
+  ),
 }
 
 
@@ -64,12 +65,13 @@ def test_paper_defaults():
   """The paper preset's inner-loop defaults (docs/memory.md "Defaults and why")."""
   cfg = MemoryConfig.paper(64, heads=1, chunk_size=8)
   assert cfg.max_lr == 64 / 16 and cfg.init_lr_bias == 0.0 and cfg.init_decay_bias == -6.0
-  assert MemoryConfig.paper(64, heads=4).max_lr == 1.0           # scales with head width
+  assert MemoryConfig.paper(64, heads=4).max_lr == 1.0  # scales with head width
   assert MemoryConfig.paper(64, heads=4, dim_head=32).max_lr == 2.0
-  assert MemoryConfig.paper(64, max_lr=0.5).max_lr == 0.5        # overrides win
+  assert MemoryConfig.paper(64, max_lr=0.5).max_lr == 0.5  # overrides win
 
 
 # ----------------------------------------------------------------------- learning ---
+
 
 @pytest.mark.slow
 def test_memory_model_learns_recall_beyond_window():
@@ -87,9 +89,12 @@ def test_memory_model_learns_recall_beyond_window():
   size = R.SIZES["tiny"]
   scores = {}
   for variant in ("lmm", "swa"):
-    trained = R.train_variant(R.model_config(size, variant, size.mqar_vocab),
-                              R.train_config(size, size.mqar_steps, 0),
-                              lambda s, b: R.mqar_batch(size, 0, s, b), log_every=40)
+    trained = R.train_variant(
+      R.model_config(size, variant, size.mqar_vocab),
+      R.train_config(size, size.mqar_steps, 0),
+      lambda s, b: R.mqar_batch(size, 0, s, b),
+      log_every=40,
+    )
     assert not trained.diverged
     scores[variant] = R.score_mqar(trained, size)["beyond_window"]
   assert scores["lmm"] >= 0.6, scores
@@ -97,6 +102,7 @@ def test_memory_model_learns_recall_beyond_window():
 
 
 # -------------------------------------------------------------------------- smoke ---
+
 
 @pytest.mark.slow
 def test_benchmark_smoke(tmp_path):
@@ -116,7 +122,10 @@ def test_benchmark_smoke(tmp_path):
       assert set(run["score"]["by_distance"]) == set(R.DIST_BINS)
     else:
       assert run["score"]["lengths"] == [size.niah_len * s for s in size.niah_scales]
-      assert np.asarray(run["score"]["accuracy"]).shape == (len(size.niah_depths), len(size.niah_scales))
+      assert np.asarray(run["score"]["accuracy"]).shape == (
+        len(size.niah_depths),
+        len(size.niah_scales),
+      )
       assert (tmp_path / f"niah_{run['variant']}_s0" / "niah_passkey.png").stat().st_size > 0
   assert set(saved["summary"]["mqar"]) == set(size.variants)
   assert (tmp_path / "recall_mqar.png").stat().st_size > 0

@@ -11,11 +11,11 @@ tracing), then the jitted steps are called one after the other and hit those com
 executables. States are placed on each mesh with device_put from the reference (the
 jitted, born-sharded init is tested once, below).
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import run_concurrently
 from jax.sharding import PartitionSpec as P
 
 from titans_jax import sharding
@@ -25,6 +25,8 @@ from titans_jax.models.config import MEMORY_VARIANTS
 from titans_jax.training import sharded
 from titans_jax.training.config import TrainConfig
 
+from helpers import run_concurrently
+
 MESHES = [(8, 1, 1), (2, 2, 2), (1, 2, 4)]
 TRAIN = TrainConfig(steps=10, batch_size=8, lr=1e-3, warmup_steps=0)
 
@@ -33,9 +35,18 @@ def _model(variant, depth=1):
   # A linear memory (depth 1) halves the compile time of each step against the 2-layer
   # MLP; every sharding code path is the same (W0's names are derived per leaf).
   memory = MemoryConfig.paper(32, heads=4, chunk_size=4, pre_norm=False, depth=depth)
-  return TitansConfig.preset("tiny", variant=variant, dim=32, num_layers=1, heads=4,
-                             ffn_hidden=64, window=8, segment_len=8, num_persistent=2,
-                             memory=memory)
+  return TitansConfig.preset(
+    "tiny",
+    variant=variant,
+    dim=32,
+    num_layers=1,
+    heads=4,
+    ffn_hidden=64,
+    window=8,
+    segment_len=8,
+    num_persistent=2,
+    memory=memory,
+  )
 
 
 def _batch(B=8, T=16, seed=0):
@@ -46,7 +57,7 @@ def _batch(B=8, T=16, seed=0):
 
 
 def _mesh(shape, **kw):
-  devices = jax.devices()[:int(np.prod(shape))]
+  devices = jax.devices()[: int(np.prod(shape))]
   return sharding.make_mesh(sharding.MeshConfig(*shape, **kw), devices)
 
 
@@ -56,10 +67,12 @@ def test_mesh_from_config():
   assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
   assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
   assert sharding.resolve_shape(sharding.MeshConfig(1, -1, 4), 8) == (1, 2, 4)
-  for bad, match in [(sharding.MeshConfig(-1, -1, 1), "at most one"),
-                     (sharding.MeshConfig(3, 1, 1), "needs 3 devices"),
-                     (sharding.MeshConfig(-1, 3, 1), "not a multiple of 3"),
-                     (sharding.MeshConfig(memory_heads="x"), "memory_heads")]:
+  for bad, match in [
+    (sharding.MeshConfig(-1, -1, 1), "at most one"),
+    (sharding.MeshConfig(3, 1, 1), "needs 3 devices"),
+    (sharding.MeshConfig(-1, 3, 1), "not a multiple of 3"),
+    (sharding.MeshConfig(memory_heads="x"), "memory_heads"),
+  ]:
     with pytest.raises(sharding.MeshError, match=match):
       sharding.resolve_shape(bad, 8)
 
@@ -82,10 +95,12 @@ def test_every_parameter_has_logical_names():
   """Every parameter names at least one axis besides the stacked-layer axis (so none is
   replicated just because it was forgotten)."""
   from flax import nnx
+
   for variant in ("mac", "lmm"):
     su = sharded.setup(_model(variant, depth=2), TRAIN, _mesh((2, 2, 2)), donate=False)
     leaves = jax.tree_util.tree_flatten_with_path(
-        nnx.get_partition_spec(su.abstract.params), is_leaf=lambda x: isinstance(x, P))[0]
+      nnx.get_partition_spec(su.abstract.params), is_leaf=lambda x: isinstance(x, P)
+    )[0]
     assert len(leaves) > 20
     for path, spec in leaves:
       assert any(n not in (None, "layers") for n in spec), jax.tree_util.keystr(path)
@@ -108,8 +123,9 @@ def _compile_steps_concurrently(setups, batch):
   """`su.step.lower(...).compile()` of every setup, several at a time. Only compilation
   runs in the threads (each call's tracing holds the GIL, XLA's compile does not); the
   steps themselves run afterwards, one at a time, and reuse these executables."""
-  run_concurrently(lambda su=su: su.step.lower(su.abstract, su.put_batch(batch)).compile()
-                   for su in setups)
+  run_concurrently(
+    lambda su=su: su.step.lower(su.abstract, su.put_batch(batch)).compile() for su in setups
+  )
 
 
 @pytest.mark.slow
@@ -123,8 +139,9 @@ def test_one_step_equals_single_device(variant):
   state0 = ref.init()
   want_state, want = ref.step(state0, ref.put_batch(batch))
   want_params = jax.tree.map(np.asarray, want_state.params)
-  moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), want_state.params,
-                       state0.params)
+  moved = jax.tree.map(
+    lambda a, b: float(jnp.max(jnp.abs(a - b))), want_state.params, state0.params
+  )
   assert max(jax.tree.leaves(moved)) > 1e-4  # the step really updates the parameters
   for shape, su in setups.items():
     state = jax.device_put(state0, su.shardings)
@@ -132,9 +149,10 @@ def test_one_step_equals_single_device(variant):
     for x, sh in zip(jax.tree.leaves(new), jax.tree.leaves(su.shardings)):
       assert x.sharding.is_equivalent_to(sh, x.ndim)  # the state stays where it was
     np.testing.assert_allclose(got["loss"], want["loss"], rtol=0, atol=1e-5, err_msg=str(shape))
-    np.testing.assert_allclose(got["grad_norm"], want["grad_norm"], rtol=1e-5,
-                               err_msg=str(shape))
-    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(new.params)[0],
-                            jax.tree.leaves(want_params)):
-      np.testing.assert_allclose(np.asarray(a), b, rtol=0, atol=1e-5,
-                                 err_msg=f"{shape} {jax.tree_util.keystr(path)}")
+    np.testing.assert_allclose(got["grad_norm"], want["grad_norm"], rtol=1e-5, err_msg=str(shape))
+    for (path, a), b in zip(
+      jax.tree_util.tree_flatten_with_path(new.params)[0], jax.tree.leaves(want_params)
+    ):
+      np.testing.assert_allclose(
+        np.asarray(a), b, rtol=0, atol=1e-5, err_msg=f"{shape} {jax.tree_util.keystr(path)}"
+      )

@@ -10,6 +10,7 @@ model's parameters is intended):
 The failure message lists added, removed and changed paths. No parameter is allocated
 (the specs come from the abstract state).
 """
+
 import json
 import os
 import pathlib
@@ -17,7 +18,8 @@ import pathlib
 import jax
 
 from titans_jax import sharding
-from titans_jax.training import config as config_lib, sharded
+from titans_jax.training import config as config_lib
+from titans_jax.training import sharded
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "partition_specs_tiny_2x2x2.json"
@@ -25,8 +27,9 @@ GOLDEN = ROOT / "tests" / "golden" / "partition_specs_tiny_2x2x2.json"
 
 def _specs() -> dict[str, list]:
   # tiny with 2 memory heads, so that the memory's head axis meets the tensor axis
-  cfg = config_lib.apply_overrides(config_lib.load_config(ROOT / "configs" / "tiny.py"),
-                                   ["model.memory_heads=2"])
+  cfg = config_lib.apply_overrides(
+    config_lib.load_config(ROOT / "configs" / "tiny.py"), ["model.memory_heads=2"]
+  )
   mesh = sharding.make_mesh(sharding.MeshConfig(2, 2, 2))
   su = sharded.setup_for(cfg, mesh, donate=False)
   out = {}
@@ -45,12 +48,18 @@ def test_partition_specs_match_golden():
   want = json.loads(GOLDEN.read_text())
   added = sorted(set(got) - set(want))
   removed = sorted(set(want) - set(got))
-  changed = [f"{k}: golden {want[k]} -> now {got[k]}" for k in sorted(set(got) & set(want))
-             if got[k] != want[k]]
+  changed = [
+    f"{k}: golden {want[k]} -> now {got[k]}"
+    for k in sorted(set(got) & set(want))
+    if got[k] != want[k]
+  ]
   assert not (added or removed or changed), (
-      "parameter shardings differ from " + str(GOLDEN.relative_to(ROOT)) + "\n"
-      + "".join(f"  added   {k}: {got[k]}\n" for k in added)
-      + "".join(f"  removed {k}\n" for k in removed)
-      + "".join(f"  changed {c}\n" for c in changed)
-      + "If intended: UPDATE_GOLDEN=1 python -m pytest tests/test_sharding_golden.py, "
-        "then review git diff tests/golden/")
+    "parameter shardings differ from "
+    + str(GOLDEN.relative_to(ROOT))
+    + "\n"
+    + "".join(f"  added   {k}: {got[k]}\n" for k in added)
+    + "".join(f"  removed {k}\n" for k in removed)
+    + "".join(f"  changed {c}\n" for c in changed)
+    + "If intended: UPDATE_GOLDEN=1 python -m pytest tests/test_sharding_golden.py, "
+    "then review git diff tests/golden/"
+  )

@@ -2,15 +2,17 @@
 saved on 8 devices as (8,1,1) — pure data parallel — and as (1,8,1) — fully sharded
 over fsdp —, restored on 2 devices as (2,1,1) and as (1,1,2) (tensor parallel), with
 equal parameters and optimizer state, each leaf placed as the target mesh says."""
+
+import pathlib
+
 import jax
 import numpy as np
 import pytest
 
 from titans_jax import sharding
 from titans_jax.runtime import checkpointing
-from titans_jax.training import config as config_lib, sharded
-
-import pathlib
+from titans_jax.training import config as config_lib
+from titans_jax.training import sharded
 
 pytestmark = pytest.mark.slow  # end-to-end / multi-device: excluded from `-m "not slow"`
 
@@ -18,12 +20,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _cfg():
-  return config_lib.apply_overrides(config_lib.load_config(ROOT / "configs" / "tiny.py"),
-                                    ["model.memory_heads=2", "model.num_layers=1"])
+  return config_lib.apply_overrides(
+    config_lib.load_config(ROOT / "configs" / "tiny.py"),
+    ["model.memory_heads=2", "model.num_layers=1"],
+  )
 
 
 def _mesh(shape):
-  return sharding.make_mesh(sharding.MeshConfig(*shape), jax.devices()[:int(np.prod(shape))])
+  return sharding.make_mesh(sharding.MeshConfig(*shape), jax.devices()[: int(np.prod(shape))])
 
 
 @pytest.mark.parametrize("saved_on", [(8, 1, 1), (1, 8, 1)])

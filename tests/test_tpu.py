@@ -6,6 +6,7 @@ fake CPU devices); `--target` errors and fit reporting.
 Needs libtpu (the `tpu` extra). Without it the module skips, except under CI=true,
 where a missing libtpu is an error (CI installs the extra; skipping would hide it).
 """
+
 import dataclasses
 import importlib.util
 import os
@@ -16,18 +17,19 @@ import numpy as np
 import pytest
 
 if importlib.util.find_spec("libtpu") is None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        raise ImportError("libtpu is not installed but CI=true: install the tpu extra "
-                          '(pip install -e ".[tpu]")')
-    pytest.skip('libtpu not installed (pip install -e ".[tpu]")', allow_module_level=True)
-
-from compile_ahead import run_concurrently  # noqa: E402
+  if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    raise ImportError(
+      'libtpu is not installed but CI=true: install the tpu extra (pip install -e ".[tpu]")'
+    )
+  pytest.skip('libtpu not installed (pip install -e ".[tpu]")', allow_module_level=True)
 
 from titans_jax import sharding  # noqa: E402
 from titans_jax.layers import attention as A  # noqa: E402
 from titans_jax.models import TitansConfig  # noqa: E402
 from titans_jax.training import aot  # noqa: E402
 from titans_jax.training.config import Config, DataConfig, TrainConfig  # noqa: E402
+
+from compile_ahead import run_concurrently  # noqa: E402
 
 TARGET = "v5e:2x2"
 MESHES = ((4, 1, 1), (2, 1, 2), (1, 2, 2))
@@ -36,216 +38,237 @@ MOSAIC = 'custom_call_target="tpu_custom_call"'
 
 
 def _config(variant, mesh):
-    """The smallest model that still has every part: 1 layer, 2 heads (tensor=2 splits
-    them), persistent tokens, 2 memory chunks per MAC segment, 2 segments, batch 4."""
-    model = TitansConfig.preset("tiny", variant=variant, dim=32, num_layers=1, heads=2,
-                                ffn_hidden=32, window=8, segment_len=8, num_persistent=2,
-                                memory_heads=2, memory_chunk=4)
-    return Config(name="tpu", model=model,
-                  data=DataConfig(kind="niah", niah_task="passkey", seq_len=16),
-                  train=TrainConfig(steps=1, batch_size=4, warmup_steps=0),
-                  mesh=sharding.MeshConfig(*mesh))
+  """The smallest model that still has every part: 1 layer, 2 heads (tensor=2 splits
+  them), persistent tokens, 2 memory chunks per MAC segment, 2 segments, batch 4."""
+  model = TitansConfig.preset(
+    "tiny",
+    variant=variant,
+    dim=32,
+    num_layers=1,
+    heads=2,
+    ffn_hidden=32,
+    window=8,
+    segment_len=8,
+    num_persistent=2,
+    memory_heads=2,
+    memory_chunk=4,
+  )
+  return Config(
+    name="tpu",
+    model=model,
+    data=DataConfig(kind="niah", niah_task="passkey", seq_len=16),
+    train=TrainConfig(steps=1, batch_size=4, warmup_steps=0),
+    mesh=sharding.MeshConfig(*mesh),
+  )
 
 
 def _mesh(shape):
-    return sharding.make_mesh(sharding.MeshConfig(*shape), aot.target_devices(TARGET))
+  return sharding.make_mesh(sharding.MeshConfig(*shape), aot.target_devices(TARGET))
 
 
 def _compile_train(variant, mesh_shape):
-    return aot.size_train_step(_config(variant, mesh_shape), TARGET, _mesh(mesh_shape))
+  return aot.size_train_step(_config(variant, mesh_shape), TARGET, _mesh(mesh_shape))
 
 
 @pytest.fixture(scope="module")
 def compiled():
-    """The fast tests' TPU compiles, run concurrently: train steps of MAG on data×tensor
-    and LMM on data, prefill + one decode step of MAC on data×tensor."""
-    out = {}
+  """The fast tests' TPU compiles, run concurrently: train steps of MAG on data×tensor
+  and LMM on data, prefill + one decode step of MAC on data×tensor."""
+  out = {}
 
-    def train(cell):
-        return lambda: out.__setitem__(cell, _compile_train(*cell))
+  def train(cell):
+    return lambda: out.__setitem__(cell, _compile_train(*cell))
 
-    def generation():
-        cfg = _config("mac", (2, 1, 2))
-        out["generation"] = aot.size_generation(cfg, TARGET, _mesh((2, 1, 2)))
+  def generation():
+    cfg = _config("mac", (2, 1, 2))
+    out["generation"] = aot.size_generation(cfg, TARGET, _mesh((2, 1, 2)))
 
-    run_concurrently([train(("mag", (2, 1, 2))), train(("lmm", (4, 1, 1))), generation])
-    return out
+  run_concurrently([train(("mag", (2, 1, 2))), train(("lmm", (4, 1, 1))), generation])
+  return out
 
 
 @pytest.fixture(scope="module")
 def train_sizes(compiled):
-    return compiled
+  return compiled
 
 
 @pytest.fixture(scope="module")
 def generation_sizes(compiled):
-    return compiled["generation"]
+  return compiled["generation"]
 
 
 def test_train_step_compiles_for_tpu_with_splash_on_a_sharded_mesh(train_sizes):
-    """MAG on data×tensor: forward and both backward splash kernels, inside shard_map
-    (lowering fails without it: Mosaic kernels cannot be partitioned automatically)."""
-    mag = train_sizes[("mag", (2, 1, 2))]
-    assert mag.mosaic_calls == 3, mag.mosaic_calls             # fwd, dq, dkv
-    assert mag.kernel_flops > 0 and mag.flops > mag.kernel_flops
-    assert train_sizes[("lmm", (4, 1, 1))].mosaic_calls == 0    # no attention in LMM
+  """MAG on data×tensor: forward and both backward splash kernels, inside shard_map
+  (lowering fails without it: Mosaic kernels cannot be partitioned automatically)."""
+  mag = train_sizes[("mag", (2, 1, 2))]
+  assert mag.mosaic_calls == 3, mag.mosaic_calls  # fwd, dq, dkv
+  assert mag.kernel_flops > 0 and mag.flops > mag.kernel_flops
+  assert train_sizes[("lmm", (4, 1, 1))].mosaic_calls == 0  # no attention in LMM
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mesh_shape", MESHES)
 def test_every_variant_compiles_for_tpu_on_every_mesh(mesh_shape):
-    """Every variant's train step on each mesh: the splash kernels wherever attention
-    runs (MAC: its segment attention; LMM: none)."""
-    sizes = {}
+  """Every variant's train step on each mesh: the splash kernels wherever attention
+  runs (MAC: its segment attention; LMM: none)."""
+  sizes = {}
 
-    def job(v):
-        return lambda: sizes.__setitem__(v, _compile_train(v, mesh_shape))
+  def job(v):
+    return lambda: sizes.__setitem__(v, _compile_train(v, mesh_shape))
 
-    run_concurrently([job(v) for v in VARIANTS])
-    for v, size in sizes.items():
-        assert size.mosaic_calls == (0 if v == "lmm" else 3), (v, size.mosaic_calls)
+  run_concurrently([job(v) for v in VARIANTS])
+  for v, size in sizes.items():
+    assert size.mosaic_calls == (0 if v == "lmm" else 3), (v, size.mosaic_calls)
 
 
 def test_prefill_and_decode_compile_for_tpu(generation_sizes):
-    prefill, decode = generation_sizes
-    assert prefill.mosaic_calls == 1           # MAC's segment attention, forward only
-    assert decode.mosaic_calls == 0            # one query: XLA attention by design
-    assert decode.state_parts["decode cache"] > 0
-    assert 0 < decode.flops < prefill.flops
+  prefill, decode = generation_sizes
+  assert prefill.mosaic_calls == 1  # MAC's segment attention, forward only
+  assert decode.mosaic_calls == 0  # one query: XLA attention by design
+  assert decode.state_parts["decode cache"] > 0
+  assert 0 < decode.flops < prefill.flops
 
 
 def test_hlo_cost_counts_loop_trips():
-    """XLA's cost analysis counts a loop body once; hlo_cost multiplies by the trips.
-    Bytes grow linearly with the trips: a step reads its slice of the stacked weights
-    and writes its slot of the stacked outputs, not the whole stacks."""
-    from titans_jax.perf import hlo_cost
+  """XLA's cost analysis counts a loop body once; hlo_cost multiplies by the trips.
+  Bytes grow linearly with the trips: a step reads its slice of the stacked weights
+  and writes its slot of the stacked outputs, not the whole stacks."""
+  from titans_jax.perf import hlo_cost
 
-    mesh = jax.sharding.Mesh(np.array(aot.target_devices(TARGET)[:1]), ("x",))
-    s = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  mesh = jax.sharding.Mesh(np.array(aot.target_devices(TARGET)[:1]), ("x",))
+  s = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
-    def f(w, x):
-        return jax.lax.scan(lambda c, wi: (jnp.tanh(c @ wi), c), x, w)
+  def f(w, x):
+    return jax.lax.scan(lambda c, wi: (jnp.tanh(c @ wi), c), x, w)
 
-    costs = {}
-    for n in (5, 20):
-        w = jax.ShapeDtypeStruct((n, 128, 128), jnp.float32, sharding=s)
-        x = jax.ShapeDtypeStruct((64, 128), jnp.float32, sharding=s)
-        costs[n] = hlo_cost.analyse(jax.jit(f).lower(w, x).compile().as_text())
-    assert costs[5]["flops"] == 5 * 2 * 64 * 128 * 128
-    assert costs[20]["flops"] == 20 * 2 * 64 * 128 * 128
-    assert costs[20]["bytes"] / costs[5]["bytes"] == pytest.approx(4.0, rel=0.1)
+  costs = {}
+  for n in (5, 20):
+    w = jax.ShapeDtypeStruct((n, 128, 128), jnp.float32, sharding=s)
+    x = jax.ShapeDtypeStruct((64, 128), jnp.float32, sharding=s)
+    costs[n] = hlo_cost.analyse(jax.jit(f).lower(w, x).compile().as_text())
+  assert costs[5]["flops"] == 5 * 2 * 64 * 128 * 128
+  assert costs[20]["flops"] == 20 * 2 * 64 * 128 * 128
+  assert costs[20]["bytes"] / costs[5]["bytes"] == pytest.approx(4.0, rel=0.1)
 
 
 # ------------------------------------------------ splash under shard_map == XLA ---
 
+
 def _cpu_mesh(shape):
-    return sharding.make_mesh(sharding.MeshConfig(*shape), jax.devices("cpu")[:4])
+  return sharding.make_mesh(sharding.MeshConfig(*shape), jax.devices("cpu")[:4])
 
 
 def _qkv(seed, B, T, H, K, P):
-    ks = jax.random.split(jax.random.key(seed), 5)
-    q, k, v = (jax.random.normal(ks[i], (B, T, H, K), jnp.float32) for i in range(3))
-    pk, pv = (jax.random.normal(ks[3 + i], (B, P, H, K), jnp.float32) for i in range(2))
-    return q, k, v, pk, pv
+  ks = jax.random.split(jax.random.key(seed), 5)
+  q, k, v = (jax.random.normal(ks[i], (B, T, H, K), jnp.float32) for i in range(3))
+  pk, pv = (jax.random.normal(ks[3 + i], (B, P, H, K), jnp.float32) for i in range(2))
+  return q, k, v, pk, pv
 
 
 def _window(impl):
-    return lambda q, k, v, pk, pv: A.sliding_window_attention(q, k, v, 24, pk, pv, impl=impl)
+  return lambda q, k, v, pk, pv: A.sliding_window_attention(q, k, v, 24, pk, pv, impl=impl)
 
 
 def _segment(impl):
-    """MAC segment attention over [P ‖ h ‖ x] (h plays the retrieved tokens)."""
-    def f(q, k, v, pk, pv):
-        L, P = q.shape[1], pk.shape[1]
-        mask = A.segment_mask(L, L, P, with_memory=True)
-        return A.segment_attention(q, [pk, k * 0.5, k], [pv, v[:, ::-1], v], mask, impl=impl,
-                                   layout=(P, 2))
-    return f
+  """MAC segment attention over [P ‖ h ‖ x] (h plays the retrieved tokens)."""
+
+  def f(q, k, v, pk, pv):
+    L, P = q.shape[1], pk.shape[1]
+    mask = A.segment_mask(L, L, P, with_memory=True)
+    return A.segment_attention(
+      q, [pk, k * 0.5, k], [pv, v[:, ::-1], v], mask, impl=impl, layout=(P, 2)
+    )
+
+  return f
 
 
 def _check_splash_equals_xla(mesh_shape):
-    """Forward and gradients of the splash path (Pallas interpreter, sharded over
-    batch × heads by shard_map) equal the XLA path, 1e-5 in fp32: the sliding window
-    and a MAC segment, both over persistent tokens."""
-    q, k, v, pk, pv = _qkv(0, 4, 40, 2, 16, 3)
-    mesh = _cpu_mesh(mesh_shape)
+  """Forward and gradients of the splash path (Pallas interpreter, sharded over
+  batch × heads by shard_map) equal the XLA path, 1e-5 in fp32: the sliding window
+  and a MAC segment, both over persistent tokens."""
+  q, k, v, pk, pv = _qkv(0, 4, 40, 2, 16, 3)
+  mesh = _cpu_mesh(mesh_shape)
 
-    def loss_and_grads(impl):
-        def loss(q, k, v, pk, pv):
-            with sharding.use_rules(mesh):
-                outs = [make(impl)(q, k, v, pk, pv) for make in (_window, _segment)]
-            return sum(jnp.sum(o * jnp.cos(o)) for o in outs), outs
-        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))
+  def loss_and_grads(impl):
+    def loss(q, k, v, pk, pv):
+      with sharding.use_rules(mesh):
+        outs = [make(impl)(q, k, v, pk, pv) for make in (_window, _segment)]
+      return sum(jnp.sum(o * jnp.cos(o)) for o in outs), outs
 
-    with A.splash_interpret():
-        (_, outs_s), g_s = loss_and_grads("splash")(q, k, v, pk, pv)
-    (_, outs_x), g_x = loss_and_grads("xla")(q, k, v, pk, pv)
-    for a, b in zip(list(outs_s) + list(g_s), list(outs_x) + list(g_x)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))
+
+  with A.splash_interpret():
+    (_, outs_s), g_s = loss_and_grads("splash")(q, k, v, pk, pv)
+  (_, outs_x), g_x = loss_and_grads("xla")(q, k, v, pk, pv)
+  for a, b in zip(list(outs_s) + list(g_s), list(outs_x) + list(g_x)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
 
 
 def test_splash_under_shard_map_equals_xla():
-    _check_splash_equals_xla((2, 1, 2))
+  _check_splash_equals_xla((2, 1, 2))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mesh_shape", [(4, 1, 1), (1, 2, 2)])
 def test_splash_under_shard_map_equals_xla_other_meshes(mesh_shape):
-    _check_splash_equals_xla(mesh_shape)
+  _check_splash_equals_xla(mesh_shape)
 
 
 def test_auto_follows_the_mesh_platform_not_the_default_backend():
-    assert jax.default_backend() == "cpu"
-    with sharding.use_rules(_mesh((4, 1, 1))):
-        assert A._resolve_impl("auto", jnp.float32) == "splash"
-    with sharding.use_rules(_cpu_mesh((4, 1, 1))):
-        assert A._resolve_impl("auto", jnp.float32) == "xla"
+  assert jax.default_backend() == "cpu"
+  with sharding.use_rules(_mesh((4, 1, 1))):
+    assert A._resolve_impl("auto", jnp.float32) == "splash"
+  with sharding.use_rules(_cpu_mesh((4, 1, 1))):
+    assert A._resolve_impl("auto", jnp.float32) == "xla"
 
 
 def test_splash_that_cannot_serve_falls_back_with_one_notice(caplog):
-    q, k, v, pk, pv = _qkv(1, 2, 20, 2, 8, 2)
-    window = lambda impl: jax.jit(
-        lambda *a: A.sliding_window_attention(*a[:3], 8, *a[3:], impl=impl))
-    ref = window("xla")(q, k, v, pk, pv)
-    A._NOTICED.clear()
-    with caplog.at_level("WARNING", logger=A.__name__):
-        for _ in range(2):
-            out = window("splash")(q, k, v, pk, pv)   # traced twice for CPU: one notice
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
-    notices = [r.message for r in caplog.records if "splash" in r.message]
-    assert len(notices) == 1 and "using XLA" in notices[0], notices
+  q, k, v, pk, pv = _qkv(1, 2, 20, 2, 8, 2)
+  window = lambda impl: jax.jit(lambda *a: A.sliding_window_attention(*a[:3], 8, *a[3:], impl=impl))
+  ref = window("xla")(q, k, v, pk, pv)
+  A._NOTICED.clear()
+  with caplog.at_level("WARNING", logger=A.__name__):
+    for _ in range(2):
+      out = window("splash")(q, k, v, pk, pv)  # traced twice for CPU: one notice
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
+  notices = [r.message for r in caplog.records if "splash" in r.message]
+  assert len(notices) == 1 and "using XLA" in notices[0], notices
 
 
 # ------------------------------------------------------------ --target behaviour ---
 
-def test_target_unknown_topology_is_a_one_line_error(capsys):
-    import train
 
-    rc = train.main(["--config", "configs/tiny.py", "--dry_run", "--target", "v9z:7x7"])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and "v9z:7x7" in err and "topology" in err and len(err.splitlines()) == 1
+def test_target_unknown_topology_is_a_one_line_error(capsys):
+  import train
+
+  rc = train.main(["--config", "configs/tiny.py", "--dry_run", "--target", "v9z:7x7"])
+  err = capsys.readouterr().err.strip()
+  assert rc == 2 and "v9z:7x7" in err and "topology" in err and len(err.splitlines()) == 1
 
 
 def test_target_without_libtpu_names_the_extra(monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(aot.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "libtpu" else real(name, *a))
-    with pytest.raises(aot.TargetError, match=r"libtpu is not installed.*\.\[tpu\]"):
-        aot.target_devices.__wrapped__("v5e:2x2")
+  real = importlib.util.find_spec
+  monkeypatch.setattr(
+    aot.importlib.util, "find_spec", lambda name, *a: None if name == "libtpu" else real(name, *a)
+  )
+  with pytest.raises(aot.TargetError, match=r"libtpu is not installed.*\.\[tpu\]"):
+    aot.target_devices.__wrapped__("v5e:2x2")
 
 
 def test_does_not_fit_reports_by_how_much_and_fails_only_on_request(
-        train_sizes, generation_sizes, monkeypatch, capsys):
-    small = dataclasses.replace(aot.CHIPS["TPU v5 lite"], hbm_bytes=2**20)     # 1 MiB chip
-    sizes = [dataclasses.replace(s, chip=small)
-             for s in [train_sizes[("mag", (2, 1, 2))], *generation_sizes]]
-    monkeypatch.setattr(aot, "size_train_step", lambda cfg, target: sizes[0])
-    monkeypatch.setattr(aot, "size_generation", lambda cfg, target: sizes[1:])
-    cfg = _config("mag", (2, 1, 2))
-    assert aot.main(cfg, TARGET) == 0
-    out = capsys.readouterr().out
-    over = sizes[0].total_bytes - 2**20
-    assert f"DOES NOT FIT (over by {over / 2**20:.1f} MiB)" in out
-    assert "roofline step time" in out and "MFU ≤" in out
-    assert aot.main(cfg, TARGET, require_fit=True) == 4
-    assert "do not fit v5e:2x2" in capsys.readouterr().err
+  train_sizes, generation_sizes, monkeypatch, capsys
+):
+  small = dataclasses.replace(aot.CHIPS["TPU v5 lite"], hbm_bytes=2**20)  # 1 MiB chip
+  sizes = [
+    dataclasses.replace(s, chip=small) for s in [train_sizes[("mag", (2, 1, 2))], *generation_sizes]
+  ]
+  monkeypatch.setattr(aot, "size_train_step", lambda cfg, target: sizes[0])
+  monkeypatch.setattr(aot, "size_generation", lambda cfg, target: sizes[1:])
+  cfg = _config("mag", (2, 1, 2))
+  assert aot.main(cfg, TARGET) == 0
+  out = capsys.readouterr().out
+  over = sizes[0].total_bytes - 2**20
+  assert f"DOES NOT FIT (over by {over / 2**20:.1f} MiB)" in out
+  assert "roofline step time" in out and "MFU ≤" in out
+  assert aot.main(cfg, TARGET, require_fit=True) == 4
+  assert "do not fit v5e:2x2" in capsys.readouterr().err

@@ -5,6 +5,7 @@ eval.py reads the checkpoint, and bad input stops without touching checkpoints.
 The runs share one compiled train step (cached per graphdef / train config), so the
 module costs about one compilation plus ~100 tiny steps.
 """
+
 import dataclasses
 import json
 import os
@@ -20,7 +21,8 @@ import eval as eval_cli  # noqa: E402
 import train as train_cli  # noqa: E402
 from titans_jax.data.text import DataError
 from titans_jax.runtime import checkpointing
-from titans_jax.training import config as config_lib, loop, sharded
+from titans_jax.training import config as config_lib
+from titans_jax.training import loop, sharded
 
 pytestmark = pytest.mark.slow  # end-to-end / multi-device: excluded from `-m "not slow"`
 
@@ -30,9 +32,17 @@ STEPS = 24
 
 def _cfg(**train_overrides):
   cfg = config_lib.load_config(ROOT / "configs" / "tiny.py")
-  cfg = config_lib.apply_overrides(cfg, [
-      f"train.steps={STEPS}", "train.checkpoint_every=8", "train.log_every=4",
-      "train.warmup_steps=3", "train.lr=0.01", "train.async_checkpoint=true"])
+  cfg = config_lib.apply_overrides(
+    cfg,
+    [
+      f"train.steps={STEPS}",
+      "train.checkpoint_every=8",
+      "train.log_every=4",
+      "train.warmup_steps=3",
+      "train.lr=0.01",
+      "train.async_checkpoint=true",
+    ],
+  )
   return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train_overrides))
 
 
@@ -80,8 +90,12 @@ def test_resume_equals_uninterrupted(base_run, tmp_path):
   assert second.start_step == 10 and second.final_step == STEPS
   resumed = {**first.losses, **second.losses}
   assert sorted(resumed) == list(range(1, STEPS + 1))
-  np.testing.assert_allclose([resumed[s] for s in range(1, STEPS + 1)],
-                             [full.losses[s] for s in range(1, STEPS + 1)], rtol=0, atol=1e-6)
+  np.testing.assert_allclose(
+    [resumed[s] for s in range(1, STEPS + 1)],
+    [full.losses[s] for s in range(1, STEPS + 1)],
+    rtol=0,
+    atol=1e-6,
+  )
   np.testing.assert_allclose(second.eval["loss"], full.eval["loss"], rtol=0, atol=1e-6)
 
 
@@ -106,9 +120,17 @@ def test_sigterm_saves_before_exit(tmp_path):
 
 def test_eval_reads_the_checkpoint(base_run, capsys):
   workdir, result, _ = base_run
-  rc = eval_cli.main(["--workdir", str(workdir), "--set", "eval.niah_lengths=128",
-                      "--eval.niah_depths=0,1", "--eval.niah_samples=2",
-                      "--eval.sample_tokens=4"])
+  rc = eval_cli.main(
+    [
+      "--workdir",
+      str(workdir),
+      "--set",
+      "eval.niah_lengths=128",
+      "--eval.niah_depths=0,1",
+      "--eval.niah_samples=2",
+      "--eval.sample_tokens=4",
+    ]
+  )
   assert rc == 0, capsys.readouterr().err
   out = workdir / "eval" / f"step_{STEPS}"
   metrics = json.loads((out / "metrics.json").read_text())
@@ -121,11 +143,28 @@ def test_eval_reads_the_checkpoint(base_run, capsys):
   assert "| depth" in (out / "niah_passkey.md").read_text()
   assert (out / "samples.txt").read_text().startswith("The pass")
   # --config with the same model is accepted; a different model is refused
-  rc = eval_cli.main(["--config", str(ROOT / "configs" / "tiny.py"), "--workdir", str(workdir),
-                      "--skip", "niah,samples,ppl"])
+  rc = eval_cli.main(
+    [
+      "--config",
+      str(ROOT / "configs" / "tiny.py"),
+      "--workdir",
+      str(workdir),
+      "--skip",
+      "niah,samples,ppl",
+    ]
+  )
   assert rc == 0
-  rc = eval_cli.main(["--config", str(ROOT / "configs" / "tiny.py"), "--workdir", str(workdir),
-                      "--model.dim=48", "--skip", "niah,samples"])
+  rc = eval_cli.main(
+    [
+      "--config",
+      str(ROOT / "configs" / "tiny.py"),
+      "--workdir",
+      str(workdir),
+      "--model.dim=48",
+      "--skip",
+      "niah,samples",
+    ]
+  )
   assert rc == 2 and "model.dim" in capsys.readouterr().err
 
 
@@ -139,23 +178,43 @@ def test_bad_input_never_touches_checkpoints(base_run, tmp_path, capsys):
 
   missing = tmp_path / "no_such_corpus"
   with pytest.raises(DataError, match="does not exist: .*no_such_corpus"):
-    loop.train(config_lib.apply_overrides(
-        _cfg(), ["data.kind=text", f"data.paths={missing}", "data.seq_len=128"]), workdir)
+    loop.train(
+      config_lib.apply_overrides(
+        _cfg(), ["data.kind=text", f"data.paths={missing}", "data.seq_len=128"]
+      ),
+      workdir,
+    )
 
   empty = tmp_path / "empty_text"
   empty.mkdir()
   with pytest.raises(DataError, match="no non-empty files.*empty_text"):
-    loop.train(config_lib.apply_overrides(
-        _cfg(), ["data.kind=text", f"data.paths={empty}"]), workdir)
+    loop.train(
+      config_lib.apply_overrides(_cfg(), ["data.kind=text", f"data.paths={empty}"]), workdir
+    )
 
   with pytest.raises(SystemExit) as e:
-    train_cli.main(["--config", str(ROOT / "configs" / "tiny.py"), "--workdir", str(workdir),
-                    "--set", "train.stepz=3"])
+    train_cli.main(
+      [
+        "--config",
+        str(ROOT / "configs" / "tiny.py"),
+        "--workdir",
+        str(workdir),
+        "--set",
+        "train.stepz=3",
+      ]
+    )
   assert e.value.code == 2
   assert "unknown config key 'train.stepz'" in capsys.readouterr().err
 
-  rc = train_cli.main(["--config", str(ROOT / "configs" / "tiny.py"), "--workdir", str(workdir),
-                       "--model.num_layers=3"])
+  rc = train_cli.main(
+    [
+      "--config",
+      str(ROOT / "configs" / "tiny.py"),
+      "--workdir",
+      str(workdir),
+      "--model.num_layers=3",
+    ]
+  )
   assert rc == 2 and "model.num_layers" in capsys.readouterr().err
 
   assert _snapshot(workdir) == before
@@ -175,21 +234,37 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     return put_batch(self, {**batch, "weights": np.full_like(batch["weights"], np.nan)})
 
   monkeypatch.setattr(sharded.ShardedSetup, "put_batch", poisoned)
-  with pytest.raises(loop.TrainingDivergedError, match=r"non-finite .* step 9.*checkpoints/8 \(step 8\) gives a finite loss and is intact"):
+  with pytest.raises(
+    loop.TrainingDivergedError,
+    match=r"non-finite .* step 9.*checkpoints/8 \(step 8\) gives a finite loss and is intact",
+  ):
     loop.train(_cfg(), tmp_path, log=lambda s: None)
   monkeypatch.undo()
   assert checkpointing.existing_steps(tmp_path) == [8]
-  assert {k: v for k, v in _snapshot(tmp_path).items() if k.startswith("checkpoints")} == \
-      {k: v for k, v in before.items() if k.startswith("checkpoints")}
+  assert {k: v for k, v in _snapshot(tmp_path).items() if k.startswith("checkpoints")} == {
+    k: v for k, v in before.items() if k.startswith("checkpoints")
+  }
 
 
 def test_dry_run_compiles_without_training(tmp_path, capsys):
-  rc = train_cli.main(["--config", str(ROOT / "configs" / "tiny.py"), "--workdir",
-                       str(tmp_path / "never"), "--dry_run", f"--train.steps={STEPS}",
-                       "--train.checkpoint_every=8", "--train.log_every=4",
-                       "--train.warmup_steps=3", "--train.lr=0.01",
-                       "--mesh.data=2", "--mesh.fsdp=2", "--mesh.tensor=-1",
-                       "--model.num_layers=1"])  # one layer: a smaller compile, same checks
+  rc = train_cli.main(
+    [
+      "--config",
+      str(ROOT / "configs" / "tiny.py"),
+      "--workdir",
+      str(tmp_path / "never"),
+      "--dry_run",
+      f"--train.steps={STEPS}",
+      "--train.checkpoint_every=8",
+      "--train.log_every=4",
+      "--train.warmup_steps=3",
+      "--train.lr=0.01",
+      "--mesh.data=2",
+      "--mesh.fsdp=2",
+      "--mesh.tensor=-1",
+      "--model.num_layers=1",
+    ]
+  )  # one layer: a smaller compile, same checks
   out = capsys.readouterr().out
   assert rc == 0 and "params:" in out
   # compiled for the configured (2, 2, 2) mesh, sizes per device

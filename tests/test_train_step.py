@@ -1,6 +1,7 @@
 """The train step on a toy NNX model (fast to compile): gradient accumulation is exact,
 the NaN/Inf guard leaves the state untouched, bf16 compute keeps float32 parameters,
 and the schedule / weight-decay mask follow the paper's recipe."""
+
 import dataclasses
 
 import jax
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from titans_jax.runtime import optimizer as opt_lib, steps as ts
+from titans_jax.runtime import optimizer as opt_lib
+from titans_jax.runtime import steps as ts
 from titans_jax.training.config import TrainConfig
 
 
@@ -26,8 +28,11 @@ def _batch(B=8, T=12, seed=0):
   rng = np.random.default_rng(seed)
   x = rng.integers(0, 64, size=(B, T + 1)).astype(np.int32)
   w = (rng.random((B, T)) > 0.3).astype(np.float32)  # uneven weights per micro-batch
-  return {"inputs": jnp.asarray(x[:, :-1]), "targets": jnp.asarray(x[:, 1:]),
-          "weights": jnp.asarray(w)}
+  return {
+    "inputs": jnp.asarray(x[:, :-1]),
+    "targets": jnp.asarray(x[:, 1:]),
+    "weights": jnp.asarray(w),
+  }
 
 
 def _state(tcfg, dtype=jnp.float32):
@@ -61,8 +66,9 @@ def test_nan_guard_keeps_state():
   step = ts.make_train_step(graphdef, tx, opt_lib.lr_schedule(tcfg), donate=False)
   new, m = step(state, bad)
   assert int(m["finite"]) == 0 and not np.isfinite(float(m["loss"]))
-  for a, b in zip(jax.tree.leaves((state.params, state.opt_state)),
-                  jax.tree.leaves((new.params, new.opt_state))):
+  for a, b in zip(
+    jax.tree.leaves((state.params, state.opt_state)), jax.tree.leaves((new.params, new.opt_state))
+  ):
     np.testing.assert_array_equal(a, b)
   # an overflowing learning rate with finite gradients is caught too
   inf_cfg = TrainConfig(steps=10, warmup_steps=0, lr=float("inf"))
@@ -95,7 +101,8 @@ def test_bf16_compute_keeps_f32_params_and_learns():
   graphdef, tx, state = _state(small, dtype=jnp.bfloat16)
   before = np.asarray(state.params["out"]["kernel"][...], np.float64)
   state, _ = ts.make_train_step(graphdef, tx, opt_lib.lr_schedule(small), donate=False)(
-      state, batch)
+    state, batch
+  )
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
   after = np.asarray(state.params["out"]["kernel"][...], np.float64)
   delta = np.abs(after - before)

@@ -6,6 +6,7 @@ as `owner.field=value: expected T` instead of failing later inside a comparison.
 Annotations are read with `typing.get_type_hints`; supported: bool, int, float, str,
 Optional[X], tuple[X, ...] and nested dataclasses (checked by their own validation).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,7 +27,7 @@ def _matches(value: Any, typ: Any) -> bool:
     return isinstance(value, bool)
   if typ is int:
     return isinstance(value, int) and not isinstance(value, bool)
-  if typ is float:   # an int is a fine float (lr=1)
+  if typ is float:  # an int is a fine float (lr=1)
     return isinstance(value, (int, float)) and not isinstance(value, bool)
   if origin is tuple:
     if not isinstance(value, tuple):

@@ -17,6 +17,7 @@ rows, so every global batch holds the same examples for any P (ArrayRecord docum
 are split between processes before packing, so there the split depends on P). The
 trainer assembles the global batch with `jax.make_array_from_process_local_data`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,7 +26,8 @@ from typing import Any, Optional
 import grain
 import numpy as np
 
-from titans_jax.data import synthetic, text, tokens as token_files
+from titans_jax.data import synthetic, text
+from titans_jax.data import tokens as token_files
 from titans_jax.data.text import DataError
 
 
@@ -42,15 +44,18 @@ class WindowSource(grain.sources.RandomAccessDataSource):
 
   def __getitem__(self, index: int) -> np.ndarray:
     start = int(index) * self._seq_len
-    return np.asarray(self._stream[start:start + self._seq_len + 1], dtype=np.int32)
+    return np.asarray(self._stream[start : start + self._seq_len + 1], dtype=np.int32)
 
   def __repr__(self) -> str:  # grain puts this in its debug output / checkpoints
     return f"WindowSource(n={self._n}, seq_len={self._seq_len})"
 
 
 def _to_example(window: np.ndarray) -> dict[str, np.ndarray]:
-  return {"inputs": window[:-1], "targets": window[1:],
-          "weights": np.ones((window.shape[0] - 1,), np.float32)}
+  return {
+    "inputs": window[:-1],
+    "targets": window[1:],
+    "weights": np.ones((window.shape[0] - 1,), np.float32),
+  }
 
 
 def _synthetic_to_example(ex: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -78,13 +83,16 @@ def load_corpus(data_cfg, vocab_size: int) -> Corpus:
   """
   d = data_cfg
   if d.kind == "text":
-    train, held = text.load_text_corpus(d.paths, d.extensions, d.eval_paths,
-                                        d.eval_fraction, d.split_seed, d.separator)
+    train, held = text.load_text_corpus(
+      d.paths, d.extensions, d.eval_paths, d.eval_fraction, d.split_seed, d.separator
+    )
     corpus = Corpus(train, held, text.BYTE_VOCAB, byte_level=True)
   elif d.kind == "tokens":
     if not d.paths:
-      raise DataError("data.kind='tokens' needs data.paths (.npy, .bin or .array_record "
-                      "files), e.g. --set data.paths=/data/train.bin")
+      raise DataError(
+        "data.kind='tokens' needs data.paths (.npy, .bin or .array_record "
+        "files), e.g. --set data.paths=/data/train.bin"
+      )
     token_files.check_metadata(d.paths, vocab_size, d.token_dtype)  # prepare's meta.json
     is_rec = [token_files.is_record_path(p) for p in d.paths]
     if any(is_rec) and not all(is_rec):
@@ -96,11 +104,15 @@ def load_corpus(data_cfg, vocab_size: int) -> Corpus:
         corpus = Corpus(src, held, vocab_size, byte_level=False, records=True)
       else:
         n_eval = int(round(len(src) * d.eval_fraction)) if d.eval_fraction > 0 else 0
-        n_eval = min(max(n_eval, 1 if d.eval_fraction > 0 and len(src) > 1 else 0),
-                     len(src) - 1)
+        n_eval = min(max(n_eval, 1 if d.eval_fraction > 0 and len(src) > 1 else 0), len(src) - 1)
         base = grain.MapDataset.source(src)
-        corpus = Corpus(base[:len(src) - n_eval], base[len(src) - n_eval:], vocab_size,
-                        byte_level=False, records=True)
+        corpus = Corpus(
+          base[: len(src) - n_eval],
+          base[len(src) - n_eval :],
+          vocab_size,
+          byte_level=False,
+          records=True,
+        )
     else:
       stream = token_files.concat_flat(d.paths, d.token_dtype)
       token_files.check_vocab(stream, vocab_size, ", ".join(d.paths))
@@ -110,23 +122,27 @@ def load_corpus(data_cfg, vocab_size: int) -> Corpus:
         train = stream
       else:
         n_eval = int(len(stream) * d.eval_fraction)
-        train, held = stream[:len(stream) - n_eval], stream[len(stream) - n_eval:]
+        train, held = stream[: len(stream) - n_eval], stream[len(stream) - n_eval :]
       corpus = Corpus(train, held, vocab_size, byte_level=False)
   elif d.kind in ("niah", "mqar"):
-    corpus = Corpus(None, None, vocab_size if d.kind == "mqar" else text.BYTE_VOCAB,
-                    byte_level=d.kind == "niah")
+    corpus = Corpus(
+      None, None, vocab_size if d.kind == "mqar" else text.BYTE_VOCAB, byte_level=d.kind == "niah"
+    )
   else:
     raise DataError(f"unknown data.kind {d.kind!r}")
   if not corpus.records and corpus.train is not None and len(corpus.train) < d.seq_len + 1:
-    raise DataError(f"training data has {len(corpus.train)} tokens, fewer than one "
-                    f"sequence of data.seq_len + 1 = {d.seq_len + 1}")
+    raise DataError(
+      f"training data has {len(corpus.train)} tokens, fewer than one "
+      f"sequence of data.seq_len + 1 = {d.seq_len + 1}"
+    )
   return corpus
 
 
 def _per_process_batch(global_batch: int, process_count: int) -> int:
   if global_batch % process_count:
-    raise DataError(f"train.batch_size={global_batch} is not divisible by the "
-                    f"{process_count} processes")
+    raise DataError(
+      f"train.batch_size={global_batch} is not divisible by the {process_count} processes"
+    )
   return global_batch // process_count
 
 
@@ -134,13 +150,17 @@ def _synthetic_dataset(data_cfg, vocab_size: int, seed: int) -> grain.MapDataset
   d = data_cfg
   ds = grain.MapDataset.range(1 << 40)
   if d.kind == "niah":
+
     def make(i):
       rng = synthetic.example_rng(seed, int(i))
       return synthetic.niah_example(rng, d.niah_task, d.seq_len, float(rng.random()))
   else:
+
     def make(i):
-      return synthetic.mqar_example(synthetic.example_rng(seed, int(i)), d.seq_len,
-                                    d.mqar_pairs, d.mqar_queries, vocab_size)
+      return synthetic.mqar_example(
+        synthetic.example_rng(seed, int(i)), d.seq_len, d.mqar_pairs, d.mqar_queries, vocab_size
+      )
+
   return ds.map(make).map(_synthetic_to_example)
 
 
@@ -151,6 +171,7 @@ def _vocab_guard(vocab_size: int):
     if hi >= vocab_size:
       raise DataError(f"token id {hi} in the data is >= model.vocab_size={vocab_size}")
     return batch
+
   return check
 
 
@@ -170,13 +191,19 @@ def _record_stream(ds: grain.MapDataset, data_cfg, seed: Optional[int], repeat: 
   if repeat:
     ds = ds.repeat()
   it = ds.map(decode).to_iter_dataset()
-  it = grain.experimental.ConcatThenSplitIterDataset(
-      it, length_struct={"tokens": d.seq_len + 1})
+  it = grain.experimental.ConcatThenSplitIterDataset(it, length_struct={"tokens": d.seq_len + 1})
   return it.map(lambda ex: _to_example(np.asarray(ex["tokens"], np.int32)))
 
 
-def train_dataset(data_cfg, corpus: Corpus, global_batch: int, *, seed: int,
-                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+def train_dataset(
+  data_cfg,
+  corpus: Corpus,
+  global_batch: int,
+  *,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> grain.IterDataset:
   """The infinite, shuffled, per-process training stream of batches.
 
   Args:
@@ -201,8 +228,10 @@ def train_dataset(data_cfg, corpus: Corpus, global_batch: int, *, seed: int,
     return it.batch(batch, drop_remainder=True).map(_vocab_guard(corpus.vocab_size))
   ds = grain.MapDataset.source(WindowSource(corpus.train, d.seq_len))
   if len(ds) // process_count < batch:
-    raise DataError(f"training data holds {len(ds) // process_count} sequences of "
-                    f"{d.seq_len} tokens per process, fewer than one batch of {batch}")
+    raise DataError(
+      f"training data holds {len(ds) // process_count} sequences of "
+      f"{d.seq_len} tokens per process, fewer than one batch of {batch}"
+    )
   # Shuffle the one global stream, then take every P-th window: global batch b is the
   # same set of windows whatever the number of processes (P = 1: the plain stream).
   ds = ds.repeat().shuffle(seed)[process_index::process_count]
@@ -210,9 +239,16 @@ def train_dataset(data_cfg, corpus: Corpus, global_batch: int, *, seed: int,
   return ds.to_iter_dataset()
 
 
-def eval_batches(data_cfg, corpus: Corpus, batch_size: int, max_batches: int, *,
-                 seed: int = 1_000_003, process_index: int = 0,
-                 process_count: int = 1) -> list[dict[str, np.ndarray]]:
+def eval_batches(
+  data_cfg,
+  corpus: Corpus,
+  batch_size: int,
+  max_batches: int,
+  *,
+  seed: int = 1_000_003,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> list[dict[str, np.ndarray]]:
   """Held-out batches in a fixed order (the same on every call); 0 = all of them.
 
   Synthetic kinds draw from a seed disjoint from training's. The last partial batch is
@@ -237,9 +273,11 @@ def eval_batches(data_cfg, corpus: Corpus, batch_size: int, max_batches: int, *,
   else:
     held = corpus.held_out
     if held is None or len(held) < d.seq_len + 1:
-      raise DataError(f"held-out data has {0 if held is None else len(held)} tokens, "
-                      f"fewer than one sequence of {d.seq_len + 1}; raise "
-                      "data.eval_fraction or name data.eval_paths")
+      raise DataError(
+        f"held-out data has {0 if held is None else len(held)} tokens, "
+        f"fewer than one sequence of {d.seq_len + 1}; raise "
+        "data.eval_fraction or name data.eval_paths"
+      )
     ds = grain.MapDataset.source(WindowSource(held, d.seq_len)).map(_to_example)
     ds = ds[process_index::process_count]
     n = len(ds) // batch_size

@@ -15,6 +15,7 @@ Bad input (a missing tokenizer or path, a JSONL line without the field, a corpus
 text) is a one-line error naming it; nothing is written (output goes to a temporary
 directory that is renamed only on success).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,8 @@ import pathlib
 import shutil
 import sys
 import tempfile
-from typing import Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -46,8 +48,9 @@ def held_out(key: str, fraction: float, seed: int) -> bool:
   return (h % 1_000_000) < fraction * 1_000_000
 
 
-def iter_documents(files: Sequence[pathlib.Path], jsonl_field: str,
-                   root_of: dict) -> Iterator[tuple[str, str]]:
+def iter_documents(
+  files: Sequence[pathlib.Path], jsonl_field: str, root_of: dict
+) -> Iterator[tuple[str, str]]:
   """(key, text) per document: a whole text file, or one JSONL line's field.
 
   Raises:
@@ -67,8 +70,9 @@ def iter_documents(files: Sequence[pathlib.Path], jsonl_field: str,
           if not isinstance(rec, dict) or jsonl_field not in rec:
             raise DataError(f"{f}:{n}: no field {jsonl_field!r} (set --jsonl_field)")
           if not isinstance(rec[jsonl_field], str):
-            raise DataError(f"{f}:{n}: field {jsonl_field!r} is "
-                            f"{type(rec[jsonl_field]).__name__}, not a string")
+            raise DataError(
+              f"{f}:{n}: field {jsonl_field!r} is {type(rec[jsonl_field]).__name__}, not a string"
+            )
           yield f"{name}#{n}", rec[jsonl_field]
     else:
       yield name, f.read_text(encoding="utf-8", errors="replace")
@@ -107,6 +111,7 @@ def _jax_started() -> bool:
     return False
   try:
     from jax._src import xla_bridge
+
     return xla_bridge.backends_are_initialized()
   except (ImportError, AttributeError):
     return True
@@ -158,8 +163,12 @@ class ShardWriter:
       self._fh = None
 
   def summary(self) -> dict:
-    return {"files": self.files, "documents": self.documents, "tokens": self.tokens,
-            "bytes": self.bytes}
+    return {
+      "files": self.files,
+      "documents": self.documents,
+      "tokens": self.tokens,
+      "bytes": self.bytes,
+    }
 
 
 def token_dtype_for(vocab_size: int) -> str:
@@ -172,8 +181,10 @@ def resolve_separator(tok: tokenizer_lib.Tokenizer, separator: str) -> int:
     return -1
   if separator == "auto":
     if tok.eos_id is None:
-      raise DataError(f"tokenizer {tok.path} has no end-of-text token "
-                      f"({', '.join(tokenizer_lib.EOS_NAMES)}); pass --separator ID or none")
+      raise DataError(
+        f"tokenizer {tok.path} has no end-of-text token "
+        f"({', '.join(tokenizer_lib.EOS_NAMES)}); pass --separator ID or none"
+      )
     return int(tok.eos_id)
   if separator.lstrip("-").isdigit():
     sep = int(separator)
@@ -187,11 +198,21 @@ def resolve_separator(tok: tokenizer_lib.Tokenizer, separator: str) -> int:
   return sep
 
 
-def prepare(paths: Sequence[str], tokenizer: str, out: str, *, jsonl_field: str = "text",
-            extensions: Sequence[str] = DEFAULT_EXTENSIONS, eval_fraction: float = 0.01,
-            split_seed: int = 0, separator: str = "auto", workers: int = 0,
-            shard_tokens: int = 1 << 30, overwrite: bool = False,
-            progress: bool = True) -> dict:
+def prepare(
+  paths: Sequence[str],
+  tokenizer: str,
+  out: str,
+  *,
+  jsonl_field: str = "text",
+  extensions: Sequence[str] = DEFAULT_EXTENSIONS,
+  eval_fraction: float = 0.01,
+  split_seed: int = 0,
+  separator: str = "auto",
+  workers: int = 0,
+  shard_tokens: int = 1 << 30,
+  overwrite: bool = False,
+  progress: bool = True,
+) -> dict:
   """Tokenises `paths` into `out`/{train,held_out}_NNNNN.bin + meta.json; returns the meta.
 
   Raises:
@@ -223,20 +244,30 @@ def prepare(paths: Sequence[str], tokenizer: str, out: str, *, jsonl_field: str 
 
   outdir.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
-  writers = {False: ShardWriter(tmp, "train", dtype, shard_tokens),
-             True: ShardWriter(tmp, "held_out", dtype, shard_tokens)}
+  writers = {
+    False: ShardWriter(tmp, "train", dtype, shard_tokens),
+    True: ShardWriter(tmp, "held_out", dtype, shard_tokens),
+  }
   counts = {"empty_documents": 0}
   sep_arr = np.asarray([sep] if sep >= 0 else [], np.int64)
   try:
     from tqdm import tqdm
 
     # bytes of text; JSONL files also hold keys and other fields, so no total for them
-    total = None if any(f.suffix == ".jsonl" for f in files) else sum(
-        f.stat().st_size for f in files)
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc="tokenising",
-               disable=not progress, file=sys.stderr)
-    batches = _batches(iter_documents(files, jsonl_field, root_of), eval_fraction, split_seed,
-                       counts)
+    total = (
+      None if any(f.suffix == ".jsonl" for f in files) else sum(f.stat().st_size for f in files)
+    )
+    bar = tqdm(
+      total=total,
+      unit="B",
+      unit_scale=True,
+      desc="tokenising",
+      disable=not progress,
+      file=sys.stderr,
+    )
+    batches = _batches(
+      iter_documents(files, jsonl_field, root_of), eval_fraction, split_seed, counts
+    )
     if workers > 1:
       ctx = multiprocessing.get_context("spawn" if _jax_started() else "fork")
       pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tok.path,))
@@ -249,8 +280,10 @@ def prepare(paths: Sequence[str], tokenizer: str, out: str, *, jsonl_field: str 
       for result in results:
         for is_held, ids, nbytes in result:
           if ids.size and (ids.min() < 0 or ids.max() >= tok.vocab_size):
-            raise DataError(f"tokenizer {tok.path} produced id {int(ids.max())} outside its "
-                            f"vocabulary of {tok.vocab_size}")
+            raise DataError(
+              f"tokenizer {tok.path} produced id {int(ids.max())} outside its "
+              f"vocabulary of {tok.vocab_size}"
+            )
           w = writers[is_held]
           w.write(np.concatenate([ids, sep_arr]))
           w.documents += 1
@@ -267,15 +300,24 @@ def prepare(paths: Sequence[str], tokenizer: str, out: str, *, jsonl_field: str 
       raise DataError(f"no text found in {list(paths)} (every document is empty or held out)")
     ref = held if held["tokens"] else train
     meta = {
-        "format": FORMAT,
-        "tokenizer": {"path": str(pathlib.Path(tok.path).absolute()), "kind": tok.kind,
-                      "sha256": tokenizer_lib.file_sha256(tok.path)},
-        "vocab_size": tok.vocab_size, "token_dtype": dtype.name, "separator": sep,
-        "sources": [str(pathlib.Path(p).expanduser().absolute()) for p in paths],
-        "jsonl_field": jsonl_field, "eval_fraction": eval_fraction, "split_seed": split_seed,
-        "train": train, "held_out": held, "empty_documents": counts["empty_documents"],
-        # measured on the held-out documents (train when nothing is held out)
-        "bytes_per_token": ref["bytes"] / ref["tokens"],
+      "format": FORMAT,
+      "tokenizer": {
+        "path": str(pathlib.Path(tok.path).absolute()),
+        "kind": tok.kind,
+        "sha256": tokenizer_lib.file_sha256(tok.path),
+      },
+      "vocab_size": tok.vocab_size,
+      "token_dtype": dtype.name,
+      "separator": sep,
+      "sources": [str(pathlib.Path(p).expanduser().absolute()) for p in paths],
+      "jsonl_field": jsonl_field,
+      "eval_fraction": eval_fraction,
+      "split_seed": split_seed,
+      "train": train,
+      "held_out": held,
+      "empty_documents": counts["empty_documents"],
+      # measured on the held-out documents (train when nothing is held out)
+      "bytes_per_token": ref["bytes"] / ref["tokens"],
     }
     (tmp / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
     if outdir.exists():
@@ -288,42 +330,66 @@ def prepare(paths: Sequence[str], tokenizer: str, out: str, *, jsonl_field: str 
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m titans_jax.data.prepare",
-                              description="Tokenise text into .bin shards + meta.json "
-                                          "(see docs/data.md).")
+  p = argparse.ArgumentParser(
+    prog="python -m titans_jax.data.prepare",
+    description="Tokenise text into .bin shards + meta.json (see docs/data.md).",
+  )
   p.add_argument("paths", nargs="+", help="text files, directories, .jsonl files")
-  p.add_argument("--tokenizer", required=True,
-                 help="a Hugging Face tokenizers .json or a SentencePiece .model file")
+  p.add_argument(
+    "--tokenizer",
+    required=True,
+    help="a Hugging Face tokenizers .json or a SentencePiece .model file",
+  )
   p.add_argument("--out", required=True, help="output directory (must be empty or new)")
   p.add_argument("--jsonl_field", default="text", help="JSONL field holding the text")
-  p.add_argument("--extensions", default=",".join(DEFAULT_EXTENSIONS),
-                 help="comma list of suffixes read from directories")
-  p.add_argument("--eval_fraction", type=float, default=0.01,
-                 help="share of documents held out (by a hash of their name)")
+  p.add_argument(
+    "--extensions",
+    default=",".join(DEFAULT_EXTENSIONS),
+    help="comma list of suffixes read from directories",
+  )
+  p.add_argument(
+    "--eval_fraction",
+    type=float,
+    default=0.01,
+    help="share of documents held out (by a hash of their name)",
+  )
   p.add_argument("--split_seed", type=int, default=0)
-  p.add_argument("--separator", default="auto",
-                 help="token after each document: auto (the tokenizer's end-of-text), none, "
-                      "an id or a one-token string")
+  p.add_argument(
+    "--separator",
+    default="auto",
+    help="token after each document: auto (the tokenizer's end-of-text), none, "
+    "an id or a one-token string",
+  )
   p.add_argument("--workers", type=int, default=0, help="processes (0: min(8, CPUs))")
   p.add_argument("--shard_tokens", type=int, default=1 << 30, help="tokens per .bin shard")
   p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
   p.add_argument("--no_progress", action="store_true")
   a = p.parse_args(argv)
   try:
-    meta = prepare(a.paths, a.tokenizer, a.out, jsonl_field=a.jsonl_field,
-                   extensions=tuple(e if e.startswith(".") else "." + e
-                                    for e in a.extensions.split(",") if e),
-                   eval_fraction=a.eval_fraction, split_seed=a.split_seed,
-                   separator=a.separator, workers=a.workers, shard_tokens=a.shard_tokens,
-                   overwrite=a.overwrite, progress=not a.no_progress)
+    meta = prepare(
+      a.paths,
+      a.tokenizer,
+      a.out,
+      jsonl_field=a.jsonl_field,
+      extensions=tuple(e if e.startswith(".") else "." + e for e in a.extensions.split(",") if e),
+      eval_fraction=a.eval_fraction,
+      split_seed=a.split_seed,
+      separator=a.separator,
+      workers=a.workers,
+      shard_tokens=a.shard_tokens,
+      overwrite=a.overwrite,
+      progress=not a.no_progress,
+    )
   except DataError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   t, h = meta["train"], meta["held_out"]
-  print(f"wrote {a.out}: train {t['documents']} documents / {t['tokens']:,} tokens in "
-        f"{len(t['files'])} shard(s), held-out {h['documents']} / {h['tokens']:,}; "
-        f"vocab {meta['vocab_size']}, {meta['token_dtype']}, "
-        f"{meta['bytes_per_token']:.3f} bytes/token")
+  print(
+    f"wrote {a.out}: train {t['documents']} documents / {t['tokens']:,} tokens in "
+    f"{len(t['files'])} shard(s), held-out {h['documents']} / {h['tokens']:,}; "
+    f"vocab {meta['vocab_size']}, {meta['token_dtype']}, "
+    f"{meta['bytes_per_token']:.3f} bytes/token"
+  )
   return 0
 
 

@@ -4,13 +4,14 @@ Every byte is a token (vocabulary 256). Documents are packed end to end into one
 uint8 stream (with an optional separator byte between files); fixed-length windows of
 that stream are the training sequences (see `pipeline.py`).
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import pathlib
 import sysconfig
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -29,8 +30,9 @@ def stdlib_dir() -> pathlib.Path:
 _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
 
 
-def find_text_files(paths: Sequence[str | pathlib.Path],
-                    extensions: Sequence[str] = (".py",)) -> list[pathlib.Path]:
+def find_text_files(
+  paths: Sequence[str | pathlib.Path], extensions: Sequence[str] = (".py",)
+) -> list[pathlib.Path]:
   """Files named directly plus files with `extensions` under named directories.
 
   Sorted, so the result (and everything derived from it) is the same on every machine
@@ -59,7 +61,8 @@ def find_text_files(paths: Sequence[str | pathlib.Path],
           found.append(f)
     if not found:
       raise DataError(
-          f"data directory has no non-empty files with extensions {tuple(extensions)}: {p}")
+        f"data directory has no non-empty files with extensions {tuple(extensions)}: {p}"
+      )
     files.extend(sorted(found))
   return files
 
@@ -71,8 +74,9 @@ def is_held_out(path: pathlib.Path, fraction: float, seed: int) -> bool:
   return (h % 1_000_000) < fraction * 1_000_000
 
 
-def split_files(files: Sequence[pathlib.Path], fraction: float,
-                seed: int) -> tuple[list[pathlib.Path], list[pathlib.Path]]:
+def split_files(
+  files: Sequence[pathlib.Path], fraction: float, seed: int
+) -> tuple[list[pathlib.Path], list[pathlib.Path]]:
   """(train, held_out) file lists; at least one file on each side when possible."""
   held = [f for f in files if is_held_out(f, fraction, seed)]
   train = [f for f in files if not is_held_out(f, fraction, seed)]
@@ -94,9 +98,14 @@ def read_bytes(files: Sequence[pathlib.Path], separator: int = 0) -> np.ndarray:
   return np.frombuffer(b"".join(chunks), dtype=np.uint8)
 
 
-def load_text_corpus(paths: Sequence[str], extensions: Sequence[str], eval_paths: Sequence[str],
-                     eval_fraction: float, split_seed: int,
-                     separator: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def load_text_corpus(
+  paths: Sequence[str],
+  extensions: Sequence[str],
+  eval_paths: Sequence[str],
+  eval_fraction: float,
+  split_seed: int,
+  separator: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
   """(train_bytes, eval_bytes) as flat uint8 arrays.
 
   With `eval_paths` the held-out data is exactly those files; otherwise a fraction of

@@ -7,11 +7,13 @@ SentencePiece `.model`, or the byte-level identity (ids = UTF-8 bytes) of text m
 
 Nothing is downloaded: the libraries are only given files.
 """
+
 from __future__ import annotations
 
 import hashlib
 import pathlib
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from titans_jax.data.text import BYTE_VOCAB, DataError
 
@@ -67,8 +69,7 @@ class HFTokenizer(Tokenizer):
     self._tok.no_truncation()  # documents are never cut
     self._tok.no_padding()
     self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
-    self.eos_id = next((i for n in EOS_NAMES if (i := self._tok.token_to_id(n)) is not None),
-                       None)
+    self.eos_id = next((i for n in EOS_NAMES if (i := self._tok.token_to_id(n)) is not None), None)
 
   def encode(self, text: str) -> list[int]:
     return self._tok.encode(text, add_special_tokens=False).ids
@@ -120,13 +121,16 @@ def load(path: str | pathlib.Path) -> Tokenizer:
     if p.suffix == ".model":
       return SentencePieceTokenizer(str(p))
   except ImportError as e:
-    raise DataError(f"reading tokenizer {p} needs the `text` extra "
-                    f"(pip install -e '.[text]'): {e}") from None
+    raise DataError(
+      f"reading tokenizer {p} needs the `text` extra (pip install -e '.[text]'): {e}"
+    ) from None
   except Exception as e:  # the libraries raise their own types on corrupt files
-    raise DataError(f"cannot read tokenizer {p}: {str(e).splitlines()[0] if str(e) else e!r}"
-                    ) from None
-  raise DataError(f"unknown tokenizer format (want a tokenizers .json or a SentencePiece "
-                  f".model): {p}")
+    raise DataError(
+      f"cannot read tokenizer {p}: {str(e).splitlines()[0] if str(e) else e!r}"
+    ) from None
+  raise DataError(
+    f"unknown tokenizer format (want a tokenizers .json or a SentencePiece .model): {p}"
+  )
 
 
 def from_metadata(meta: dict) -> Tokenizer:
@@ -137,9 +141,13 @@ def from_metadata(meta: dict) -> Tokenizer:
   """
   path, want = meta["tokenizer"]["path"], meta["tokenizer"].get("sha256")
   if not pathlib.Path(path).is_file():
-    raise DataError(f"tokenizer file does not exist: {path} (named by the data's meta.json; "
-                    "pass --tokenizer FILE)")
+    raise DataError(
+      f"tokenizer file does not exist: {path} (named by the data's meta.json; "
+      "pass --tokenizer FILE)"
+    )
   if want and file_sha256(path) != want:
-    raise DataError(f"tokenizer {path} has changed since the tokens were written (sha256 "
-                    f"{file_sha256(path)[:12]}… != {want[:12]}… in meta.json); pass --tokenizer")
+    raise DataError(
+      f"tokenizer {path} has changed since the tokens were written (sha256 "
+      f"{file_sha256(path)[:12]}… != {want[:12]}… in meta.json); pass --tokenizer"
+    )
   return load(path)

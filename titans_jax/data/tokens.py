@@ -11,11 +11,13 @@ sample at load time, every batch in the pipeline). Files written by
 `python -m titans_jax.data.prepare` have a `meta.json` beside them (tokenizer, vocabulary
 size, dtype); `check_metadata` holds the config to it.
 """
+
 from __future__ import annotations
 
 import json
 import pathlib
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -46,9 +48,11 @@ def load_flat(path: str | pathlib.Path, token_dtype: str = "uint16") -> np.ndarr
   else:
     raise DataError(f"unsupported flat token file (want .npy or .bin): {p}")
   if arr.ndim != 1:  # flattening would silently join rows (documents) end to end
-    raise DataError(f"token file {p} holds a {arr.ndim}-D array of shape {arr.shape}; it "
-                    "must be 1-D (one stream of token ids: save arr.reshape(-1) if the rows "
-                    "really are consecutive)")
+    raise DataError(
+      f"token file {p} holds a {arr.ndim}-D array of shape {arr.shape}; it "
+      "must be 1-D (one stream of token ids: save arr.reshape(-1) if the rows "
+      "really are consecutive)"
+    )
   if not np.issubdtype(arr.dtype, np.integer):
     raise DataError(f"token file {p} holds {arr.dtype}, not integers")
   if arr.size < 2:
@@ -70,12 +74,12 @@ def check_vocab(tokens: np.ndarray, vocab_size: int, name: str, sample: int = 1 
   view = np.asarray(tokens[::step])
   lo, hi = int(view.min()), int(view.max())
   if lo < 0 or hi >= vocab_size:
-    raise DataError(
-        f"{name}: token ids span [{lo}, {hi}] but model.vocab_size={vocab_size}")
+    raise DataError(f"{name}: token ids span [{lo}, {hi}] but model.vocab_size={vocab_size}")
 
 
-def write_array_record(path: str | pathlib.Path, docs: Iterable[np.ndarray],
-                       token_dtype: str = "uint16") -> None:
+def write_array_record(
+  path: str | pathlib.Path, docs: Iterable[np.ndarray], token_dtype: str = "uint16"
+) -> None:
   """Writes documents (1-D token arrays) as one ArrayRecord file, one record each."""
   from array_record.python import array_record_module as arm
 
@@ -132,9 +136,13 @@ def check_metadata(paths: Sequence[str], vocab_size: int, token_dtype: str) -> O
     return None
   where = pathlib.Path(paths[0]).expanduser().parent / META_NAME
   if vocab_size < meta["vocab_size"]:
-    raise DataError(f"model.vocab_size={vocab_size} is smaller than the tokenizer's "
-                    f"vocab_size={meta['vocab_size']} in {where}")
+    raise DataError(
+      f"model.vocab_size={vocab_size} is smaller than the tokenizer's "
+      f"vocab_size={meta['vocab_size']} in {where}"
+    )
   if np.dtype(token_dtype) != np.dtype(meta["token_dtype"]):
-    raise DataError(f"data.token_dtype={token_dtype} but the tokens in {where} are "
-                    f"token_dtype={meta['token_dtype']}")
+    raise DataError(
+      f"data.token_dtype={token_dtype} but the tokens in {where} are "
+      f"token_dtype={meta['token_dtype']}"
+    )
   return meta

@@ -6,11 +6,12 @@ whole answer. With teacher forcing, "every answer byte is the argmax given the t
 prefix" is exactly "greedy decoding emits the answer", so one forward pass per batch
 scores it (no autoregressive loop).
 """
+
 from __future__ import annotations
 
 import json
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,16 +33,27 @@ def make_predict(graphdef):
   return jax.jit(predict)
 
 
-def niah_cell(predict, params, rest, task: str, length: int, depth: float, samples: int,
-              batch_size: int, seed: int = EVAL_SEED) -> float:
+def niah_cell(
+  predict,
+  params,
+  rest,
+  task: str,
+  length: int,
+  depth: float,
+  samples: int,
+  batch_size: int,
+  seed: int = EVAL_SEED,
+) -> float:
   """Exact-match accuracy of `samples` examples at one (length, depth)."""
   # A per-cell stream that is the same in every process (no Python hash randomisation).
   cell = [seed, synthetic.NIAH_TASKS.index(task), length, int(round(depth * 1e6))]
-  examples = [synthetic.niah_example(np.random.default_rng(cell + [i]), task, length, depth)
-              for i in range(samples)]
+  examples = [
+    synthetic.niah_example(np.random.default_rng(cell + [i]), task, length, depth)
+    for i in range(samples)
+  ]
   correct = 0
   for start in range(0, samples, batch_size):
-    chunk = examples[start:start + batch_size]
+    chunk = examples[start : start + batch_size]
     n = len(chunk)
     pad = batch_size - n  # keep one shape per length (one compilation)
     chunk = chunk + [chunk[-1]] * pad
@@ -53,13 +65,30 @@ def niah_cell(predict, params, rest, task: str, length: int, depth: float, sampl
   return correct / samples
 
 
-def niah_grid(predict, params, rest, *, task: str, lengths: Sequence[int],
-              depths: Sequence[float], samples: int, batch_size: int) -> dict:
+def niah_grid(
+  predict,
+  params,
+  rest,
+  *,
+  task: str,
+  lengths: Sequence[int],
+  depths: Sequence[float],
+  samples: int,
+  batch_size: int,
+) -> dict:
   """{"task", "lengths", "depths", "samples", "accuracy": [depth][length]}."""
-  acc = [[niah_cell(predict, params, rest, task, L, d, samples, batch_size) for L in lengths]
-         for d in depths]
-  return {"task": task, "lengths": list(lengths), "depths": list(depths), "samples": samples,
-          "accuracy": acc, "mean_accuracy": float(np.mean(acc)) if acc else float("nan")}
+  acc = [
+    [niah_cell(predict, params, rest, task, L, d, samples, batch_size) for L in lengths]
+    for d in depths
+  ]
+  return {
+    "task": task,
+    "lengths": list(lengths),
+    "depths": list(depths),
+    "samples": samples,
+    "accuracy": acc,
+    "mean_accuracy": float(np.mean(acc)) if acc else float("nan"),
+  }
 
 
 def _row_name(d) -> str:
@@ -71,11 +100,15 @@ def to_markdown(grid: dict) -> str:
   rows_axis = grid.get("row_axis", "depth")
   head = f"| {rows_axis} \\ length | " + " | ".join(str(L) for L in grid["lengths"]) + " |"
   sep = "|---|" + "---|" * len(grid["lengths"])
-  rows = [f"| {_row_name(d)} | " + " | ".join(f"{100 * a:.0f}%" for a in row) + " |"
-          for d, row in zip(grid["depths"], grid["accuracy"])]
-  title = (f"{grid.get('suite', 'S-NIAH')} ({grid['task']}) {grid.get('metric', 'exact-match')} "
-           f"accuracy, {grid['samples']} samples per cell; mean "
-           f"{100 * grid['mean_accuracy']:.1f}%")
+  rows = [
+    f"| {_row_name(d)} | " + " | ".join(f"{100 * a:.0f}%" for a in row) + " |"
+    for d, row in zip(grid["depths"], grid["accuracy"])
+  ]
+  title = (
+    f"{grid.get('suite', 'S-NIAH')} ({grid['task']}) {grid.get('metric', 'exact-match')} "
+    f"accuracy, {grid['samples']} samples per cell; mean "
+    f"{100 * grid['mean_accuracy']:.1f}%"
+  )
   return "\n".join([title, "", head, sep, *rows]) + "\n"
 
 
@@ -93,7 +126,9 @@ def write_grid(grid: dict, outdir: str | pathlib.Path, title: str = "") -> dict[
   pathlib.Path(paths["json"]).write_text(json.dumps(grid, indent=2))
   pathlib.Path(paths["markdown"]).write_text(to_markdown(grid))
   acc = np.asarray(grid["accuracy"], np.float64)
-  fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(grid["lengths"]), 1.0 + 0.6 * len(grid["depths"])))
+  fig, ax = plt.subplots(
+    figsize=(1.2 + 1.1 * len(grid["lengths"]), 1.0 + 0.6 * len(grid["depths"]))
+  )
   im = ax.imshow(acc, vmin=0.0, vmax=1.0, cmap="RdYlGn", aspect="auto")
   ax.set_xticks(range(len(grid["lengths"])), [str(L) for L in grid["lengths"]])
   ax.set_yticks(range(len(grid["depths"])), [_row_name(d) for d in grid["depths"]])

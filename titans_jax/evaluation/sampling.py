@@ -1,4 +1,5 @@
 """Greedy (or sampled) continuations of a prompt from a trained model."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,21 +19,33 @@ def prompt_tokens(prompt: str, byte_level: bool, tokenizer=None) -> np.ndarray:
   try:
     return np.asarray([int(t) for t in prompt.split()], np.int32)
   except ValueError:
-    raise ValueError(f"eval.prompt={prompt!r}: for pre-tokenised data give token ids "
-                     "separated by spaces") from None
+    raise ValueError(
+      f"eval.prompt={prompt!r}: for pre-tokenised data give token ids separated by spaces"
+    ) from None
 
 
-def sample(graphdef, params, rest, prompt: str, *, max_new_tokens: int, byte_level: bool,
-           temperature: float = 0.0, seed: int = 0, tokenizer=None) -> str:
+def sample(
+  graphdef,
+  params,
+  rest,
+  prompt: str,
+  *,
+  max_new_tokens: int,
+  byte_level: bool,
+  temperature: float = 0.0,
+  seed: int = 0,
+  tokenizer=None,
+) -> str:
   """The continuation of `prompt` (greedy at temperature 0) as text (token models: text
   through `tokenizer` when given, else ids)."""
   toks = prompt_tokens(prompt, byte_level, tokenizer)
   if toks.size == 0:
     raise ValueError("eval.prompt is empty")
   model = nnx.merge(graphdef, params, rest)
-  out = np.asarray(generate(model, toks[None, :], max_new_tokens, temperature=temperature,
-                            seed=seed))[0]
-  new = out[toks.size:]
+  out = np.asarray(
+    generate(model, toks[None, :], max_new_tokens, temperature=temperature, seed=seed)
+  )[0]
+  new = out[toks.size :]
   if byte_level:
     return text.decode(new)
   if tokenizer is not None:

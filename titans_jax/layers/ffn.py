@@ -2,6 +2,7 @@
 
 Axis legend: B batch, T tokens, D model width, F hidden width.
 """
+
 from __future__ import annotations
 
 import jax
@@ -11,12 +12,12 @@ from titans_jax.layers.basic import Linear
 
 
 class SwiGLU(nnx.Module):
-    def __init__(self, dim: int, hidden: int, *, dtype, param_dtype, rngs: nnx.Rngs):
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.gate = Linear((dim, hidden), ("embed", "mlp"), "BTD,DF->BTF", dim, **kw)
-        self.up = Linear((dim, hidden), ("embed", "mlp"), "BTD,DF->BTF", dim, **kw)
-        self.down = Linear((hidden, dim), ("mlp", "embed"), "BTF,FD->BTD", hidden, **kw)
+  def __init__(self, dim: int, hidden: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.gate = Linear((dim, hidden), ("embed", "mlp"), "BTD,DF->BTF", dim, **kw)
+    self.up = Linear((dim, hidden), ("embed", "mlp"), "BTD,DF->BTF", dim, **kw)
+    self.down = Linear((hidden, dim), ("mlp", "embed"), "BTF,FD->BTD", hidden, **kw)
 
-    @jax.named_scope("ffn")   # perf.profile groups ops by scope
-    def __call__(self, x_BTD: jax.Array) -> jax.Array:
-        return self.down(jax.nn.silu(self.gate(x_BTD)) * self.up(x_BTD))
+  @jax.named_scope("ffn")  # perf.profile groups ops by scope
+  def __call__(self, x_BTD: jax.Array) -> jax.Array:
+    return self.down(jax.nn.silu(self.gate(x_BTD)) * self.up(x_BTD))

@@ -26,10 +26,12 @@ Axis legend: B batch, T tokens in this call, D model width, H heads, d head widt
 L buffer tokens, G = L / c buffer chunks, N blocks, K chunks per block (kb), C chunk
 size, O momentum orders.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -51,546 +53,585 @@ AUTO_BLOCK_TOKENS = 64  # tokens per scan step when the gradient point never mov
 
 # --------------------------------------------------------------------------- state ---
 
+
 def init_state(params: dict, cfg: MemoryConfig, batch_size: int) -> State:
-    """A fresh memory state: fast weights and gradient point at W_0, zero momentum,
-    an empty pending chunk, position 0."""
-    if not (isinstance(batch_size, int) and batch_size > 0):
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    inner = jnp.dtype(cfg.inner_dtype)
-    act = jnp.dtype(cfg.dtype)
-    B, C, H, d = batch_size, cfg.chunk_size, cfg.heads, cfg.head_dim
+  """A fresh memory state: fast weights and gradient point at W_0, zero momentum,
+  an empty pending chunk, position 0."""
+  if not (isinstance(batch_size, int) and batch_size > 0):
+    raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+  inner = jnp.dtype(cfg.inner_dtype)
+  act = jnp.dtype(cfg.dtype)
+  B, C, H, d = batch_size, cfg.chunk_size, cfg.heads, cfg.head_dim
 
-    def per_batch(w):
-        return jnp.broadcast_to(w.astype(inner)[None], (B,) + w.shape)
+  def per_batch(w):
+    return jnp.broadcast_to(w.astype(inner)[None], (B,) + w.shape)
 
-    weights = {n: per_batch(w) for n, w in params["W0"].items()}
-    momentum = {
-        n: jnp.zeros((cfg.num_momentum_states,) + w.shape, inner) for n, w in weights.items()
-    } if cfg.momentum else {}
-    state = {
-        "weights": weights,
-        "grad_point": dict(weights),
-        "momentum": momentum,
-        "pending": {
-            "x": jnp.zeros((B, C, cfg.dim), act),
-            "keys": jnp.zeros((B, C, H, d), act),
-            "values": jnp.zeros((B, C, H, d), act),
-            "lr": jnp.zeros((B, C, H), inner),
-        },
-        "conv": (jnp.zeros((B, cfg.qkv_conv - 1, 3, H, d), act) if cfg.qkv_conv > 1 else None),
-        "pos": jnp.zeros((), jnp.int32),
-    }
-    return state
+  weights = {n: per_batch(w) for n, w in params["W0"].items()}
+  momentum = (
+    {n: jnp.zeros((cfg.num_momentum_states,) + w.shape, inner) for n, w in weights.items()}
+    if cfg.momentum
+    else {}
+  )
+  state = {
+    "weights": weights,
+    "grad_point": dict(weights),
+    "momentum": momentum,
+    "pending": {
+      "x": jnp.zeros((B, C, cfg.dim), act),
+      "keys": jnp.zeros((B, C, H, d), act),
+      "values": jnp.zeros((B, C, H, d), act),
+      "lr": jnp.zeros((B, C, H), inner),
+    },
+    "conv": (jnp.zeros((B, cfg.qkv_conv - 1, 3, H, d), act) if cfg.qkv_conv > 1 else None),
+    "pos": jnp.zeros((), jnp.int32),
+  }
+  return state
 
 
 # ------------------------------------------------------------------- small pieces ---
 
+
 def rmsnorm(x, scale=None):
-    """torch.nn.RMSNorm with eps=None: eps = finfo(dtype).eps."""
-    eps = jnp.finfo(x.dtype).eps
-    y = x * lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + eps)
-    return y if scale is None else y * _lead(scale, y.ndim)
+  """torch.nn.RMSNorm with eps=None: eps = finfo(dtype).eps."""
+  eps = jnp.finfo(x.dtype).eps
+  y = x * lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + eps)
+  return y if scale is None else y * _lead(scale, y.ndim)
 
 
 def _lead(t, ndim):
-    """Add leading axes so `t` broadcasts against a rank-`ndim` array explicitly."""
-    return t.reshape((1,) * (ndim - t.ndim) + t.shape)
+  """Add leading axes so `t` broadcasts against a rank-`ndim` array explicitly."""
+  return t.reshape((1,) * (ndim - t.ndim) + t.shape)
 
 
 def l2normalize(x):
-    norm = jnp.sqrt(jnp.square(x).sum(-1, keepdims=True))
-    return x / jnp.maximum(norm, L2_EPS)
+  norm = jnp.sqrt(jnp.square(x).sum(-1, keepdims=True))
+  return x / jnp.maximum(norm, L2_EPS)
 
 
 def causal_depthwise_conv(z_BSHd, conv):
-    """y_t = bias + Σ_j kernel[j] · z_{t+j} over a window whose last entry is token t.
+  """y_t = bias + Σ_j kernel[j] · z_{t+j} over a window whose last entry is token t.
 
-    z holds K−1 context tokens followed by the T new ones; returns the T outputs."""
-    kernel = conv["kernel"]
-    K = kernel.shape[0]
-    T = z_BSHd.shape[1] - (K - 1)
-    out = jnp.broadcast_to(conv["bias"].astype(z_BSHd.dtype), z_BSHd[:, :T].shape)
-    for j in range(K):
-        out = out + z_BSHd[:, j:j + T] * kernel[j].astype(z_BSHd.dtype)[None, None]
-    return out
+  z holds K−1 context tokens followed by the T new ones; returns the T outputs."""
+  kernel = conv["kernel"]
+  K = kernel.shape[0]
+  T = z_BSHd.shape[1] - (K - 1)
+  out = jnp.broadcast_to(conv["bias"].astype(z_BSHd.dtype), z_BSHd[:, :T].shape)
+  for j in range(K):
+    out = out + z_BSHd[:, j : j + T] * kernel[j].astype(z_BSHd.dtype)[None, None]
+  return out
 
 
 def softclamp_grad_norm(g, max_norm):
-    """titans-pytorch's soft clamp: g · (tanh(‖g‖/(m/2))·m/2 + m/2) / ‖g‖ per chunk.
+  """titans-pytorch's soft clamp: g · (tanh(‖g‖/(m/2))·m/2 + m/2) / ‖g‖ per chunk.
 
-    (A zero gradient, where torch would give NaN, stays zero.)"""
-    axes = tuple(range(3, g.ndim))  # g is B×H×K×param
-    sq = jnp.square(g).sum(axes, keepdims=True)
-    nonzero = sq > 0
-    # sqrt of a masked 1, not of 0: keeps the gradient finite for empty chunks.
-    norm = jnp.sqrt(jnp.where(nonzero, sq, 1.0))
-    half = max_norm / 2.0
-    clamped = jnp.tanh(norm / half) * half + half
-    return jnp.where(nonzero, g * (clamped / norm), 0.0)
+  (A zero gradient, where torch would give NaN, stays zero.)"""
+  axes = tuple(range(3, g.ndim))  # g is B×H×K×param
+  sq = jnp.square(g).sum(axes, keepdims=True)
+  nonzero = sq > 0
+  # sqrt of a masked 1, not of 0: keeps the gradient finite for empty chunks.
+  norm = jnp.sqrt(jnp.where(nonzero, sq, 1.0))
+  half = max_norm / 2.0
+  clamped = jnp.tanh(norm / half) * half + half
+  return jnp.where(nonzero, g * (clamped / norm), 0.0)
 
 
 def newton_schulz(g):
-    """Newton–Schulz (5 steps) orthogonalisation of the last two axes (a matrix update)."""
-    transpose = g.shape[-2] > g.shape[-1]
-    if transpose:
-        g = jnp.swapaxes(g, -1, -2)
-    norm = jnp.sqrt(jnp.square(g).sum((-1, -2), keepdims=True))
-    g = g / jnp.maximum(norm, NS_EPS)
-    a, b, c = NS_COEFFS
-    for _ in range(NS_STEPS):
-        A = g @ jnp.swapaxes(g, -1, -2)
-        Bm = b * A + c * (A @ A)
-        g = a * g + Bm @ g
-    return jnp.swapaxes(g, -1, -2) if transpose else g
+  """Newton–Schulz (5 steps) orthogonalisation of the last two axes (a matrix update)."""
+  transpose = g.shape[-2] > g.shape[-1]
+  if transpose:
+    g = jnp.swapaxes(g, -1, -2)
+  norm = jnp.sqrt(jnp.square(g).sum((-1, -2), keepdims=True))
+  g = g / jnp.maximum(norm, NS_EPS)
+  a, b, c = NS_COEFFS
+  for _ in range(NS_STEPS):
+    A = g @ jnp.swapaxes(g, -1, -2)
+    Bm = b * A + c * (A @ A)
+    g = a * g + Bm @ g
+  return jnp.swapaxes(g, -1, -2) if transpose else g
 
 
 def linear_recurrence(a_BHK, x_BHKp, h0_BHp, impl: str = "associative"):
-    """h_j = a_j · h_{j−1} + x_j along axis 2 (K), with h_{−1} = h0.
+  """h_j = a_j · h_{j−1} + x_j along axis 2 (K), with h_{−1} = h0.
 
-    impl="associative": `jax.lax.associative_scan` with the operator
-      (a₁, x₁)∘(a₂, x₂) = (a₁a₂, a₂x₁ + x₂)  — O(K log K) elementwise passes.
-    impl="dense": h = Λ x + (Π a) h0 with Λ_ji = Π_{i<l≤j} a_l, one K×K matmul per
-      (batch, head): the same sums, computed with far less memory traffic on CPU.
-    """
-    if impl == "dense":
-        return _dense_recurrence(a_BHK, x_BHKp, h0_BHp)
-    a = a_BHK.reshape(a_BHK.shape + (1,) * (x_BHKp.ndim - 3)).astype(x_BHKp.dtype)
-    x = x_BHKp.at[:, :, 0].add(a[:, :, 0] * h0_BHp)
+  impl="associative": `jax.lax.associative_scan` with the operator
+    (a₁, x₁)∘(a₂, x₂) = (a₁a₂, a₂x₁ + x₂)  — O(K log K) elementwise passes.
+  impl="dense": h = Λ x + (Π a) h0 with Λ_ji = Π_{i<l≤j} a_l, one K×K matmul per
+    (batch, head): the same sums, computed with far less memory traffic on CPU.
+  """
+  if impl == "dense":
+    return _dense_recurrence(a_BHK, x_BHKp, h0_BHp)
+  a = a_BHK.reshape(a_BHK.shape + (1,) * (x_BHKp.ndim - 3)).astype(x_BHKp.dtype)
+  x = x_BHKp.at[:, :, 0].add(a[:, :, 0] * h0_BHp)
 
-    def combine(left, right):
-        a1, x1 = left
-        a2, x2 = right
-        return a1 * a2, a2 * x1 + x2
+  def combine(left, right):
+    a1, x1 = left
+    a2, x2 = right
+    return a1 * a2, a2 * x1 + x2
 
-    _, h = lax.associative_scan(combine, (a, x), axis=2)
-    return h
+  _, h = lax.associative_scan(combine, (a, x), axis=2)
+  return h
 
 
 def decay_matrix(a_BHK):
-    """Λ_ji = Π_{i<l≤j} a_l (0 above the diagonal), from segment sums of log a.
+  """Λ_ji = Π_{i<l≤j} a_l (0 above the diagonal), from segment sums of log a.
 
-    Sums are built without subtraction (Mamba-2's segsum) so a gate of exactly 0 gives
-    0, not NaN; log is clamped to keep its gradient finite there."""
-    K = a_BHK.shape[-1]
-    tiny = jnp.finfo(a_BHK.dtype).tiny
-    log_a = jnp.log(jnp.maximum(a_BHK, tiny))
-    rows = jnp.broadcast_to(log_a[..., :, None], a_BHK.shape + (K,))   # [j, i] = log a_j
-    strictly_lower = jnp.tril(jnp.ones((K, K), bool), -1)
-    seg = jnp.cumsum(jnp.where(strictly_lower, rows, 0.0), axis=-2)   # Σ_{i<l≤j} log a_l
-    return jnp.where(jnp.tril(jnp.ones((K, K), bool)), jnp.exp(seg), 0.0)
+  Sums are built without subtraction (Mamba-2's segsum) so a gate of exactly 0 gives
+  0, not NaN; log is clamped to keep its gradient finite there."""
+  K = a_BHK.shape[-1]
+  tiny = jnp.finfo(a_BHK.dtype).tiny
+  log_a = jnp.log(jnp.maximum(a_BHK, tiny))
+  rows = jnp.broadcast_to(log_a[..., :, None], a_BHK.shape + (K,))  # [j, i] = log a_j
+  strictly_lower = jnp.tril(jnp.ones((K, K), bool), -1)
+  seg = jnp.cumsum(jnp.where(strictly_lower, rows, 0.0), axis=-2)  # Σ_{i<l≤j} log a_l
+  return jnp.where(jnp.tril(jnp.ones((K, K), bool)), jnp.exp(seg), 0.0)
 
 
 def _dense_recurrence(a_BHK, x_BHKp, h0_BHp):
-    dtype = x_BHKp.dtype
-    lam = decay_matrix(a_BHK.astype(dtype))                          # B×H×K×K
-    cum = jnp.cumprod(a_BHK.astype(dtype), axis=-1)                  # Π_{l≤j} a_l
-    flat = x_BHKp.reshape(x_BHKp.shape[:3] + (-1,))
-    h = jnp.einsum("bhji,bhip->bhjp", lam, flat)
-    h = h + cum[..., None] * h0_BHp.reshape(h0_BHp.shape[:2] + (1, -1))
-    return h.reshape(x_BHKp.shape)
+  dtype = x_BHKp.dtype
+  lam = decay_matrix(a_BHK.astype(dtype))  # B×H×K×K
+  cum = jnp.cumprod(a_BHK.astype(dtype), axis=-1)  # Π_{l≤j} a_l
+  flat = x_BHKp.reshape(x_BHKp.shape[:3] + (-1,))
+  h = jnp.einsum("bhji,bhip->bhjp", lam, flat)
+  h = h + cum[..., None] * h0_BHp.reshape(h0_BHp.shape[:2] + (1, -1))
+  return h.reshape(x_BHKp.shape)
 
 
 def _chunks_per_block(cfg: MemoryConfig, T: int) -> int:
-    """Chunks processed together per scan step (static; never changes the result)."""
-    C = cfg.chunk_size
-    new_chunks = max(1, T // C)
-    k = cfg.commit_chunks
-    if k is None:
-        kb = cfg.chunks_per_block or max(1, AUTO_BLOCK_TOKENS // C)
-        return max(1, min(kb, -(-T // C)))
-    # Blocks must not straddle a commit boundary: take the largest divisor of k that
-    # the call can fill (decode steps use one chunk per block).
-    return max(div for div in range(1, k + 1) if k % div == 0 and div <= new_chunks) \
-        if new_chunks < k else k
+  """Chunks processed together per scan step (static; never changes the result)."""
+  C = cfg.chunk_size
+  new_chunks = max(1, T // C)
+  k = cfg.commit_chunks
+  if k is None:
+    kb = cfg.chunks_per_block or max(1, AUTO_BLOCK_TOKENS // C)
+    return max(1, min(kb, -(-T // C)))
+  # Blocks must not straddle a commit boundary: take the largest divisor of k that
+  # the call can fill (decode steps use one chunk per block).
+  return (
+    max(div for div in range(1, k + 1) if k % div == 0 and div <= new_chunks)
+    if new_chunks < k
+    else k
+  )
 
 
 def buffer_tokens(cfg: MemoryConfig, T: int, fresh: bool) -> int:
-    """Length L of the block-aligned buffer `apply` runs a T-token call over. A call that
-    continues a stream starts anywhere inside its current block (a traced position), so
-    its buffer leaves room for a block's worth of earlier tokens; a fresh one does not."""
-    block_tokens = _chunks_per_block(cfg, T) * cfg.chunk_size
-    num_blocks = -(-((0 if fresh else block_tokens - 1) + T) // block_tokens)
-    return num_blocks * block_tokens
+  """Length L of the block-aligned buffer `apply` runs a T-token call over. A call that
+  continues a stream starts anywhere inside its current block (a traced position), so
+  its buffer leaves room for a block's worth of earlier tokens; a fresh one does not."""
+  block_tokens = _chunks_per_block(cfg, T) * cfg.chunk_size
+  num_blocks = -(-((0 if fresh else block_tokens - 1) + T) // block_tokens)
+  return num_blocks * block_tokens
 
 
 def _place(pending, new, pending_start, new_start, length):
-    """Buffer of `length` tokens (axis 1) with the pending chunk at `pending_start`,
-    then the new tokens written over it from `new_start`."""
-    buf = jnp.zeros((new.shape[0], length) + new.shape[2:], new.dtype)
-    buf = lax.dynamic_update_slice_in_dim(buf, pending.astype(new.dtype), pending_start, axis=1)
-    return lax.dynamic_update_slice_in_dim(buf, new, new_start, axis=1)
+  """Buffer of `length` tokens (axis 1) with the pending chunk at `pending_start`,
+  then the new tokens written over it from `new_start`."""
+  buf = jnp.zeros((new.shape[0], length) + new.shape[2:], new.dtype)
+  buf = lax.dynamic_update_slice_in_dim(buf, pending.astype(new.dtype), pending_start, axis=1)
+  return lax.dynamic_update_slice_in_dim(buf, new, new_start, axis=1)
 
 
 def _check_input(x, cfg: MemoryConfig, state):
-    if x.ndim != 3:
-        raise ValueError(f"memory input must be B×T×D (rank 3), got shape {x.shape}")
-    if x.shape[-1] != cfg.dim:
-        raise ValueError(f"memory input width {x.shape[-1]} != MemoryConfig.dim {cfg.dim}")
-    if x.shape[1] < 1:
-        raise ValueError("memory input has no tokens (T = 0)")
-    if state is not None:
-        sb = state["pending"]["x"].shape[0]
-        if sb != x.shape[0]:
-            raise ValueError(f"state batch size {sb} != input batch size {x.shape[0]}")
-        if state["pending"]["x"].shape[1] != cfg.chunk_size:
-            raise ValueError("state was built for chunk_size "
-                             f"{state['pending']['x'].shape[1]}, config has {cfg.chunk_size}")
+  if x.ndim != 3:
+    raise ValueError(f"memory input must be B×T×D (rank 3), got shape {x.shape}")
+  if x.shape[-1] != cfg.dim:
+    raise ValueError(f"memory input width {x.shape[-1]} != MemoryConfig.dim {cfg.dim}")
+  if x.shape[1] < 1:
+    raise ValueError("memory input has no tokens (T = 0)")
+  if state is not None:
+    sb = state["pending"]["x"].shape[0]
+    if sb != x.shape[0]:
+      raise ValueError(f"state batch size {sb} != input batch size {x.shape[0]}")
+    if state["pending"]["x"].shape[1] != cfg.chunk_size:
+      raise ValueError(
+        "state was built for chunk_size "
+        f"{state['pending']['x'].shape[1]}, config has {cfg.chunk_size}"
+      )
 
 
 # ----------------------------------------------------------------------- projections ---
 
-def _project(params, x_BTD, conv_state, cfg: MemoryConfig):
-    """q (from the retrieve-normed input), k, v, θ (from the store-normed input).
 
-    `conv_state` is the causal conv's context (B×(K−1)×3×H×d); None means zeros."""
-    xs = rmsnorm(x_BTD, params["store_norm"]["scale"].astype(x_BTD.dtype)) if cfg.pre_norm else x_BTD
-    xr = rmsnorm(x_BTD, params["retrieve_norm"]["scale"].astype(x_BTD.dtype)) if cfg.pre_norm else x_BTD
-    proj = {
-        "q": jnp.einsum("btD,Dhd->bthd", xr, params["q_proj"].astype(x_BTD.dtype)),
-        "k": jnp.einsum("btD,Dhd->bthd", xs, params["k_proj"].astype(x_BTD.dtype)),
-        "v": jnp.einsum("btD,Dhd->bthd", xs, params["v_proj"].astype(x_BTD.dtype)),
-    }
-    new_conv = None
-    if cfg.qkv_conv:
-        K = cfg.qkv_conv
-        if conv_state is None and K > 1:     # a fresh stream: zero context
-            conv_state = jnp.zeros(x_BTD.shape[:1] + (K - 1, 3) + proj["q"].shape[2:], x_BTD.dtype)
-        for i, name in enumerate(("q", "k", "v")):
-            ctx = conv_state[:, :, i] if K > 1 else proj[name][:, :0]
-            z = jnp.concatenate([ctx.astype(proj[name].dtype), proj[name]], axis=1)
-            proj[name] = causal_depthwise_conv(z, params[f"{name}_conv"])
-            if K > 1:
-                tail = z[:, -(K - 1):]
-                new_conv = tail[:, :, None] if new_conv is None else \
-                    jnp.concatenate([new_conv, tail[:, :, None]], axis=2)
-    act = activation_fn(cfg.qkv_activation)
-    q, k, v = (act(proj[n]) for n in ("q", "k", "v"))
-    if cfg.qk_l2norm:
-        q, k = l2normalize(q), l2normalize(k)
-    if cfg.qk_rmsnorm:
-        q = rmsnorm(q, params["q_norm"]["gamma"].astype(q.dtype) + 1.0)
-        k = rmsnorm(k, params["k_norm"]["gamma"].astype(k.dtype) + 1.0)
-    inner = jnp.dtype(cfg.inner_dtype)
-    lr_logits = jnp.einsum("btD,Dh->bth", xs.astype(inner), params["lr"]["w"].astype(inner))
-    lr = cfg.max_lr * jax.nn.sigmoid(lr_logits + _lead(params["lr"]["b"].astype(inner), 3))
-    return xs, xr, q, k, v, lr, new_conv
+def _project(params, x_BTD, conv_state, cfg: MemoryConfig):
+  """q (from the retrieve-normed input), k, v, θ (from the store-normed input).
+
+  `conv_state` is the causal conv's context (B×(K−1)×3×H×d); None means zeros."""
+  xs = rmsnorm(x_BTD, params["store_norm"]["scale"].astype(x_BTD.dtype)) if cfg.pre_norm else x_BTD
+  xr = (
+    rmsnorm(x_BTD, params["retrieve_norm"]["scale"].astype(x_BTD.dtype)) if cfg.pre_norm else x_BTD
+  )
+  proj = {
+    "q": jnp.einsum("btD,Dhd->bthd", xr, params["q_proj"].astype(x_BTD.dtype)),
+    "k": jnp.einsum("btD,Dhd->bthd", xs, params["k_proj"].astype(x_BTD.dtype)),
+    "v": jnp.einsum("btD,Dhd->bthd", xs, params["v_proj"].astype(x_BTD.dtype)),
+  }
+  new_conv = None
+  if cfg.qkv_conv:
+    K = cfg.qkv_conv
+    if conv_state is None and K > 1:  # a fresh stream: zero context
+      conv_state = jnp.zeros(x_BTD.shape[:1] + (K - 1, 3) + proj["q"].shape[2:], x_BTD.dtype)
+    for i, name in enumerate(("q", "k", "v")):
+      ctx = conv_state[:, :, i] if K > 1 else proj[name][:, :0]
+      z = jnp.concatenate([ctx.astype(proj[name].dtype), proj[name]], axis=1)
+      proj[name] = causal_depthwise_conv(z, params[f"{name}_conv"])
+      if K > 1:
+        tail = z[:, -(K - 1) :]
+        new_conv = (
+          tail[:, :, None]
+          if new_conv is None
+          else jnp.concatenate([new_conv, tail[:, :, None]], axis=2)
+        )
+  act = activation_fn(cfg.qkv_activation)
+  q, k, v = (act(proj[n]) for n in ("q", "k", "v"))
+  if cfg.qk_l2norm:
+    q, k = l2normalize(q), l2normalize(k)
+  if cfg.qk_rmsnorm:
+    q = rmsnorm(q, params["q_norm"]["gamma"].astype(q.dtype) + 1.0)
+    k = rmsnorm(k, params["k_norm"]["gamma"].astype(k.dtype) + 1.0)
+  inner = jnp.dtype(cfg.inner_dtype)
+  lr_logits = jnp.einsum("btD,Dh->bth", xs.astype(inner), params["lr"]["w"].astype(inner))
+  lr = cfg.max_lr * jax.nn.sigmoid(lr_logits + _lead(params["lr"]["b"].astype(inner), 3))
+  return xs, xr, q, k, v, lr, new_conv
 
 
 def _chunk_gates(params, xs_chunks_BGCD, cfg: MemoryConfig):
-    """Per-chunk α, η, momentum-combine weights and lr modulation from the pooled chunk."""
-    inner = jnp.dtype(cfg.inner_dtype)
-    x = xs_chunks_BGCD.astype(inner)
-    if cfg.attn_pool_chunks:
-        logits = x @ params["attn_pool"]["w"].astype(inner) + _lead(params["attn_pool"]["b"].astype(inner), 4)
-        pooled = (x * jax.nn.softmax(logits, axis=2)).sum(2)
-    else:
-        pooled = x.mean(2)
+  """Per-chunk α, η, momentum-combine weights and lr modulation from the pooled chunk."""
+  inner = jnp.dtype(cfg.inner_dtype)
+  x = xs_chunks_BGCD.astype(inner)
+  if cfg.attn_pool_chunks:
+    logits = x @ params["attn_pool"]["w"].astype(inner) + _lead(
+      params["attn_pool"]["b"].astype(inner), 4
+    )
+    pooled = (x * jax.nn.softmax(logits, axis=2)).sum(2)
+  else:
+    pooled = x.mean(2)
 
-    def linear(p):
-        w = p["w"].astype(inner)
-        out = jnp.einsum("bgD,D...->bg...", pooled, w)
-        return out + _lead(p["b"].astype(inner), out.ndim)
+  def linear(p):
+    w = p["w"].astype(inner)
+    out = jnp.einsum("bgD,D...->bg...", pooled, w)
+    return out + _lead(p["b"].astype(inner), out.ndim)
 
-    gates = {}
-    if cfg.forget:
-        gates["alpha"] = jax.nn.sigmoid(linear(params["decay"]))                 # B×G×H
-    if cfg.momentum:
-        gates["eta"] = jax.nn.sigmoid(linear(params["momentum"]))                # B×G×H×O
-    if cfg.learned_momentum_combine:
-        gates["combine"] = jax.nn.softmax(linear(params["momentum_combine"]), axis=-1)
-    if cfg.per_parameter_lr_modulation:
-        gates["lr_mod"] = jax.nn.sigmoid(linear(params["lr_modulation"])) * cfg.max_mem_layer_modulation
-    return gates
+  gates = {}
+  if cfg.forget:
+    gates["alpha"] = jax.nn.sigmoid(linear(params["decay"]))  # B×G×H
+  if cfg.momentum:
+    gates["eta"] = jax.nn.sigmoid(linear(params["momentum"]))  # B×G×H×O
+  if cfg.learned_momentum_combine:
+    gates["combine"] = jax.nn.softmax(linear(params["momentum_combine"]), axis=-1)
+  if cfg.per_parameter_lr_modulation:
+    gates["lr_mod"] = jax.nn.sigmoid(linear(params["lr_modulation"])) * cfg.max_mem_layer_modulation
+  return gates
 
 
 # ------------------------------------------------------------------------ the update ---
 
+
 def _block_step(cfg: MemoryConfig, carry, block):
-    """One block of K chunks: gradients at W̄, scans, retrieval. See module docstring."""
-    weights, momentum, grad_point = carry
-    inner = jnp.dtype(cfg.inner_dtype)
-    valid_K = block["valid"]
+  """One block of K chunks: gradients at W̄, scans, retrieval. See module docstring."""
+  weights, momentum, grad_point = carry
+  inner = jnp.dtype(cfg.inner_dtype)
+  valid_K = block["valid"]
 
-    # One gradient per chunk, all at the block's gradient point W̄ (vmap over chunks of grad).
-    def per_head(wbar, k_KCd, v_KCd, lr_KC):
-        loss_grad = jax.grad(functools.partial(chunk_loss, cfg=cfg))
-        return jax.vmap(loss_grad, in_axes=(None, 0, 0, 0))(
-            wbar, k_KCd.astype(inner), v_KCd.astype(inner), lr_KC)
+  # One gradient per chunk, all at the block's gradient point W̄ (vmap over chunks of grad).
+  def per_head(wbar, k_KCd, v_KCd, lr_KC):
+    loss_grad = jax.grad(functools.partial(chunk_loss, cfg=cfg))
+    return jax.vmap(loss_grad, in_axes=(None, 0, 0, 0))(
+      wbar, k_KCd.astype(inner), v_KCd.astype(inner), lr_KC
+    )
 
-    grads = jax.vmap(jax.vmap(per_head))(grad_point, block["keys"], block["values"], block["lr"])
+  grads = jax.vmap(jax.vmap(per_head))(grad_point, block["keys"], block["values"], block["lr"])
 
-    valid_b = valid_K[None, None, :]
-    new_weights, new_momentum, lagged = {}, {}, {}
-    for i, name in enumerate(cfg.fast_weight_names()):
-        g = grads[name]                                          # B×H×K×param
-        if cfg.max_grad_norm is not None:
-            g = softclamp_grad_norm(g, cfg.max_grad_norm)
-        if cfg.per_parameter_lr_modulation:
-            mod = block["lr_mod"][..., i]                        # B×H×K
-            g = g * mod.reshape(mod.shape + (1,) * (g.ndim - 3))
-        expand = (slice(None),) * 3 + (None,) * (g.ndim - 3)
-        mask = valid_b[expand]
-        surprise = jnp.where(mask, -g, 0.0)
+  valid_b = valid_K[None, None, :]
+  new_weights, new_momentum, lagged = {}, {}, {}
+  for i, name in enumerate(cfg.fast_weight_names()):
+    g = grads[name]  # B×H×K×param
+    if cfg.max_grad_norm is not None:
+      g = softclamp_grad_norm(g, cfg.max_grad_norm)
+    if cfg.per_parameter_lr_modulation:
+      mod = block["lr_mod"][..., i]  # B×H×K
+      g = g * mod.reshape(mod.shape + (1,) * (g.ndim - 3))
+    expand = (slice(None),) * 3 + (None,) * (g.ndim - 3)
+    mask = valid_b[expand]
+    surprise = jnp.where(mask, -g, 0.0)
 
-        update = surprise
-        if cfg.momentum:
-            orders, s = [], surprise
-            for o in range(cfg.momentum_order):
-                eta = jnp.where(valid_b, block["eta"][..., o], 1.0)
-                s = linear_recurrence(eta, jnp.where(mask, s, 0.0), momentum[name][o], cfg.recurrence)
-                orders.append(s)
-            new_momentum[name] = jnp.stack([s_o[:, :, -1] for s_o in orders])
-            if cfg.learned_momentum_combine:
-                stack = ([surprise] if cfg.learned_combine_include_zeroth else []) + orders
-                comb = block["combine"]                          # B×H×K×O'
-                update = sum(comb[..., j][expand] * s_j for j, s_j in enumerate(stack))
-            else:
-                update = orders[-1]
-        if cfg.spectral_norm_surprises and update.ndim >= 5:
-            update = jnp.where(mask, newton_schulz(update), 0.0)
+    update = surprise
+    if cfg.momentum:
+      orders, s = [], surprise
+      for o in range(cfg.momentum_order):
+        eta = jnp.where(valid_b, block["eta"][..., o], 1.0)
+        s = linear_recurrence(eta, jnp.where(mask, s, 0.0), momentum[name][o], cfg.recurrence)
+        orders.append(s)
+      new_momentum[name] = jnp.stack([s_o[:, :, -1] for s_o in orders])
+      if cfg.learned_momentum_combine:
+        stack = ([surprise] if cfg.learned_combine_include_zeroth else []) + orders
+        comb = block["combine"]  # B×H×K×O'
+        update = sum(comb[..., j][expand] * s_j for j, s_j in enumerate(stack))
+      else:
+        update = orders[-1]
+    if cfg.spectral_norm_surprises and update.ndim >= 5:
+      update = jnp.where(mask, newton_schulz(update), 0.0)
 
-        decay = (1.0 - block["alpha"]) if cfg.forget else jnp.ones(g.shape[:3], inner)
-        decay = jnp.where(valid_b, decay, 1.0)
-        w_seq = linear_recurrence(decay, jnp.where(mask, update, 0.0), weights[name], cfg.recurrence)
-        new_weights[name] = w_seq[:, :, -1]
-        # Retrieval group j of this block reads the weights after chunk j−1.
-        lagged[name] = jnp.concatenate([weights[name][:, :, None], w_seq[:, :, :-1]], axis=2)
+    decay = (1.0 - block["alpha"]) if cfg.forget else jnp.ones(g.shape[:3], inner)
+    decay = jnp.where(valid_b, decay, 1.0)
+    w_seq = linear_recurrence(decay, jnp.where(mask, update, 0.0), weights[name], cfg.recurrence)
+    new_weights[name] = w_seq[:, :, -1]
+    # Retrieval group j of this block reads the weights after chunk j−1.
+    lagged[name] = jnp.concatenate([weights[name][:, :, None], w_seq[:, :, :-1]], axis=2)
 
-    retrieve = jax.vmap(jax.vmap(jax.vmap(functools.partial(memory_forward, cfg=cfg))))
-    y_BHKCd = retrieve(lagged, block["queries"].astype(inner))
-    commit = block["commit"]
-    new_grad_point = {n: jnp.where(commit, new_weights[n], grad_point[n]) for n in grad_point}
-    return (new_weights, new_momentum, new_grad_point), y_BHKCd
+  retrieve = jax.vmap(jax.vmap(jax.vmap(functools.partial(memory_forward, cfg=cfg))))
+  y_BHKCd = retrieve(lagged, block["queries"].astype(inner))
+  commit = block["commit"]
+  new_grad_point = {n: jnp.where(commit, new_weights[n], grad_point[n]) for n in grad_point}
+  return (new_weights, new_momentum, new_grad_point), y_BHKCd
 
 
 def _carries_gradient_point(cfg: MemoryConfig) -> bool:
-    """Whether the block scan carries W̄ apart from W. Not when every chunk commits: a
-    block is then one chunk (kb = 1), a block that completes its chunk commits, one that
-    does not leaves W unchanged, so W̄ = W at every block start."""
-    return cfg.commit_chunks != 1
+  """Whether the block scan carries W̄ apart from W. Not when every chunk commits: a
+  block is then one chunk (kb = 1), a block that completes its chunk commits, one that
+  does not leaves W unchanged, so W̄ = W at every block start."""
+  return cfg.commit_chunks != 1
 
 
 def _tied_gradient_point(step):
-    """A (W, S) scan step from a (W, S, W̄) one, for configs where W̄ = W at every block
-    start (`_carries_gradient_point` is False)."""
-    def tied(carry, block):
-        weights, momentum = carry
-        (weights, momentum, _), y = step((weights, momentum, weights), block)
-        return (weights, momentum), y
-    return tied
+  """A (W, S) scan step from a (W, S, W̄) one, for configs where W̄ = W at every block
+  start (`_carries_gradient_point` is False)."""
+
+  def tied(carry, block):
+    weights, momentum = carry
+    (weights, momentum, _), y = step((weights, momentum, weights), block)
+    return (weights, momentum), y
+
+  return tied
 
 
 def _maybe_remat(step, remat: bool):
-    return jax.checkpoint(step) if remat else step
+  return jax.checkpoint(step) if remat else step
 
 
-SCAN_CARRY_NAME = "memory_scan_carry"   # the carries the two-level scan saves (a remat name)
+SCAN_CARRY_NAME = "memory_scan_carry"  # the carries the two-level scan saves (a remat name)
 
 
 def _scan_blocks(step, carry0, blocks, remat: bool, every: Optional[int]):
-    """`lax.scan(step, carry0, blocks)` over the leading (block) axis, with the backward's
-    memory chosen by `remat` (each step recomputed from its carry) and `every`.
+  """`lax.scan(step, carry0, blocks)` over the leading (block) axis, with the backward's
+  memory chosen by `remat` (each step recomputed from its carry) and `every`.
 
-    every = n: two-level rematerialisation. The blocks run in groups of n, each group a
-    checkpointed inner scan, so the forward keeps one carry per group (named
-    SCAN_CARRY_NAME, so that an enclosing remat policy can keep them) and the backward
-    recomputes one group's n carries at a time: N/n + n saved carries instead of N. The
-    N mod n blocks left over run in a plain scan after the groups. Same values.
-    """
-    inner = _maybe_remat(step, remat)
-    num_blocks = jax.tree.leaves(blocks)[0].shape[0]
-    if every is None or every >= num_blocks or every == 1:
-        return lax.scan(inner, carry0, blocks)
-    groups, rest = divmod(num_blocks, every)
+  every = n: two-level rematerialisation. The blocks run in groups of n, each group a
+  checkpointed inner scan, so the forward keeps one carry per group (named
+  SCAN_CARRY_NAME, so that an enclosing remat policy can keep them) and the backward
+  recomputes one group's n carries at a time: N/n + n saved carries instead of N. The
+  N mod n blocks left over run in a plain scan after the groups. Same values.
+  """
+  inner = _maybe_remat(step, remat)
+  num_blocks = jax.tree.leaves(blocks)[0].shape[0]
+  if every is None or every >= num_blocks or every == 1:
+    return lax.scan(inner, carry0, blocks)
+  groups, rest = divmod(num_blocks, every)
 
-    def group(carry, group_blocks):
-        carry = checkpoint_name(carry, SCAN_CARRY_NAME)
-        return lax.scan(inner, carry, group_blocks)
+  def group(carry, group_blocks):
+    carry = checkpoint_name(carry, SCAN_CARRY_NAME)
+    return lax.scan(inner, carry, group_blocks)
 
-    head = jax.tree.map(lambda b: b[:groups * every].reshape((groups, every) + b.shape[1:]), blocks)
-    carry, y_head = lax.scan(jax.checkpoint(group), carry0, head)
-    y_head = y_head.reshape((groups * every,) + y_head.shape[2:])
-    if not rest:
-        return carry, y_head
-    carry, y_tail = lax.scan(inner, carry, jax.tree.map(lambda b: b[groups * every:], blocks))
-    return carry, jnp.concatenate([y_head, y_tail], axis=0)
+  head = jax.tree.map(lambda b: b[: groups * every].reshape((groups, every) + b.shape[1:]), blocks)
+  carry, y_head = lax.scan(jax.checkpoint(group), carry0, head)
+  y_head = y_head.reshape((groups * every,) + y_head.shape[2:])
+  if not rest:
+    return carry, y_head
+  carry, y_tail = lax.scan(inner, carry, jax.tree.map(lambda b: b[groups * every :], blocks))
+  return carry, jnp.concatenate([y_head, y_tail], axis=0)
 
 
-@jax.named_scope("memory")      # profiles group the layer's ops by these scopes (perf.profile)
-def apply(params: dict, x: jax.Array, cfg: MemoryConfig, state: Optional[State] = None,
-          *, constrain_fresh_state: Optional[Callable[[State], State]] = None):
-    """Store x into the memory and retrieve from it (docs/spec.md §1). Pure; jit with cfg static.
+@jax.named_scope("memory")  # profiles group the layer's ops by these scopes (perf.profile)
+def apply(
+  params: dict,
+  x: jax.Array,
+  cfg: MemoryConfig,
+  state: Optional[State] = None,
+  *,
+  constrain_fresh_state: Optional[Callable[[State], State]] = None,
+):
+  """Store x into the memory and retrieve from it (docs/spec.md §1). Pure; jit with cfg static.
 
-    Args:
-      params: slow parameters from `init`.
-      x: B×T×D input, any T ≥ 1.
-      cfg: the MemoryConfig the params were built with.
-      state: from `init_state` or a previous call; None starts a fresh memory (and
-        lets the call skip the room kept for earlier tokens of a continued stream).
-        With `commit_every = chunk_size` its `grad_point` is not read: in that mode
-        every state `init_state` and `apply` make has grad_point = weights.
-      constrain_fresh_state: applied to the state built when `state` is None (the nnx
-        module pins its sharding with it).
+  Args:
+    params: slow parameters from `init`.
+    x: B×T×D input, any T ≥ 1.
+    cfg: the MemoryConfig the params were built with.
+    state: from `init_state` or a previous call; None starts a fresh memory (and
+      lets the call skip the room kept for earlier tokens of a continued stream).
+      With `commit_every = chunk_size` its `grad_point` is not read: in that mode
+      every state `init_state` and `apply` make has grad_point = weights.
+    constrain_fresh_state: applied to the state built when `state` is None (the nnx
+      module pins its sharding with it).
 
-    Returns:
-      (y, new_state): y is B×T×D in cfg.dtype; new_state continues the stream exactly.
-    """
-    _check_input(x, cfg, state)
-    B, T, _ = x.shape
-    fresh = state is None   # the stream starts here: position 0 is known statically
-    if fresh:
-        state = init_state(params, cfg, B)
-        if constrain_fresh_state is not None:
-            state = constrain_fresh_state(state)
-    act_dtype = jnp.dtype(cfg.dtype)
-    inner = jnp.dtype(cfg.inner_dtype)
-    x = x.astype(act_dtype)
-    C, H, d = cfg.chunk_size, cfg.heads, cfg.head_dim
+  Returns:
+    (y, new_state): y is B×T×D in cfg.dtype; new_state continues the stream exactly.
+  """
+  _check_input(x, cfg, state)
+  B, T, _ = x.shape
+  fresh = state is None  # the stream starts here: position 0 is known statically
+  if fresh:
+    state = init_state(params, cfg, B)
+    if constrain_fresh_state is not None:
+      state = constrain_fresh_state(state)
+  act_dtype = jnp.dtype(cfg.dtype)
+  inner = jnp.dtype(cfg.inner_dtype)
+  x = x.astype(act_dtype)
+  C, H, d = cfg.chunk_size, cfg.heads, cfg.head_dim
 
-    xs, xr, q, k, v, lr, new_conv = _project(params, x, state["conv"], cfg)
+  xs, xr, q, k, v, lr, new_conv = _project(params, x, state["conv"], cfg)
 
-    # ---- buffer layout (see module docstring) ----
-    kb = _chunks_per_block(cfg, T)
-    block_tokens = kb * C
-    L = buffer_tokens(cfg, T, fresh)
-    num_blocks, G = L // block_tokens, L // C
-    pos = state["pos"]
-    chunk_index = pos // C                  # absolute index of the chunk being filled
-    pending_count = pos % C
-    first_chunk = chunk_index % kb          # its index inside the current block
-    pending_start = first_chunk * C
-    new_start = pending_start + pending_count
-    pend = state["pending"]
-    xs_pending = rmsnorm(pend["x"], params["store_norm"]["scale"].astype(act_dtype)) \
-        if cfg.pre_norm else pend["x"]
+  # ---- buffer layout (see module docstring) ----
+  kb = _chunks_per_block(cfg, T)
+  block_tokens = kb * C
+  L = buffer_tokens(cfg, T, fresh)
+  num_blocks, G = L // block_tokens, L // C
+  pos = state["pos"]
+  chunk_index = pos // C  # absolute index of the chunk being filled
+  pending_count = pos % C
+  first_chunk = chunk_index % kb  # its index inside the current block
+  pending_start = first_chunk * C
+  new_start = pending_start + pending_count
+  pend = state["pending"]
+  xs_pending = (
+    rmsnorm(pend["x"], params["store_norm"]["scale"].astype(act_dtype))
+    if cfg.pre_norm
+    else pend["x"]
+  )
 
-    x_buf = _place(pend["x"], x, pending_start, new_start, L)
-    xs_buf = _place(xs_pending, xs, pending_start, new_start, L)
-    k_buf = _place(pend["keys"], k, pending_start, new_start, L)
-    v_buf = _place(pend["values"], v, pending_start, new_start, L)
-    lr_buf = _place(pend["lr"], lr, pending_start, new_start, L)
-    q_buf = lax.dynamic_update_slice_in_dim(jnp.zeros((B, L, H, d), q.dtype), q, new_start, axis=1)
-    q_shift = jnp.concatenate([jnp.zeros_like(q_buf[:, :1]), q_buf[:, :-1]], axis=1)
+  x_buf = _place(pend["x"], x, pending_start, new_start, L)
+  xs_buf = _place(xs_pending, xs, pending_start, new_start, L)
+  k_buf = _place(pend["keys"], k, pending_start, new_start, L)
+  v_buf = _place(pend["values"], v, pending_start, new_start, L)
+  lr_buf = _place(pend["lr"], lr, pending_start, new_start, L)
+  q_buf = lax.dynamic_update_slice_in_dim(jnp.zeros((B, L, H, d), q.dtype), q, new_start, axis=1)
+  q_shift = jnp.concatenate([jnp.zeros_like(q_buf[:, :1]), q_buf[:, :-1]], axis=1)
 
-    end = new_start + T
-    g_idx = jnp.arange(G)
-    valid_G = (g_idx >= first_chunk) & ((g_idx + 1) * C <= end)
-    if cfg.commit_chunks is None:
-        commit_N = jnp.zeros((num_blocks,), bool)
-    else:
-        blocks_per_commit = cfg.commit_chunks // kb
-        abs_block = (chunk_index - first_chunk) // kb + jnp.arange(num_blocks)
-        block_full = (jnp.arange(num_blocks) + 1) * block_tokens <= end
-        commit_N = block_full & ((abs_block + 1) % blocks_per_commit == 0)
+  end = new_start + T
+  g_idx = jnp.arange(G)
+  valid_G = (g_idx >= first_chunk) & ((g_idx + 1) * C <= end)
+  if cfg.commit_chunks is None:
+    commit_N = jnp.zeros((num_blocks,), bool)
+  else:
+    blocks_per_commit = cfg.commit_chunks // kb
+    abs_block = (chunk_index - first_chunk) // kb + jnp.arange(num_blocks)
+    block_full = (jnp.arange(num_blocks) + 1) * block_tokens <= end
+    commit_N = block_full & ((abs_block + 1) % blocks_per_commit == 0)
 
-    gates = _chunk_gates(params, xs_buf.reshape(B, G, C, cfg.dim), cfg)
+  gates = _chunk_gates(params, xs_buf.reshape(B, G, C, cfg.dim), cfg)
 
-    def tokens_to_blocks(t_BLHx):            # B×L×H×... -> N×B×H×K×C×...
-        t = t_BLHx.reshape((B, num_blocks, kb, C) + t_BLHx.shape[2:])
-        t = jnp.moveaxis(t, 4, 2)            # B×N×H×K×C×...
-        return jnp.moveaxis(t, 1, 0)
+  def tokens_to_blocks(t_BLHx):  # B×L×H×... -> N×B×H×K×C×...
+    t = t_BLHx.reshape((B, num_blocks, kb, C) + t_BLHx.shape[2:])
+    t = jnp.moveaxis(t, 4, 2)  # B×N×H×K×C×...
+    return jnp.moveaxis(t, 1, 0)
 
-    def chunks_to_blocks(g_BGH):             # B×G×H×... -> N×B×H×K×...
-        t = g_BGH.reshape((B, num_blocks, kb) + g_BGH.shape[2:])
-        t = jnp.moveaxis(t, 3, 2)
-        return jnp.moveaxis(t, 1, 0)
+  def chunks_to_blocks(g_BGH):  # B×G×H×... -> N×B×H×K×...
+    t = g_BGH.reshape((B, num_blocks, kb) + g_BGH.shape[2:])
+    t = jnp.moveaxis(t, 3, 2)
+    return jnp.moveaxis(t, 1, 0)
 
-    blocks = {
-        "keys": tokens_to_blocks(k_buf),
-        "values": tokens_to_blocks(v_buf),
-        "lr": tokens_to_blocks(lr_buf),
-        "queries": tokens_to_blocks(q_shift),
-        "valid": valid_G.reshape(num_blocks, kb),
-        "commit": commit_N,
-    }
-    for name in ("alpha", "eta", "combine", "lr_mod"):
-        if name in gates:
-            blocks[name] = chunks_to_blocks(gates[name])
+  blocks = {
+    "keys": tokens_to_blocks(k_buf),
+    "values": tokens_to_blocks(v_buf),
+    "lr": tokens_to_blocks(lr_buf),
+    "queries": tokens_to_blocks(q_shift),
+    "valid": valid_G.reshape(num_blocks, kb),
+    "commit": commit_N,
+  }
+  for name in ("alpha", "eta", "combine", "lr_mod"):
+    if name in gates:
+      blocks[name] = chunks_to_blocks(gates[name])
 
-    dual = use_dual(cfg)
-    remat = cfg.remat if cfg.remat is not None else dual
-    recurrence = functools.partial(linear_recurrence, impl=cfg.recurrence)
-    step = jax.named_scope("memory_block")(
-        functools.partial(dual_block_step, cfg, recurrence) if dual
-        else functools.partial(_block_step, cfg))
-    if not _carries_gradient_point(cfg):
-        # Commit after every chunk (the paper's exact mini-batch GD): a block is one
-        # chunk and W̄ = W at every block start, so the scan carries W once — one
-        # weight-size carry fewer to select, stack for the backward and differentiate.
-        (weights, momentum), y_blocks = _scan_blocks(
-            _tied_gradient_point(step), (state["weights"], state["momentum"]), blocks,
-            remat, cfg.scan_remat_every)
-        grad_point = weights
-    else:
-        carry0 = (state["weights"], state["momentum"], state["grad_point"])
-        (weights, momentum, grad_point), y_blocks = _scan_blocks(
-            step, carry0, blocks, remat, cfg.scan_remat_every)
+  dual = use_dual(cfg)
+  remat = cfg.remat if cfg.remat is not None else dual
+  recurrence = functools.partial(linear_recurrence, impl=cfg.recurrence)
+  step = jax.named_scope("memory_block")(
+    functools.partial(dual_block_step, cfg, recurrence)
+    if dual
+    else functools.partial(_block_step, cfg)
+  )
+  if not _carries_gradient_point(cfg):
+    # Commit after every chunk (the paper's exact mini-batch GD): a block is one
+    # chunk and W̄ = W at every block start, so the scan carries W once — one
+    # weight-size carry fewer to select, stack for the backward and differentiate.
+    (weights, momentum), y_blocks = _scan_blocks(
+      _tied_gradient_point(step),
+      (state["weights"], state["momentum"]),
+      blocks,
+      remat,
+      cfg.scan_remat_every,
+    )
+    grad_point = weights
+  else:
+    carry0 = (state["weights"], state["momentum"], state["grad_point"])
+    (weights, momentum, grad_point), y_blocks = _scan_blocks(
+      step, carry0, blocks, remat, cfg.scan_remat_every
+    )
 
-    # N×B×H×K×C×d -> B×L×H×d (shifted by one token), then the last token with final W.
-    y_shift = jnp.moveaxis(y_blocks, 0, 1).reshape(B, num_blocks, H, kb, C, d)
-    y_shift = jnp.moveaxis(y_shift, 2, 4).reshape(B, L, H, d)
-    last = jax.vmap(jax.vmap(functools.partial(memory_forward, cfg=cfg)))(
-        weights, q_buf[:, -1].astype(inner))
-    y_buf = jnp.concatenate([y_shift[:, 1:], last[:, None]], axis=1)
-    y = lax.dynamic_slice_in_dim(y_buf, new_start, T, axis=1)       # B×T×H×d
+  # N×B×H×K×C×d -> B×L×H×d (shifted by one token), then the last token with final W.
+  y_shift = jnp.moveaxis(y_blocks, 0, 1).reshape(B, num_blocks, H, kb, C, d)
+  y_shift = jnp.moveaxis(y_shift, 2, 4).reshape(B, L, H, d)
+  last = jax.vmap(jax.vmap(functools.partial(memory_forward, cfg=cfg)))(
+    weights, q_buf[:, -1].astype(inner)
+  )
+  y_buf = jnp.concatenate([y_shift[:, 1:], last[:, None]], axis=1)
+  y = lax.dynamic_slice_in_dim(y_buf, new_start, T, axis=1)  # B×T×H×d
 
-    y = _finish_output(params, y, xr, cfg).astype(act_dtype)
+  y = _finish_output(params, y, xr, cfg).astype(act_dtype)
 
-    # ---- next state ----
-    new_pos = pos + T
-    new_pending_count = new_pos % C
-    chunk_start = end - new_pending_count
-    slot_ok = jnp.arange(C) < new_pending_count
+  # ---- next state ----
+  new_pos = pos + T
+  new_pending_count = new_pos % C
+  chunk_start = end - new_pending_count
+  slot_ok = jnp.arange(C) < new_pending_count
 
-    def take_pending(buf):
-        out = lax.dynamic_slice_in_dim(buf, chunk_start, C, axis=1)
-        return jnp.where(slot_ok.reshape((1, C) + (1,) * (out.ndim - 2)), out, 0)
+  def take_pending(buf):
+    out = lax.dynamic_slice_in_dim(buf, chunk_start, C, axis=1)
+    return jnp.where(slot_ok.reshape((1, C) + (1,) * (out.ndim - 2)), out, 0)
 
-    new_state = {
-        "weights": weights,
-        "grad_point": grad_point,
-        "momentum": momentum,
-        "pending": {
-            "x": take_pending(x_buf),
-            "keys": take_pending(k_buf),
-            "values": take_pending(v_buf),
-            "lr": take_pending(lr_buf),
-        },
-        "conv": new_conv,
-        "pos": new_pos.astype(jnp.int32),
-    }
-    return y, new_state
+  new_state = {
+    "weights": weights,
+    "grad_point": grad_point,
+    "momentum": momentum,
+    "pending": {
+      "x": take_pending(x_buf),
+      "keys": take_pending(k_buf),
+      "values": take_pending(v_buf),
+      "lr": take_pending(lr_buf),
+    },
+    "conv": new_conv,
+    "pos": new_pos.astype(jnp.int32),
+  }
+  return y, new_state
 
 
 def _finish_output(params, y_BTHd, xr_BTD, cfg: MemoryConfig):
-    """Post-norm, per-head gate, head merge and output projection."""
-    inner = y_BTHd.dtype
-    if cfg.post_rmsnorm:
-        y_BTHd = rmsnorm(y_BTHd, params["post_norm"]["gamma"].astype(inner) + 1.0)
-    if cfg.has_gate:
-        gate = jax.nn.sigmoid(jnp.einsum("btD,Dh->bth", xr_BTD.astype(inner),
-                                         params["gate"]["w"].astype(inner)))
-        y_BTHd = y_BTHd * gate[..., None]
-    if cfg.has_out_proj:
-        return jnp.einsum("bthd,hdD->btD", y_BTHd, params["out_proj"].astype(inner))
-    return y_BTHd.reshape(y_BTHd.shape[:2] + (cfg.inner_width,))
+  """Post-norm, per-head gate, head merge and output projection."""
+  inner = y_BTHd.dtype
+  if cfg.post_rmsnorm:
+    y_BTHd = rmsnorm(y_BTHd, params["post_norm"]["gamma"].astype(inner) + 1.0)
+  if cfg.has_gate:
+    gate = jax.nn.sigmoid(
+      jnp.einsum("btD,Dh->bth", xr_BTD.astype(inner), params["gate"]["w"].astype(inner))
+    )
+    y_BTHd = y_BTHd * gate[..., None]
+  if cfg.has_out_proj:
+    return jnp.einsum("bthd,hdD->btD", y_BTHd, params["out_proj"].astype(inner))
+  return y_BTHd.reshape(y_BTHd.shape[:2] + (cfg.inner_width,))
 
 
 @jax.named_scope("memory")
 def retrieve(params: dict, x: jax.Array, cfg: MemoryConfig, weights: dict, conv=None):
-    """Read-only retrieval y = M*_W(q(x)) with fixed fast weights (no store, no update).
+  """Read-only retrieval y = M*_W(q(x)) with fixed fast weights (no store, no update).
 
-    MAC's `h_i = M*_{i−1}(q(S_i))`. `weights` are per batch and head (B×H×..., e.g.
-    `state["weights"]`); `conv` is the causal-conv context of this retrieval stream
-    (B×(K−1)×3×H×d, None for zeros). Returns (y B×T×D in cfg.dtype, new conv context).
-    """
-    _check_input(x, cfg, None)
-    act_dtype = jnp.dtype(cfg.dtype)
-    x = x.astype(act_dtype)
-    if conv is None and cfg.qkv_conv > 1:
-        conv = jnp.zeros((x.shape[0], cfg.qkv_conv - 1, 3, cfg.heads, cfg.head_dim), act_dtype)
-    _, xr, q, _, _, _, new_conv = _project(params, x, conv, cfg)
-    inner = jnp.dtype(cfg.inner_dtype)
-    fwd = functools.partial(memory_forward, cfg=cfg)
-    y = jax.vmap(jax.vmap(fwd, in_axes=(0, 1), out_axes=1))(weights, q.astype(inner))
-    return _finish_output(params, y, xr, cfg).astype(act_dtype), new_conv
+  MAC's `h_i = M*_{i−1}(q(S_i))`. `weights` are per batch and head (B×H×..., e.g.
+  `state["weights"]`); `conv` is the causal-conv context of this retrieval stream
+  (B×(K−1)×3×H×d, None for zeros). Returns (y B×T×D in cfg.dtype, new conv context).
+  """
+  _check_input(x, cfg, None)
+  act_dtype = jnp.dtype(cfg.dtype)
+  x = x.astype(act_dtype)
+  if conv is None and cfg.qkv_conv > 1:
+    conv = jnp.zeros((x.shape[0], cfg.qkv_conv - 1, 3, cfg.heads, cfg.head_dim), act_dtype)
+  _, xr, q, _, _, _, new_conv = _project(params, x, conv, cfg)
+  inner = jnp.dtype(cfg.inner_dtype)
+  fwd = functools.partial(memory_forward, cfg=cfg)
+  y = jax.vmap(jax.vmap(fwd, in_axes=(0, 1), out_axes=1))(weights, q.astype(inner))
+  return _finish_output(params, y, xr, cfg).astype(act_dtype), new_conv

@@ -26,6 +26,7 @@ Axis legend: B batch, H heads, K chunks per block, C chunk size, N = K·C tokens
 d head width, i/o a layer's input/output width, O momentum orders, P = 1 + O + K
 coefficient basis, R rows (block-end W and S).
 """
+
 from __future__ import annotations
 
 import jax
@@ -36,241 +37,254 @@ from titans_jax.memory.networks import activation_fn, layernorm_noaffine
 
 
 def supports_dual(cfg: MemoryConfig) -> bool:
-    """Whether the dual form can express this config (Newton–Schulz is not linear)."""
-    return not cfg.spectral_norm_surprises
+  """Whether the dual form can express this config (Newton–Schulz is not linear)."""
+  return not cfg.spectral_norm_surprises
 
 
 def use_dual(cfg: MemoryConfig) -> bool:
-    """The path `apply` takes: "auto" picks the dual form wherever it is exact."""
-    if cfg.impl == "primal":
-        return False
-    return supports_dual(cfg)
+  """The path `apply` takes: "auto" picks the dual form wherever it is exact."""
+  if cfg.impl == "primal":
+    return False
+  return supports_dual(cfg)
 
 
 def _factors(cfg: MemoryConfig, wbar, keys_BHNd, values_BHNd, lr_BHN, K: int):
-    """Per-token layer inputs z^l and output errors δ^l of the block's loss at W̄, and
-    the per-chunk gradient of γ (B×H×K×d) when the memory has the residual norm."""
-    act = activation_fn(cfg.activation)
-    B, H, N, d = keys_BHNd.shape
-    C = N // K
-    eps = [jnp.zeros((B, H, N, wbar[f"w{l}"].shape[-1]), keys_BHNd.dtype)
-           for l in range(cfg.depth)]
-    gamma_K = (jnp.broadcast_to(wbar["gamma"][:, :, None], (B, H, K, d))
-               if cfg.residual_norm else None)
+  """Per-token layer inputs z^l and output errors δ^l of the block's loss at W̄, and
+  the per-chunk gradient of γ (B×H×K×d) when the memory has the residual norm."""
+  act = activation_fn(cfg.activation)
+  B, H, N, d = keys_BHNd.shape
+  C = N // K
+  eps = [jnp.zeros((B, H, N, wbar[f"w{l}"].shape[-1]), keys_BHNd.dtype) for l in range(cfg.depth)]
+  gamma_K = jnp.broadcast_to(wbar["gamma"][:, :, None], (B, H, K, d)) if cfg.residual_norm else None
 
-    def loss(eps, gamma_K):
-        h, zs = keys_BHNd, []
-        for l in range(cfg.depth):
-            z = h if l == 0 else act(h)
-            zs.append(z)
-            h = jnp.einsum("bhni,bhio->bhno", z, wbar[f"w{l}"]) + eps[l]
-        if cfg.residual_norm:
-            gam = jnp.repeat(gamma_K, C, axis=2) + 1.0
-            h = layernorm_noaffine(h) * gam + keys_BHNd
-        per_token = jnp.square(h - values_BHNd).mean(-1)
-        return jnp.sum(per_token * lr_BHN), zs
+  def loss(eps, gamma_K):
+    h, zs = keys_BHNd, []
+    for l in range(cfg.depth):
+      z = h if l == 0 else act(h)
+      zs.append(z)
+      h = jnp.einsum("bhni,bhio->bhno", z, wbar[f"w{l}"]) + eps[l]
+    if cfg.residual_norm:
+      gam = jnp.repeat(gamma_K, C, axis=2) + 1.0
+      h = layernorm_noaffine(h) * gam + keys_BHNd
+    per_token = jnp.square(h - values_BHNd).mean(-1)
+    return jnp.sum(per_token * lr_BHN), zs
 
-    _, vjp, zs = jax.vjp(loss, eps, gamma_K, has_aux=True)
-    deltas, g_gamma = vjp(jnp.ones((), keys_BHNd.dtype))
-    return zs, deltas, g_gamma
+  _, vjp, zs = jax.vjp(loss, eps, gamma_K, has_aux=True)
+  deltas, g_gamma = vjp(jnp.ones((), keys_BHNd.dtype))
+  return zs, deltas, g_gamma
 
 
 def _grad_sq_norms(cfg: MemoryConfig, zs, deltas, g_gamma, K: int):
-    """‖G_c‖² per chunk and tensor (B×H×K) from Gram matrices: Σ_{i,i'} (z·z')(δ·δ')."""
-    out = {}
-    for l in range(cfg.depth):
-        z, dl = zs[l], deltas[l]
-        B, H, N = z.shape[:3]
-        C = N // K
-        zr = z.reshape(B, H, K, C, z.shape[-1])
-        dr = dl.reshape(B, H, K, C, dl.shape[-1])
-        gz = jnp.einsum("bhkci,bhkei->bhkce", zr, zr)
-        gd = jnp.einsum("bhkco,bhkeo->bhkce", dr, dr)
-        out[f"w{l}"] = jnp.maximum((gz * gd).sum((-1, -2)), 0.0)
-    if cfg.residual_norm:
-        out["gamma"] = jnp.square(g_gamma).sum(-1)
-    return out
+  """‖G_c‖² per chunk and tensor (B×H×K) from Gram matrices: Σ_{i,i'} (z·z')(δ·δ')."""
+  out = {}
+  for l in range(cfg.depth):
+    z, dl = zs[l], deltas[l]
+    B, H, N = z.shape[:3]
+    C = N // K
+    zr = z.reshape(B, H, K, C, z.shape[-1])
+    dr = dl.reshape(B, H, K, C, dl.shape[-1])
+    gz = jnp.einsum("bhkci,bhkei->bhkce", zr, zr)
+    gd = jnp.einsum("bhkco,bhkeo->bhkce", dr, dr)
+    out[f"w{l}"] = jnp.maximum((gz * gd).sum((-1, -2)), 0.0)
+  if cfg.residual_norm:
+    out["gamma"] = jnp.square(g_gamma).sum(-1)
+  return out
 
 
 def _coefficients(cfg: MemoryConfig, block, recurrence):
-    """Coefficient rows over the basis [W_start, S^0…S^{O−1}, u_0…u_{K−1}] (u_c: the
-    unit surprise of chunk c, masked): the weights each retrieval group reads
-    (B×H×K×P), and the block-end weights and momenta (B×H×R×P, R = 1 + O)."""
-    valid_K = block["valid"]
-    B, H, K = block["lr"].shape[:3]
-    O = cfg.num_momentum_states
-    P = 1 + O + K
-    dtype = block["lr"].dtype
-    valid_b = valid_K[None, None, :]
-    mask = valid_b[..., None]
+  """Coefficient rows over the basis [W_start, S^0…S^{O−1}, u_0…u_{K−1}] (u_c: the
+  unit surprise of chunk c, masked): the weights each retrieval group reads
+  (B×H×K×P), and the block-end weights and momenta (B×H×R×P, R = 1 + O)."""
+  valid_K = block["valid"]
+  B, H, K = block["lr"].shape[:3]
+  O = cfg.num_momentum_states
+  P = 1 + O + K
+  dtype = block["lr"].dtype
+  valid_b = valid_K[None, None, :]
+  mask = valid_b[..., None]
 
-    def unit(p):
-        return jnp.broadcast_to(jax.nn.one_hot(p, P, dtype=dtype)[None, None], (B, H, P))
+  def unit(p):
+    return jnp.broadcast_to(jax.nn.one_hot(p, P, dtype=dtype)[None, None], (B, H, P))
 
-    surprise = jnp.broadcast_to(
-        jnp.concatenate([jnp.zeros((K, 1 + O), dtype), jnp.eye(K, dtype=dtype)], axis=1)[None, None],
-        (B, H, K, P))
-    surprise = jnp.where(mask, surprise, 0.0)
-    update = surprise
-    ends = []
-    if cfg.momentum:
-        orders, s = [], surprise
-        for o in range(cfg.momentum_order):
-            eta = jnp.where(valid_b, block["eta"][..., o], 1.0)
-            s = recurrence(eta, jnp.where(mask, s, 0.0), unit(1 + o))
-            orders.append(s)
-        ends = [s_o[:, :, -1] for s_o in orders]
-        if cfg.learned_momentum_combine:
-            stack = ([surprise] if cfg.learned_combine_include_zeroth else []) + orders
-            comb = block["combine"]
-            update = sum(comb[..., j][..., None] * s_j for j, s_j in enumerate(stack))
-        else:
-            update = orders[-1]
-    decay = (1.0 - block["alpha"]) if cfg.forget else jnp.ones((B, H, K), dtype)
-    decay = jnp.where(valid_b, decay, 1.0)
-    w_seq = recurrence(decay, jnp.where(mask, update, 0.0), unit(0))
-    lagged = jnp.concatenate([unit(0)[:, :, None], w_seq[:, :, :-1]], axis=2)
-    end_rows = jnp.stack([w_seq[:, :, -1]] + ends, axis=2)                  # B×H×R×P
-    return lagged, end_rows
+  surprise = jnp.broadcast_to(
+    jnp.concatenate([jnp.zeros((K, 1 + O), dtype), jnp.eye(K, dtype=dtype)], axis=1)[None, None],
+    (B, H, K, P),
+  )
+  surprise = jnp.where(mask, surprise, 0.0)
+  update = surprise
+  ends = []
+  if cfg.momentum:
+    orders, s = [], surprise
+    for o in range(cfg.momentum_order):
+      eta = jnp.where(valid_b, block["eta"][..., o], 1.0)
+      s = recurrence(eta, jnp.where(mask, s, 0.0), unit(1 + o))
+      orders.append(s)
+    ends = [s_o[:, :, -1] for s_o in orders]
+    if cfg.learned_momentum_combine:
+      stack = ([surprise] if cfg.learned_combine_include_zeroth else []) + orders
+      comb = block["combine"]
+      update = sum(comb[..., j][..., None] * s_j for j, s_j in enumerate(stack))
+    else:
+      update = orders[-1]
+  decay = (1.0 - block["alpha"]) if cfg.forget else jnp.ones((B, H, K), dtype)
+  decay = jnp.where(valid_b, decay, 1.0)
+  w_seq = recurrence(decay, jnp.where(mask, update, 0.0), unit(0))
+  lagged = jnp.concatenate([unit(0)[:, :, None], w_seq[:, :, :-1]], axis=2)
+  end_rows = jnp.stack([w_seq[:, :, -1]] + ends, axis=2)  # B×H×R×P
+  return lagged, end_rows
 
 
 def _surprise_coefficients(rows, scale_BHK, O: int):
-    """Rows over the basis [W_start, S_start^o…, G_0…G_{K−1}] (B×H×R×P) -> the coefficient
-    of each chunk's raw gradient G_c (B×H×R×K): its basis coefficient times −s_c."""
-    return rows[..., 1 + O:] * (-scale_BHK)[:, :, None, :]
+  """Rows over the basis [W_start, S_start^o…, G_0…G_{K−1}] (B×H×R×P) -> the coefficient
+  of each chunk's raw gradient G_c (B×H×R×K): its basis coefficient times −s_c."""
+  return rows[..., 1 + O :] * (-scale_BHK)[:, :, None, :]
 
 
 def _end_gradients(cfg, zs, deltas, g_gamma, end_rows, scale, K):
-    """The gradient part of each block-end row: Σ_c coef_rc · (−s_c) · G_c per fast
-    weight, as R tensors of weight size (one weighted sum of outer products; no per-chunk
-    tensor of weight size)."""
-    O = cfg.num_momentum_states
-    R = end_rows.shape[2]
-    out = {}
-    for n in cfg.fast_weight_names():
-        coef = _surprise_coefficients(end_rows, scale[n], O)                   # B×H×R×K
-        if n == "gamma":
-            grads = jnp.einsum("bhrk,bhkd->bhrd", coef, g_gamma)
-            out[n] = tuple(grads[:, :, r] for r in range(R))
-            continue
-        l = int(n[1:])
-        zt = jnp.swapaxes(zs[l], -1, -2)
-        if K == 1:   # the one chunk gradient, then R scaled copies
-            g = jnp.einsum("bhin,bhno->bhio", zt, deltas[l])
-            out[n] = tuple(coef[:, :, r, 0][:, :, None, None] * g for r in range(R))
-            continue
-        C = zs[l].shape[2] // K
-        coef_tok = jnp.repeat(coef, C, axis=3)                                # B×H×R×N
-        # One plain matmul zᵀ·[δ·c_0 | δ·c_1 | …] for all rows.
-        scaled = jnp.concatenate([deltas[l] * coef_tok[:, :, r, :, None] for r in range(R)],
-                                 axis=-1)                                     # B×H×N×(R·o)
-        grads = jnp.einsum("bhin,bhno->bhio", zt, scaled)
-        o = deltas[l].shape[-1]
-        out[n] = tuple(grads[..., r * o:(r + 1) * o] for r in range(R))
-    return out
+  """The gradient part of each block-end row: Σ_c coef_rc · (−s_c) · G_c per fast
+  weight, as R tensors of weight size (one weighted sum of outer products; no per-chunk
+  tensor of weight size)."""
+  O = cfg.num_momentum_states
+  R = end_rows.shape[2]
+  out = {}
+  for n in cfg.fast_weight_names():
+    coef = _surprise_coefficients(end_rows, scale[n], O)  # B×H×R×K
+    if n == "gamma":
+      grads = jnp.einsum("bhrk,bhkd->bhrd", coef, g_gamma)
+      out[n] = tuple(grads[:, :, r] for r in range(R))
+      continue
+    l = int(n[1:])
+    zt = jnp.swapaxes(zs[l], -1, -2)
+    if K == 1:  # the one chunk gradient, then R scaled copies
+      g = jnp.einsum("bhin,bhno->bhio", zt, deltas[l])
+      out[n] = tuple(coef[:, :, r, 0][:, :, None, None] * g for r in range(R))
+      continue
+    C = zs[l].shape[2] // K
+    coef_tok = jnp.repeat(coef, C, axis=3)  # B×H×R×N
+    # One plain matmul zᵀ·[δ·c_0 | δ·c_1 | …] for all rows.
+    scaled = jnp.concatenate(
+      [deltas[l] * coef_tok[:, :, r, :, None] for r in range(R)], axis=-1
+    )  # B×H×N×(R·o)
+    grads = jnp.einsum("bhin,bhno->bhio", zt, scaled)
+    o = deltas[l].shape[-1]
+    out[n] = tuple(grads[..., r * o : (r + 1) * o] for r in range(R))
+  return out
 
 
 def token_terms(cfg: MemoryConfig, recurrence, grad_point, block):
-    """What a block needs besides the carried (W, S), all of token or chunk size: the
-    per-token factors at W̄, the per-chunk gradient scales and the coefficient rows.
-    (Computing these for all blocks at once, outside the scan, when W̄ never moves was
-    measured slower on CPU: 2026-11-30, docs/memory.md §5.)"""
-    inner = jnp.dtype(cfg.inner_dtype)
-    B, H, K, C, d = block["keys"].shape
-    N = K * C
+  """What a block needs besides the carried (W, S), all of token or chunk size: the
+  per-token factors at W̄, the per-chunk gradient scales and the coefficient rows.
+  (Computing these for all blocks at once, outside the scan, when W̄ never moves was
+  measured slower on CPU: 2026-11-30, docs/memory.md §5.)"""
+  inner = jnp.dtype(cfg.inner_dtype)
+  B, H, K, C, d = block["keys"].shape
+  N = K * C
 
-    def tokens(t):
-        return t.astype(inner).reshape((B, H, N) + t.shape[4:])
+  def tokens(t):
+    return t.astype(inner).reshape((B, H, N) + t.shape[4:])
 
-    keys, values, q = tokens(block["keys"]), tokens(block["values"]), tokens(block["queries"])
-    lr = tokens(block["lr"])
+  keys, values, q = tokens(block["keys"]), tokens(block["values"]), tokens(block["queries"])
+  lr = tokens(block["lr"])
 
-    zs, deltas, g_gamma = _factors(cfg, grad_point, keys, values, lr, K)
+  zs, deltas, g_gamma = _factors(cfg, grad_point, keys, values, lr, K)
 
-    # Per-chunk, per-tensor scale of the raw gradient (surprise = −scale · G).
-    names = cfg.fast_weight_names()
-    scale = {n: jnp.ones((B, H, K), inner) for n in names}
-    if cfg.max_grad_norm is not None:
-        half = cfg.max_grad_norm / 2.0
-        for n, sq in _grad_sq_norms(cfg, zs, deltas, g_gamma, K).items():
-            nonzero = sq > 0
-            norm = jnp.sqrt(jnp.where(nonzero, sq, 1.0))
-            scale[n] = jnp.where(nonzero, (jnp.tanh(norm / half) * half + half) / norm, 0.0)
-    if cfg.per_parameter_lr_modulation:
-        for i, n in enumerate(names):
-            scale[n] = scale[n] * block["lr_mod"][..., i]
+  # Per-chunk, per-tensor scale of the raw gradient (surprise = −scale · G).
+  names = cfg.fast_weight_names()
+  scale = {n: jnp.ones((B, H, K), inner) for n in names}
+  if cfg.max_grad_norm is not None:
+    half = cfg.max_grad_norm / 2.0
+    for n, sq in _grad_sq_norms(cfg, zs, deltas, g_gamma, K).items():
+      nonzero = sq > 0
+      norm = jnp.sqrt(jnp.where(nonzero, sq, 1.0))
+      scale[n] = jnp.where(nonzero, (jnp.tanh(norm / half) * half + half) / norm, 0.0)
+  if cfg.per_parameter_lr_modulation:
+    for i, n in enumerate(names):
+      scale[n] = scale[n] * block["lr_mod"][..., i]
 
-    lagged, end_rows = _coefficients(cfg, block, recurrence)
-    return {"q": q, "zs": zs, "deltas": deltas, "g_gamma": g_gamma, "scale": scale,
-            "lagged": lagged, "end_rows": end_rows}
+  lagged, end_rows = _coefficients(cfg, block, recurrence)
+  return {
+    "q": q,
+    "zs": zs,
+    "deltas": deltas,
+    "g_gamma": g_gamma,
+    "scale": scale,
+    "lagged": lagged,
+    "end_rows": end_rows,
+  }
 
 
 def retrieve_block(cfg: MemoryConfig, weights, momentum, terms):
-    """The block's retrieval from its start weights (B×H×K×C×d): masked N×N attention
-    over the block's factors for the in-block updates. No per-chunk tensor of weight size."""
-    act = activation_fn(cfg.activation)
-    q, zs, deltas, g_gamma = terms["q"], terms["zs"], terms["deltas"], terms["g_gamma"]
-    lagged, scale = terms["lagged"], terms["scale"]
-    B, H, N, d = q.shape
-    K = lagged.shape[2]
-    C = N // K
-    O = cfg.num_momentum_states
-    start_tok = jnp.repeat(lagged[..., :1 + O], C, axis=2)                   # B×H×N×(1+O)
+  """The block's retrieval from its start weights (B×H×K×C×d): masked N×N attention
+  over the block's factors for the in-block updates. No per-chunk tensor of weight size."""
+  act = activation_fn(cfg.activation)
+  q, zs, deltas, g_gamma = terms["q"], terms["zs"], terms["deltas"], terms["g_gamma"]
+  lagged, scale = terms["lagged"], terms["scale"]
+  B, H, N, d = q.shape
+  K = lagged.shape[2]
+  C = N // K
+  O = cfg.num_momentum_states
+  start_tok = jnp.repeat(lagged[..., : 1 + O], C, axis=2)  # B×H×N×(1+O)
 
-    def grad_coef(n):                  # coefficient of G_c for each group: B×H×K×K
-        return _surprise_coefficients(lagged, scale[n], O)
+  def grad_coef(n):  # coefficient of G_c for each group: B×H×K×K
+    return _surprise_coefficients(lagged, scale[n], O)
 
-    def start_list(n):                 # [W_start, S_start^0, …], each B×H×...
-        return [weights[n]] + [momentum[n][o] for o in range(O)]
+  def start_list(n):  # [W_start, S_start^0, …], each B×H×...
+    return [weights[n]] + [momentum[n][o] for o in range(O)]
 
-    h = q
-    for l in range(cfg.depth):
-        n = f"w{l}"
-        z = h if l == 0 else act(h)
-        if K == 1:   # one group: it reads W_start exactly (lagged row 0 is e_0)
-            h = jnp.einsum("bhni,bhio->bhno", z, weights[n])
-            continue
-        out = sum(start_tok[..., s:s + 1] * jnp.einsum("bhni,bhio->bhno", z, w)
-                  for s, w in enumerate(start_list(n)))
-        coef_tok = jnp.repeat(jnp.repeat(grad_coef(n), C, axis=2), C, axis=3)  # B×H×N×N
-        scores = jnp.einsum("bhni,bhmi->bhnm", z, zs[l]) * coef_tok
-        h = out + jnp.einsum("bhnm,bhmo->bhno", scores, deltas[l])
-    if cfg.residual_norm and K == 1:
-        h = layernorm_noaffine(h) * (weights["gamma"][:, :, None] + 1.0) + q
-    elif cfg.residual_norm:
-        gam = jnp.einsum("bhkc,bhcd->bhkd", grad_coef("gamma"), g_gamma) + sum(
-            lagged[..., s:s + 1] * w[:, :, None] for s, w in enumerate(start_list("gamma")))
-        h = layernorm_noaffine(h) * (jnp.repeat(gam, C, axis=2) + 1.0) + q
-    return h.reshape(B, H, K, C, d)
+  h = q
+  for l in range(cfg.depth):
+    n = f"w{l}"
+    z = h if l == 0 else act(h)
+    if K == 1:  # one group: it reads W_start exactly (lagged row 0 is e_0)
+      h = jnp.einsum("bhni,bhio->bhno", z, weights[n])
+      continue
+    out = sum(
+      start_tok[..., s : s + 1] * jnp.einsum("bhni,bhio->bhno", z, w)
+      for s, w in enumerate(start_list(n))
+    )
+    coef_tok = jnp.repeat(jnp.repeat(grad_coef(n), C, axis=2), C, axis=3)  # B×H×N×N
+    scores = jnp.einsum("bhni,bhmi->bhnm", z, zs[l]) * coef_tok
+    h = out + jnp.einsum("bhnm,bhmo->bhno", scores, deltas[l])
+  if cfg.residual_norm and K == 1:
+    h = layernorm_noaffine(h) * (weights["gamma"][:, :, None] + 1.0) + q
+  elif cfg.residual_norm:
+    gam = jnp.einsum("bhkc,bhcd->bhkd", grad_coef("gamma"), g_gamma) + sum(
+      lagged[..., s : s + 1] * w[:, :, None] for s, w in enumerate(start_list("gamma"))
+    )
+    h = layernorm_noaffine(h) * (jnp.repeat(gam, C, axis=2) + 1.0) + q
+  return h.reshape(B, H, K, C, d)
 
 
 def advance(cfg: MemoryConfig, weights, momentum, end_rows, end_grads):
-    """Block-end (W, S) from block-start (W, S): per row r, Σ_s end_rows[r, s] · start_s
-    plus the gradient part. Elementwise over weight-size tensors."""
-    O = cfg.num_momentum_states
-    R = end_rows.shape[2]
-    new_weights, new_momentum = {}, {}
-    for n in cfg.fast_weight_names():
-        starts = [weights[n]] + [momentum[n][o] for o in range(O)]
-        expand = (slice(None), slice(None)) + (None,) * (starts[0].ndim - 2)
-        rows = [end_grads[n][r] + sum(end_rows[:, :, r, s][expand] * w for s, w in enumerate(starts))
-                for r in range(R)]
-        new_weights[n] = rows[0]
-        if O:
-            new_momentum[n] = jnp.stack(rows[1:])
-    return new_weights, new_momentum
+  """Block-end (W, S) from block-start (W, S): per row r, Σ_s end_rows[r, s] · start_s
+  plus the gradient part. Elementwise over weight-size tensors."""
+  O = cfg.num_momentum_states
+  R = end_rows.shape[2]
+  new_weights, new_momentum = {}, {}
+  for n in cfg.fast_weight_names():
+    starts = [weights[n]] + [momentum[n][o] for o in range(O)]
+    expand = (slice(None), slice(None)) + (None,) * (starts[0].ndim - 2)
+    rows = [
+      end_grads[n][r] + sum(end_rows[:, :, r, s][expand] * w for s, w in enumerate(starts))
+      for r in range(R)
+    ]
+    new_weights[n] = rows[0]
+    if O:
+      new_momentum[n] = jnp.stack(rows[1:])
+  return new_weights, new_momentum
 
 
 def dual_block_step(cfg: MemoryConfig, recurrence, carry, block):
-    """One block of K chunks in the dual form (module docstring), for a scan that carries
-    (W, S, W̄). `recurrence` is core.linear_recurrence with the config's implementation."""
-    weights, momentum, grad_point = carry
-    terms = token_terms(cfg, recurrence, grad_point, block)
-    y_BHKCd = retrieve_block(cfg, weights, momentum, terms)
-    K = terms["lagged"].shape[2]
-    end_grads = _end_gradients(cfg, terms["zs"], terms["deltas"], terms["g_gamma"],
-                               terms["end_rows"], terms["scale"], K)
-    new_weights, new_momentum = advance(cfg, weights, momentum, terms["end_rows"], end_grads)
-    commit = block["commit"]
-    new_grad_point = {n: jnp.where(commit, new_weights[n], grad_point[n]) for n in grad_point}
-    return (new_weights, new_momentum, new_grad_point), y_BHKCd
+  """One block of K chunks in the dual form (module docstring), for a scan that carries
+  (W, S, W̄). `recurrence` is core.linear_recurrence with the config's implementation."""
+  weights, momentum, grad_point = carry
+  terms = token_terms(cfg, recurrence, grad_point, block)
+  y_BHKCd = retrieve_block(cfg, weights, momentum, terms)
+  K = terms["lagged"].shape[2]
+  end_grads = _end_gradients(
+    cfg, terms["zs"], terms["deltas"], terms["g_gamma"], terms["end_rows"], terms["scale"], K
+  )
+  new_weights, new_momentum = advance(cfg, weights, momentum, terms["end_rows"], end_grads)
+  commit = block["commit"]
+  new_grad_point = {n: jnp.where(commit, new_weights[n], grad_point[n]) for n in grad_point}
+  return (new_weights, new_momentum, new_grad_point), y_BHKCd

@@ -13,6 +13,7 @@ memory_norm ‖m_t‖, gate_mean / gate_std / gate_min / gate_max over the featu
 memory_loss (the memory's inner loss of token t at its weights before the token's chunk
 is applied) and memory_theta (θ_t), averaged over the memory's heads.
 """
+
 from __future__ import annotations
 
 import jax
@@ -22,22 +23,29 @@ from titans_jax.models.model import Titans
 
 
 def _captured(model: Titans, tokens_BT: jax.Array):
-    return nnx.capture(model, nnx.Intermediate)(tokens_BT)
+  return nnx.capture(model, nnx.Intermediate)(tokens_BT)
 
 
 _captured_jit = nnx.jit(_captured)
 
 
 def diagnostics(model: Titans, tokens_BT: jax.Array, *, jit: bool = True) -> list[dict]:
-    """One dict per layer, in layer order (module docstring). `jit=False` runs eagerly."""
-    if tokens_BT.ndim != 2:
-        raise ValueError(f"tokens must be B×T (rank 2), got shape {tokens_BT.shape}")
-    _, sown = (_captured_jit if jit else _captured)(model, tokens_BT)
-    layers = []
-    for r, (kind, count) in enumerate(model.cfg.layer_runs()):
-        run = {path[-1]: var.get_value()[0]            # one sow per run: L×T
-               for path, var in nnx.to_flat_state(sown["runs"][r])} if r in sown.get("runs", {}) else {}
-        for i in range(count):
-            layers.append({"layer": len(layers), "kind": kind,
-                           **{name: value[i] for name, value in run.items()}})
-    return layers
+  """One dict per layer, in layer order (module docstring). `jit=False` runs eagerly."""
+  if tokens_BT.ndim != 2:
+    raise ValueError(f"tokens must be B×T (rank 2), got shape {tokens_BT.shape}")
+  _, sown = (_captured_jit if jit else _captured)(model, tokens_BT)
+  layers = []
+  for r, (kind, count) in enumerate(model.cfg.layer_runs()):
+    run = (
+      {
+        path[-1]: var.get_value()[0]  # one sow per run: L×T
+        for path, var in nnx.to_flat_state(sown["runs"][r])
+      }
+      if r in sown.get("runs", {})
+      else {}
+    )
+    for i in range(count):
+      layers.append(
+        {"layer": len(layers), "kind": kind, **{name: value[i] for name, value in run.items()}}
+      )
+  return layers

@@ -12,6 +12,7 @@ with the config's remat policy.
 
 Axis legend: B batch, T tokens, D model width, V vocabulary, L layers in a run.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -30,109 +31,117 @@ from titans_jax.sharding.rules import ACT_BTD, ACT_BTV
 # Logical names of the residual stream and the logits (rules: titans_jax.sharding.RULES).
 
 _POLICIES = {
-    "full": None,
-    "save_nothing": None,
-    "dots": jax.checkpoint_policies.dots_saveable,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "full": None,
+  "save_nothing": None,
+  "dots": jax.checkpoint_policies.dots_saveable,
+  "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 
 def _stacked_blocks(cfg: TitansConfig, kind: str, count: int, rngs: nnx.Rngs) -> Block:
-    @nnx.split_rngs(splits=count)
-    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-    def make(r: nnx.Rngs) -> Block:
-        return Block(cfg, kind, rngs=r)
+  @nnx.split_rngs(splits=count)
+  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+  def make(r: nnx.Rngs) -> Block:
+    return Block(cfg, kind, rngs=r)
 
-    return make(rngs)
+  return make(rngs)
 
 
 class Titans(nnx.Module):
-    """A Titans language model (variant from `cfg.variant`): tokens B×T → logits B×T×V."""
+  """A Titans language model (variant from `cfg.variant`): tokens B×T → logits B×T×V."""
 
-    def __init__(self, cfg: TitansConfig, *, rngs: nnx.Rngs):
-        if "float64" in (cfg.dtype, cfg.param_dtype) and not jax.config.jax_enable_x64:
-            raise ValueError(
-                f"TitansConfig dtype={cfg.dtype!r} param_dtype={cfg.param_dtype!r}: float64 needs "
-                "64-bit JAX; call jax.config.update('jax_enable_x64', True) first (or build and "
-                "run the model inside `with jax.enable_x64(True):`)")
-        self.cfg = cfg
-        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        self.embed = Embed(cfg.vocab_size, cfg.dim, dtype=dt, param_dtype=pdt, rngs=rngs)
-        self.runs = nnx.List([_stacked_blocks(cfg, kind, n, rngs) for kind, n in cfg.layer_runs()])
-        self.final_norm = RMSNorm(cfg.dim, param_dtype=pdt, eps=cfg.norm_eps)
-        if not cfg.tie_embeddings:
-            self.head = Linear((cfg.dim, cfg.vocab_size), ("embed", "vocab"), "BTD,DV->BTV",
-                               cfg.dim, dtype=dt, param_dtype=pdt, rngs=rngs)
+  def __init__(self, cfg: TitansConfig, *, rngs: nnx.Rngs):
+    if "float64" in (cfg.dtype, cfg.param_dtype) and not jax.config.jax_enable_x64:
+      raise ValueError(
+        f"TitansConfig dtype={cfg.dtype!r} param_dtype={cfg.param_dtype!r}: float64 needs "
+        "64-bit JAX; call jax.config.update('jax_enable_x64', True) first (or build and "
+        "run the model inside `with jax.enable_x64(True):`)"
+      )
+    self.cfg = cfg
+    dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    self.embed = Embed(cfg.vocab_size, cfg.dim, dtype=dt, param_dtype=pdt, rngs=rngs)
+    self.runs = nnx.List([_stacked_blocks(cfg, kind, n, rngs) for kind, n in cfg.layer_runs()])
+    self.final_norm = RMSNorm(cfg.dim, param_dtype=pdt, eps=cfg.norm_eps)
+    if not cfg.tie_embeddings:
+      self.head = Linear(
+        (cfg.dim, cfg.vocab_size),
+        ("embed", "vocab"),
+        "BTD,DV->BTV",
+        cfg.dim,
+        dtype=dt,
+        param_dtype=pdt,
+        rngs=rngs,
+      )
 
-    # ------------------------------------------------------------------ pieces ---
-    def _logits(self, x_BTD):
-        x_BTD = self.final_norm(x_BTD)
-        if self.cfg.tie_embeddings:
-            return constrain(self.embed.attend(x_BTD), ACT_BTV)
-        return constrain(self.head(x_BTD), ACT_BTV)
+  # ------------------------------------------------------------------ pieces ---
+  def _logits(self, x_BTD):
+    x_BTD = self.final_norm(x_BTD)
+    if self.cfg.tie_embeddings:
+      return constrain(self.embed.attend(x_BTD), ACT_BTV)
+    return constrain(self.head(x_BTD), ACT_BTV)
 
-    def _scan_run(self, stack: Block, x_BTD, want_cache: bool):
-        graphdef, state = nnx.split(stack)
-        record = capturing(stack)
+  def _scan_run(self, stack: Block, x_BTD, want_cache: bool):
+    graphdef, state = nnx.split(stack)
+    record = capturing(stack)
 
-        def body(x, layer_state):
-            block = nnx.merge(graphdef, layer_state)
-            if not record:
-                x, cache = block(x, want_cache)
-                return constrain(x, ACT_BTD), cache
-            # What a block sows inside the scan cannot leave it as a side effect: it is
-            # captured here and leaves as a scan output (stacked over the run's layers).
-            (x, cache), sown = nnx.capture(block, nnx.Intermediate)(x, want_cache)
-            return constrain(x, ACT_BTD), (cache, sown)
+    def body(x, layer_state):
+      block = nnx.merge(graphdef, layer_state)
+      if not record:
+        x, cache = block(x, want_cache)
+        return constrain(x, ACT_BTD), cache
+      # What a block sows inside the scan cannot leave it as a side effect: it is
+      # captured here and leaves as a scan output (stacked over the run's layers).
+      (x, cache), sown = nnx.capture(block, nnx.Intermediate)(x, want_cache)
+      return constrain(x, ACT_BTD), (cache, sown)
 
-        if self.cfg.remat != "none":
-            body = jax.checkpoint(body, policy=_POLICIES[self.cfg.remat], prevent_cse=True)
-        x_BTD, out = lax.scan(body, x_BTD, state)
-        if not record:
-            return x_BTD, out
-        cache, sown = out
-        for name, var in nnx.to_flat_state(sown):
-            for value in var.get_value():      # sow's default: a tuple of calls
-                stack.sow(nnx.Intermediate, "/".join(map(str, name)), value)
-        return x_BTD, cache
+    if self.cfg.remat != "none":
+      body = jax.checkpoint(body, policy=_POLICIES[self.cfg.remat], prevent_cse=True)
+    x_BTD, out = lax.scan(body, x_BTD, state)
+    if not record:
+      return x_BTD, out
+    cache, sown = out
+    for name, var in nnx.to_flat_state(sown):
+      for value in var.get_value():  # sow's default: a tuple of calls
+        stack.sow(nnx.Intermediate, "/".join(map(str, name)), value)
+    return x_BTD, cache
 
-    # ----------------------------------------------------------------- forward ---
-    def __call__(self, tokens_BT: jax.Array) -> jax.Array:
-        """Logits B×T×V (in cfg.dtype) for tokens B×T starting at position 0."""
-        x = constrain(self.embed(tokens_BT), ACT_BTD)
-        for stack in self.runs:
-            x, _ = self._scan_run(stack, x, False)
-        return self._logits(x)
+  # ----------------------------------------------------------------- forward ---
+  def __call__(self, tokens_BT: jax.Array) -> jax.Array:
+    """Logits B×T×V (in cfg.dtype) for tokens B×T starting at position 0."""
+    x = constrain(self.embed(tokens_BT), ACT_BTD)
+    for stack in self.runs:
+      x, _ = self._scan_run(stack, x, False)
+    return self._logits(x)
 
-    def prefill(self, tokens_BT: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
-        """Full forward that also returns the decode cache after the last token:
-        {'pos': T, 'layers': [per run: the blocks' caches stacked over its layers]}.
+  def prefill(self, tokens_BT: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+    """Full forward that also returns the decode cache after the last token:
+    {'pos': T, 'layers': [per run: the blocks' caches stacked over its layers]}.
 
-        Per layer the cache holds the window's K/V ring buffer (W slots), the persistent
-        tokens' K/V, the memory state, and for MAC the current segment's K/V (of x and
-        of the retrieved h), the retrieval stream's conv context and the fast weights
-        the segment retrieves from.
-        """
-        x = self.embed(tokens_BT)
-        caches = []
-        for stack in self.runs:
-            x, cache = self._scan_run(stack, x, True)
-            caches.append(cache)
-        pos = jnp.asarray(tokens_BT.shape[1], jnp.int32)
-        return self._logits(x), {"pos": pos, "layers": caches}
+    Per layer the cache holds the window's K/V ring buffer (W slots), the persistent
+    tokens' K/V, the memory state, and for MAC the current segment's K/V (of x and
+    of the retrieved h), the retrieval stream's conv context and the fast weights
+    the segment retrieves from.
+    """
+    x = self.embed(tokens_BT)
+    caches = []
+    for stack in self.runs:
+      x, cache = self._scan_run(stack, x, True)
+      caches.append(cache)
+    pos = jnp.asarray(tokens_BT.shape[1], jnp.int32)
+    return self._logits(x), {"pos": pos, "layers": caches}
 
-    def decode_step(self, token_B: jax.Array, cache: dict[str, Any]):
-        """Logits B×V of the next token after `token_B` (at position cache['pos'])."""
-        pos = cache["pos"]
-        x = self.embed(token_B[:, None])
-        new_layers = []
-        for stack, layer_cache in zip(self.runs, cache["layers"]):
-            graphdef, state = nnx.split(stack)
+  def decode_step(self, token_B: jax.Array, cache: dict[str, Any]):
+    """Logits B×V of the next token after `token_B` (at position cache['pos'])."""
+    pos = cache["pos"]
+    x = self.embed(token_B[:, None])
+    new_layers = []
+    for stack, layer_cache in zip(self.runs, cache["layers"]):
+      graphdef, state = nnx.split(stack)
 
-            def body(x, inputs):
-                layer_state, c = inputs
-                return nnx.merge(graphdef, layer_state).decode(x, c, pos)
+      def body(x, inputs):
+        layer_state, c = inputs
+        return nnx.merge(graphdef, layer_state).decode(x, c, pos)
 
-            x, new_cache = lax.scan(body, x, (state, layer_cache))
-            new_layers.append(new_cache)
-        return self._logits(x)[:, 0], {"pos": pos + 1, "layers": new_layers}
+      x, new_cache = lax.scan(body, x, (state, layer_cache))
+      new_layers.append(new_cache)
+    return self._logits(x)[:, 0], {"pos": pos + 1, "layers": new_layers}

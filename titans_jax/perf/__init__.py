@@ -1,8 +1,21 @@
 """Performance measurement: analytic FLOP counts and model FLOPs utilisation (MFU),
 training-step timing (`perf.timing`) and per-op profiles (`perf.profile`)."""
-from titans_jax.perf.flops import (PEAK_FLOPS, forward_flops, model_flops_utilization,
-                                   peak_flops_for, step_flops)
+
+from titans_jax.perf.flops import (
+  PEAK_FLOPS,
+  forward_flops,
+  model_flops_utilization,
+  peak_flops_for,
+  step_flops,
+)
 from titans_jax.perf.profile import format_profile, profile_steps
 
-__all__ = ["PEAK_FLOPS", "format_profile", "forward_flops", "model_flops_utilization",
-           "peak_flops_for", "profile_steps", "step_flops"]
+__all__ = [
+  "PEAK_FLOPS",
+  "format_profile",
+  "forward_flops",
+  "model_flops_utilization",
+  "peak_flops_for",
+  "profile_steps",
+  "step_flops",
+]

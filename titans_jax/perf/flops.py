@@ -75,6 +75,7 @@ tests/test_perf_flops.py for the comparison and its tolerance.
 MFU (PaLM, Chowdhery et al. 2022, App. B):
     MFU = (model FLOPs per step / step time) / peak dense FLOP/s of the device(s).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -83,9 +84,19 @@ from titans_jax.memory import core as memory_core
 from titans_jax.memory.config import MemoryConfig
 from titans_jax.models.config import MEMORY_VARIANTS, TitansConfig, param_count_formula
 
-COMPONENTS = ("unembed", "qkvo_proj", "persistent_kv", "attention", "ffn", "memory_proj",
-              "memory_conv", "memory_inner_fwd", "memory_inner_bwd", "memory_scans",
-              "memory_retrieval")
+COMPONENTS = (
+  "unembed",
+  "qkvo_proj",
+  "persistent_kv",
+  "attention",
+  "ffn",
+  "memory_proj",
+  "memory_conv",
+  "memory_inner_fwd",
+  "memory_inner_bwd",
+  "memory_scans",
+  "memory_retrieval",
+)
 MATMUL_COMPONENTS = tuple(c for c in COMPONENTS if c not in ("memory_conv", "memory_scans"))
 OPTIMIZER_FLOPS_PER_PARAM = 20
 BACKWARD_FACTOR = 2
@@ -100,244 +111,281 @@ BACKWARD_FACTOR = 2
 # tensor cores on A100/H100/H200 (XLA's default for f32 dots on Ampere+), one bf16
 # pass on TPU (so = bf16). "fp32_simt" is the plain FP32 (non-tensor) peak.
 PEAK_FLOPS = {
-    "H100 SXM": {"bf16": 989.4e12, "fp32": 494.7e12, "fp32_simt": 66.9e12},
-    "H100 PCIe": {"bf16": 756.5e12, "fp32": 378.0e12, "fp32_simt": 51.2e12},
-    "H200": {"bf16": 989.4e12, "fp32": 494.7e12, "fp32_simt": 66.9e12},
-    "A100": {"bf16": 312e12, "fp32": 156e12, "fp32_simt": 19.5e12},
-    "TPU v4": {"bf16": 275e12, "fp32": 275e12},
-    "TPU v5e": {"bf16": 197e12, "fp32": 197e12},
-    "TPU v5p": {"bf16": 459e12, "fp32": 459e12},
+  "H100 SXM": {"bf16": 989.4e12, "fp32": 494.7e12, "fp32_simt": 66.9e12},
+  "H100 PCIe": {"bf16": 756.5e12, "fp32": 378.0e12, "fp32_simt": 51.2e12},
+  "H200": {"bf16": 989.4e12, "fp32": 494.7e12, "fp32_simt": 66.9e12},
+  "A100": {"bf16": 312e12, "fp32": 156e12, "fp32_simt": 19.5e12},
+  "TPU v4": {"bf16": 275e12, "fp32": 275e12},
+  "TPU v5e": {"bf16": 197e12, "fp32": 197e12},
+  "TPU v5p": {"bf16": 459e12, "fp32": 459e12},
 }
 
 # device_kind substrings (lower case) -> PEAK_FLOPS key, most specific first.
 _DEVICE_KINDS = (
-    ("h200", "H200"),
-    ("h100 pcie", "H100 PCIe"),
-    ("h100", "H100 SXM"),
-    ("a100", "A100"),
-    ("tpu v5 lite", "TPU v5e"),
-    ("tpu v5e", "TPU v5e"),
-    ("tpu v5p", "TPU v5p"),
-    ("tpu v5", "TPU v5p"),
-    ("tpu v4", "TPU v4"),
+  ("h200", "H200"),
+  ("h100 pcie", "H100 PCIe"),
+  ("h100", "H100 SXM"),
+  ("a100", "A100"),
+  ("tpu v5 lite", "TPU v5e"),
+  ("tpu v5e", "TPU v5e"),
+  ("tpu v5p", "TPU v5p"),
+  ("tpu v5", "TPU v5p"),
+  ("tpu v4", "TPU v4"),
 )
 
 
 def matmul_flops(m: int, k: int, n: int, batch: int = 1) -> int:
-    """FLOPs of `batch` products of an m×k and a k×n matrix: 2·batch·m·k·n."""
-    return 2 * batch * m * k * n
+  """FLOPs of `batch` products of an m×k and a k×n matrix: 2·batch·m·k·n."""
+  return 2 * batch * m * k * n
 
 
 # ------------------------------------------------------------------------ memory ---
 
+
 def _mlp_dims(mcfg: MemoryConfig) -> tuple[int, ...]:
-    d, h = mcfg.head_dim, mcfg.hidden_dim
-    return (d,) + (h,) * (mcfg.depth - 1) + (d,)
+  d, h = mcfg.head_dim, mcfg.hidden_dim
+  return (d,) + (h,) * (mcfg.depth - 1) + (d,)
 
 
 def mlp_forward_flops_per_token(mcfg: MemoryConfig) -> int:
-    """m_fwd = 2·Σ d_i·d_{i+1}: one token through one head's memory MLP."""
-    dims = _mlp_dims(mcfg)
-    return sum(2 * a * b for a, b in zip(dims[:-1], dims[1:]))
+  """m_fwd = 2·Σ d_i·d_{i+1}: one token through one head's memory MLP."""
+  dims = _mlp_dims(mcfg)
+  return sum(2 * a * b for a, b in zip(dims[:-1], dims[1:]))
 
 
 def mlp_backward_flops_per_token(mcfg: MemoryConfig) -> int:
-    """The inner gradient ∇_W: weight gradients of every layer + activation gradients of
-    every layer but the first (the input k_t is not differentiated by the inner loop)."""
-    dims = _mlp_dims(mcfg)
-    return 2 * mlp_forward_flops_per_token(mcfg) - 2 * dims[0] * dims[1]
+  """The inner gradient ∇_W: weight gradients of every layer + activation gradients of
+  every layer but the first (the input k_t is not differentiated by the inner loop)."""
+  dims = _mlp_dims(mcfg)
+  return 2 * mlp_forward_flops_per_token(mcfg) - 2 * dims[0] * dims[1]
 
 
-def memory_tokens(mcfg: MemoryConfig, T: int, implementation_padding: bool = False,
-                  streamed: bool = False) -> int:
-    """Tokens one `memory.apply` call on T tokens runs its chunk-wise work over.
-    `streamed`: the call continues a state (MAC's segments), so its buffer has room for
-    a block's worth of earlier tokens; a fresh call (`state=None`) starts at a block."""
-    C = mcfg.chunk_size
-    if not implementation_padding:
-        return -(-T // C) * C
-    return memory_core.buffer_tokens(mcfg, T, fresh=not streamed)  # the buffer, as run
+def memory_tokens(
+  mcfg: MemoryConfig, T: int, implementation_padding: bool = False, streamed: bool = False
+) -> int:
+  """Tokens one `memory.apply` call on T tokens runs its chunk-wise work over.
+  `streamed`: the call continues a state (MAC's segments), so its buffer has room for
+  a block's worth of earlier tokens; a fresh call (`state=None`) starts at a block."""
+  C = mcfg.chunk_size
+  if not implementation_padding:
+    return -(-T // C) * C
+  return memory_core.buffer_tokens(mcfg, T, fresh=not streamed)  # the buffer, as run
 
 
-def memory_apply_flops(mcfg: MemoryConfig, batch: int, tokens: int,
-                       implementation_padding: bool = False,
-                       streamed: bool = False) -> dict[str, int]:
-    """Forward FLOPs of one `memory.apply` (store + retrieve) on batch×tokens×D."""
-    B, T, D, Hm, d, C = batch, tokens, mcfg.dim, mcfg.heads, mcfg.head_dim, mcfg.chunk_size
-    L = memory_tokens(mcfg, T, implementation_padding, streamed)
-    G = L // C
-    inner = Hm * d
-    proj = 3 * matmul_flops(B * T, D, inner)                    # q, k, v
-    proj += matmul_flops(B * T, D, Hm)                          # θ
-    conv = 3 * 2 * mcfg.qkv_conv * B * T * inner                 # depthwise causal conv
-    if mcfg.has_gate:
-        proj += matmul_flops(B * T, D, Hm)
-    if mcfg.has_out_proj:
-        proj += matmul_flops(B * T, inner, D)
-    n_gates = int(mcfg.forget) + mcfg.num_momentum_states
-    if mcfg.learned_momentum_combine:
-        n_gates += mcfg.num_combine_weights
-    if mcfg.per_parameter_lr_modulation:
-        n_gates += len(mcfg.fast_weight_names())
-    proj += n_gates * matmul_flops(B * G, D, Hm)                # α, η, … from chunk means
-    if mcfg.attn_pool_chunks:
-        proj += matmul_flops(B * L, D, D)
+def memory_apply_flops(
+  mcfg: MemoryConfig,
+  batch: int,
+  tokens: int,
+  implementation_padding: bool = False,
+  streamed: bool = False,
+) -> dict[str, int]:
+  """Forward FLOPs of one `memory.apply` (store + retrieve) on batch×tokens×D."""
+  B, T, D, Hm, d, C = batch, tokens, mcfg.dim, mcfg.heads, mcfg.head_dim, mcfg.chunk_size
+  L = memory_tokens(mcfg, T, implementation_padding, streamed)
+  G = L // C
+  inner = Hm * d
+  proj = 3 * matmul_flops(B * T, D, inner)  # q, k, v
+  proj += matmul_flops(B * T, D, Hm)  # θ
+  conv = 3 * 2 * mcfg.qkv_conv * B * T * inner  # depthwise causal conv
+  if mcfg.has_gate:
+    proj += matmul_flops(B * T, D, Hm)
+  if mcfg.has_out_proj:
+    proj += matmul_flops(B * T, inner, D)
+  n_gates = int(mcfg.forget) + mcfg.num_momentum_states
+  if mcfg.learned_momentum_combine:
+    n_gates += mcfg.num_combine_weights
+  if mcfg.per_parameter_lr_modulation:
+    n_gates += len(mcfg.fast_weight_names())
+  proj += n_gates * matmul_flops(B * G, D, Hm)  # α, η, … from chunk means
+  if mcfg.attn_pool_chunks:
+    proj += matmul_flops(B * L, D, D)
 
-    m_fwd = mlp_forward_flops_per_token(mcfg)
-    n_w = mcfg.num_fast_weights_per_head()
-    scans = B * Hm * G * n_w * (2 * mcfg.num_momentum_states + 2)
-    if mcfg.spectral_norm_surprises:
-        for name, shape in mcfg.fast_weight_shapes().items():
-            if len(shape) == 2:
-                m, n = sorted(shape)
-                scans += B * Hm * G * 5 * (2 * m * m * n + 2 * m ** 3 + 2 * m * m * n)
-    retrieval = B * Hm * L * m_fwd
-    if implementation_padding:
-        retrieval += B * Hm * m_fwd                             # the last token, final W
-    return {
-        "memory_proj": proj,
-        "memory_conv": conv,
-        "memory_inner_fwd": B * Hm * L * m_fwd,
-        "memory_inner_bwd": B * Hm * L * mlp_backward_flops_per_token(mcfg),
-        "memory_scans": scans,
-        "memory_retrieval": retrieval,
-    }
+  m_fwd = mlp_forward_flops_per_token(mcfg)
+  n_w = mcfg.num_fast_weights_per_head()
+  scans = B * Hm * G * n_w * (2 * mcfg.num_momentum_states + 2)
+  if mcfg.spectral_norm_surprises:
+    for name, shape in mcfg.fast_weight_shapes().items():
+      if len(shape) == 2:
+        m, n = sorted(shape)
+        scans += B * Hm * G * 5 * (2 * m * m * n + 2 * m**3 + 2 * m * m * n)
+  retrieval = B * Hm * L * m_fwd
+  if implementation_padding:
+    retrieval += B * Hm * m_fwd  # the last token, final W
+  return {
+    "memory_proj": proj,
+    "memory_conv": conv,
+    "memory_inner_fwd": B * Hm * L * m_fwd,
+    "memory_inner_bwd": B * Hm * L * mlp_backward_flops_per_token(mcfg),
+    "memory_scans": scans,
+    "memory_retrieval": retrieval,
+  }
 
 
 def memory_retrieve_flops(mcfg: MemoryConfig, batch: int, tokens: int) -> dict[str, int]:
-    """Forward FLOPs of `memory.retrieve` (MAC's h = M*(q(x)), fixed weights)."""
-    B, T, D, Hm, d = batch, tokens, mcfg.dim, mcfg.heads, mcfg.head_dim
-    inner = Hm * d
-    # q always; k and v too when a conv carries their last tokens as context.
-    streams = 3 if mcfg.qkv_conv > 1 else 1
-    proj = streams * matmul_flops(B * T, D, inner)
-    conv = streams * 2 * mcfg.qkv_conv * B * T * inner
-    if mcfg.has_gate:
-        proj += matmul_flops(B * T, D, Hm)
-    if mcfg.has_out_proj:
-        proj += matmul_flops(B * T, inner, D)
-    return {"memory_proj": proj, "memory_conv": conv,
-            "memory_retrieval": B * Hm * T * mlp_forward_flops_per_token(mcfg)}
+  """Forward FLOPs of `memory.retrieve` (MAC's h = M*(q(x)), fixed weights)."""
+  B, T, D, Hm, d = batch, tokens, mcfg.dim, mcfg.heads, mcfg.head_dim
+  inner = Hm * d
+  # q always; k and v too when a conv carries their last tokens as context.
+  streams = 3 if mcfg.qkv_conv > 1 else 1
+  proj = streams * matmul_flops(B * T, D, inner)
+  conv = streams * 2 * mcfg.qkv_conv * B * T * inner
+  if mcfg.has_gate:
+    proj += matmul_flops(B * T, D, Hm)
+  if mcfg.has_out_proj:
+    proj += matmul_flops(B * T, inner, D)
+  return {
+    "memory_proj": proj,
+    "memory_conv": conv,
+    "memory_retrieval": B * Hm * T * mlp_forward_flops_per_token(mcfg),
+  }
 
 
 # ------------------------------------------------------------------------- model ---
 
+
 def _window_pairs(T: int, W: int, P: int, masked: bool) -> int:
-    """(query, key) pairs of sliding-window attention over T queries."""
-    if masked:
-        return -(-T // W) * W * (P + 2 * W)
-    full = max(0, T - W)                                         # queries seeing W keys
-    head = min(T, W)
-    return T * P + full * W + head * (head + 1) // 2
+  """(query, key) pairs of sliding-window attention over T queries."""
+  if masked:
+    return -(-T // W) * W * (P + 2 * W)
+  full = max(0, T - W)  # queries seeing W keys
+  head = min(T, W)
+  return T * P + full * W + head * (head + 1) // 2
 
 
 def _segment_pairs(L: int, P: int, with_memory: bool, masked: bool) -> int:
-    groups = 2 if with_memory else 1
-    if masked:
-        return L * (P + groups * L)
-    return L * P + groups * L * (L + 1) // 2
+  groups = 2 if with_memory else 1
+  if masked:
+    return L * (P + groups * L)
+  return L * P + groups * L * (L + 1) // 2
 
 
 def _add(acc: dict, part: dict, times: int = 1):
-    for k, v in part.items():
-        acc[k] = acc.get(k, 0) + times * v
+  for k, v in part.items():
+    acc[k] = acc.get(k, 0) + times * v
 
 
-def forward_flops(cfg: TitansConfig, batch: int, seq: int, *,
-                  masked_attention: bool = True,
-                  implementation_padding: bool = False) -> dict[str, int]:
-    """Forward-pass FLOPs of `Titans(cfg)` on batch×seq tokens, by component (see the
-    module docstring for each formula)."""
-    B, T, D, V, F = batch, seq, cfg.dim, cfg.vocab_size, cfg.hidden
-    P, W, S = cfg.num_persistent, cfg.window, cfg.segment_len
-    out = {k: 0 for k in COMPONENTS}
-    out["unembed"] = matmul_flops(B * T, D, V)
-    mcfg = cfg.memory_config if cfg.variant in MEMORY_VARIANTS else None
-    for layer in range(cfg.num_layers):
-        kind = cfg.layer_kind(layer)
-        Pl = P if kind != "lmm" else 0
-        out["ffn"] += 3 * matmul_flops(B * T, D, F)
-        if kind != "lmm":
-            out["qkvo_proj"] += 4 * matmul_flops(B * T, D, D)
-        if kind in ("swa", "mag"):
-            out["persistent_kv"] += 2 * matmul_flops(Pl, D, D)
-            out["attention"] += 2 * 2 * B * D * _window_pairs(T, W, Pl, masked_attention)
-        if kind == "mal":
-            out["persistent_kv"] += 2 * matmul_flops(B * Pl, D, D)
-            out["attention"] += 2 * 2 * B * D * _window_pairs(T, W, Pl, masked_attention)
-        if kind in ("mag", "mal"):
-            _add(out, memory_apply_flops(mcfg, B, T + Pl, implementation_padding))
-        if kind == "lmm":
-            _add(out, memory_apply_flops(mcfg, B, T, implementation_padding))
-        if kind in ("mac", "seg"):
-            mem = kind == "mac"
-            out["persistent_kv"] += 2 * matmul_flops(Pl, D, D)
-            n, r = divmod(T, S)
-            for L, count in ((S, n), (r, 1)):
-                if not L or not count:
-                    continue
-                pairs = _segment_pairs(L, Pl, mem, masked_attention)
-                out["attention"] += count * 2 * 2 * B * D * pairs
-                if mem:
-                    out["qkvo_proj"] += count * 2 * matmul_flops(B * L, D, D)   # k, v of h
-                    _add(out, memory_retrieve_flops(mcfg, B, L), count)
-                    _add(out, memory_apply_flops(mcfg, B, L, implementation_padding,
-                                                 streamed=True), count)
-    return out
+def forward_flops(
+  cfg: TitansConfig,
+  batch: int,
+  seq: int,
+  *,
+  masked_attention: bool = True,
+  implementation_padding: bool = False,
+) -> dict[str, int]:
+  """Forward-pass FLOPs of `Titans(cfg)` on batch×seq tokens, by component (see the
+  module docstring for each formula)."""
+  B, T, D, V, F = batch, seq, cfg.dim, cfg.vocab_size, cfg.hidden
+  P, W, S = cfg.num_persistent, cfg.window, cfg.segment_len
+  out = {k: 0 for k in COMPONENTS}
+  out["unembed"] = matmul_flops(B * T, D, V)
+  mcfg = cfg.memory_config if cfg.variant in MEMORY_VARIANTS else None
+  for layer in range(cfg.num_layers):
+    kind = cfg.layer_kind(layer)
+    Pl = P if kind != "lmm" else 0
+    out["ffn"] += 3 * matmul_flops(B * T, D, F)
+    if kind != "lmm":
+      out["qkvo_proj"] += 4 * matmul_flops(B * T, D, D)
+    if kind in ("swa", "mag"):
+      out["persistent_kv"] += 2 * matmul_flops(Pl, D, D)
+      out["attention"] += 2 * 2 * B * D * _window_pairs(T, W, Pl, masked_attention)
+    if kind == "mal":
+      out["persistent_kv"] += 2 * matmul_flops(B * Pl, D, D)
+      out["attention"] += 2 * 2 * B * D * _window_pairs(T, W, Pl, masked_attention)
+    if kind in ("mag", "mal"):
+      _add(out, memory_apply_flops(mcfg, B, T + Pl, implementation_padding))
+    if kind == "lmm":
+      _add(out, memory_apply_flops(mcfg, B, T, implementation_padding))
+    if kind in ("mac", "seg"):
+      mem = kind == "mac"
+      out["persistent_kv"] += 2 * matmul_flops(Pl, D, D)
+      n, r = divmod(T, S)
+      for L, count in ((S, n), (r, 1)):
+        if not L or not count:
+          continue
+        pairs = _segment_pairs(L, Pl, mem, masked_attention)
+        out["attention"] += count * 2 * 2 * B * D * pairs
+        if mem:
+          out["qkvo_proj"] += count * 2 * matmul_flops(B * L, D, D)  # k, v of h
+          _add(out, memory_retrieve_flops(mcfg, B, L), count)
+          _add(out, memory_apply_flops(mcfg, B, L, implementation_padding, streamed=True), count)
+  return out
 
 
-def step_flops(cfg: TitansConfig, batch: int, seq: int, *, masked_attention: bool = True,
-               implementation_padding: bool = False,
-               optimizer_flops_per_param: int = OPTIMIZER_FLOPS_PER_PARAM) -> dict[str, float]:
-    """FLOPs of one training step (forward + backward + optimizer) on batch×seq tokens.
+def step_flops(
+  cfg: TitansConfig,
+  batch: int,
+  seq: int,
+  *,
+  masked_attention: bool = True,
+  implementation_padding: bool = False,
+  optimizer_flops_per_param: int = OPTIMIZER_FLOPS_PER_PARAM,
+) -> dict[str, float]:
+  """FLOPs of one training step (forward + backward + optimizer) on batch×seq tokens.
 
-    Returns a dict with, per component of `COMPONENTS`, its forward+backward FLOPs
-    (3× its forward), and the totals "forward", "backward" (= 2× forward), "optimizer",
-    "total", "per_token" (total / (batch·seq)) and "params".
-    """
-    fwd = forward_flops(cfg, batch, seq, masked_attention=masked_attention,
-                        implementation_padding=implementation_padding)
-    n_params = param_count_formula(cfg)
-    out: dict[str, float] = {k: float((1 + BACKWARD_FACTOR) * v) for k, v in fwd.items()}
-    f = float(sum(fwd.values()))
-    out["forward"] = f
-    out["backward"] = BACKWARD_FACTOR * f
-    out["optimizer"] = float(optimizer_flops_per_param * n_params)
-    out["total"] = out["forward"] + out["backward"] + out["optimizer"]
-    out["per_token"] = out["total"] / (batch * seq)
-    out["params"] = float(n_params)
-    return out
+  Returns a dict with, per component of `COMPONENTS`, its forward+backward FLOPs
+  (3× its forward), and the totals "forward", "backward" (= 2× forward), "optimizer",
+  "total", "per_token" (total / (batch·seq)) and "params".
+  """
+  fwd = forward_flops(
+    cfg,
+    batch,
+    seq,
+    masked_attention=masked_attention,
+    implementation_padding=implementation_padding,
+  )
+  n_params = param_count_formula(cfg)
+  out: dict[str, float] = {k: float((1 + BACKWARD_FACTOR) * v) for k, v in fwd.items()}
+  f = float(sum(fwd.values()))
+  out["forward"] = f
+  out["backward"] = BACKWARD_FACTOR * f
+  out["optimizer"] = float(optimizer_flops_per_param * n_params)
+  out["total"] = out["forward"] + out["backward"] + out["optimizer"]
+  out["per_token"] = out["total"] / (batch * seq)
+  out["params"] = float(n_params)
+  return out
 
 
 # --------------------------------------------------------------------------- MFU ---
 
+
 def peak_flops_for(device_kind: str, dtype: str = "bfloat16") -> Optional[float]:
-    """Peak dense FLOP/s of one chip of `device_kind` (jax Device.device_kind) for a
-    model computing in `dtype`, or None if the device is not in `PEAK_FLOPS` (CPUs)."""
-    kind = device_kind.lower()
-    key = "bf16" if dtype in ("bfloat16", "bf16", "float16", "fp16") else "fp32"
-    for sub, name in _DEVICE_KINDS:
-        if sub in kind:
-            return PEAK_FLOPS[name][key]
+  """Peak dense FLOP/s of one chip of `device_kind` (jax Device.device_kind) for a
+  model computing in `dtype`, or None if the device is not in `PEAK_FLOPS` (CPUs)."""
+  kind = device_kind.lower()
+  key = "bf16" if dtype in ("bfloat16", "bf16", "float16", "fp16") else "fp32"
+  for sub, name in _DEVICE_KINDS:
+    if sub in kind:
+      return PEAK_FLOPS[name][key]
+  return None
+
+
+def model_flops_utilization(
+  flops_per_step: float, step_seconds: float, peak_flops: Optional[float]
+) -> Optional[float]:
+  """MFU = flops_per_step / step_seconds / peak_flops; None when the peak is unknown."""
+  if not peak_flops or step_seconds <= 0:
     return None
-
-
-def model_flops_utilization(flops_per_step: float, step_seconds: float,
-                            peak_flops: Optional[float]) -> Optional[float]:
-    """MFU = flops_per_step / step_seconds / peak_flops; None when the peak is unknown."""
-    if not peak_flops or step_seconds <= 0:
-        return None
-    return flops_per_step / step_seconds / peak_flops
+  return flops_per_step / step_seconds / peak_flops
 
 
 def format_flops(x: float) -> str:
-    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g} {unit}FLOP"
-    return f"{x:.3g} FLOP"
+  for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    if abs(x) >= scale:
+      return f"{x / scale:.3g} {unit}FLOP"
+  return f"{x:.3g} FLOP"
 
 
-__all__ = ["COMPONENTS", "PEAK_FLOPS", "forward_flops", "step_flops", "memory_apply_flops",
-           "memory_retrieve_flops", "matmul_flops", "model_flops_utilization",
-           "peak_flops_for", "format_flops", "mlp_forward_flops_per_token",
-           "mlp_backward_flops_per_token"]
+__all__ = [
+  "COMPONENTS",
+  "PEAK_FLOPS",
+  "forward_flops",
+  "step_flops",
+  "memory_apply_flops",
+  "memory_retrieve_flops",
+  "matmul_flops",
+  "model_flops_utilization",
+  "peak_flops_for",
+  "format_flops",
+  "mlp_forward_flops_per_token",
+  "mlp_backward_flops_per_token",
+]

@@ -10,18 +10,21 @@ the step and the compiler options they compile with are the same everywhere.
   abstract_train_state(cfg)            (graphdef, abstract TrainState)
   build_steps(model_cfg, train_cfg)    Steps: graphdef, tx, schedule, train / eval steps
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import optax
 from flax import nnx
 
 from titans_jax.models import Titans
-from titans_jax.runtime import optimizer as opt_lib, steps
+from titans_jax.runtime import optimizer as opt_lib
+from titans_jax.runtime import steps
 
 
 def new_model(model_cfg, seed: int = 0) -> Callable[[], nnx.Module]:
@@ -54,8 +57,9 @@ def build_model(model_cfg, seed: int) -> nnx.Module:
 def _model_init(model_cfg, seed: int):
   """(graphdef, jitted init) per (model config, seed), so a resumed run reuses them."""
   make = new_model(model_cfg, seed)
-  return graphdef(model_cfg, seed), jax.jit(lambda: nnx.state(make()),
-                                            compiler_options=steps.compiler_options())
+  return graphdef(model_cfg, seed), jax.jit(
+    lambda: nnx.state(make()), compiler_options=steps.compiler_options()
+  )
 
 
 def state_factory(model_cfg, train_cfg) -> tuple[optax.GradientTransformation, Callable]:
@@ -89,6 +93,10 @@ def build_steps(model_cfg, train_cfg, *, donate: bool = True) -> Steps:
   gdef = graphdef(model_cfg, train_cfg.seed)
   tx = opt_lib.make_optimizer(train_cfg)
   schedule = opt_lib.lr_schedule(train_cfg)
-  return Steps(gdef, tx, schedule,
-               steps.make_train_step(gdef, tx, schedule, train_cfg.grad_accum_steps, donate),
-               steps.make_eval_step(gdef))
+  return Steps(
+    gdef,
+    tx,
+    schedule,
+    steps.make_train_step(gdef, tx, schedule, train_cfg.grad_accum_steps, donate),
+    steps.make_eval_step(gdef),
+  )

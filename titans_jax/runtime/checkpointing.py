@@ -10,6 +10,7 @@ step, what is wrong, how to remove it). An operating-system error while writing
 (read-only, no space) becomes a one-line `StorageError` and the half-written step
 directory of that save is removed.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,11 @@ def step_dirs(workdir: str | pathlib.Path) -> dict[int, pathlib.Path]:
   d = checkpoint_dir(workdir)
   if not d.is_dir():
     return {}
-  return {int(p.name): p for p in sorted(d.iterdir(), key=lambda p: p.name)
-          if p.is_dir() and p.name.isdigit()}
+  return {
+    int(p.name): p
+    for p in sorted(d.iterdir(), key=lambda p: p.name)
+    if p.is_dir() and p.name.isdigit()
+  }
 
 
 def missing_part(step_dir: pathlib.Path) -> Optional[str]:
@@ -71,9 +75,12 @@ def existing_steps(workdir: str | pathlib.Path) -> list[int]:
 
 def damaged_message(step_dir: pathlib.Path, what: str, previous: Optional[int]) -> str:
   """The one line that says which checkpoint, what is wrong and what to do."""
-  fix = (f"to resume from step {previous} instead, remove it (rm -r {step_dir}) or pass "
-         f"--skip_damaged (it is then moved aside, not deleted)" if previous is not None
-         else f"no earlier complete checkpoint; remove it (rm -r {step_dir}) to start afresh")
+  fix = (
+    f"to resume from step {previous} instead, remove it (rm -r {step_dir}) or pass "
+    f"--skip_damaged (it is then moved aside, not deleted)"
+    if previous is not None
+    else f"no earlier complete checkpoint; remove it (rm -r {step_dir}) to start afresh"
+  )
   return f"checkpoint {step_dir} is damaged ({what}); nothing was changed; {fix}"
 
 
@@ -101,8 +108,9 @@ def check_writable(workdir: pathlib.Path) -> None:
         raise StorageError(f"--workdir {workdir}: {p} is a file, not a directory")
       if not os.access(p, os.W_OK | os.X_OK):
         ro = _is_read_only(p)
-        raise StorageError(f"--workdir {workdir}: {p} is not writable"
-                           + (" (read-only file system)" if ro else ""))
+        raise StorageError(
+          f"--workdir {workdir}: {p} is not writable" + (" (read-only file system)" if ro else "")
+        )
       return
 
 
@@ -116,11 +124,18 @@ def _is_read_only(p: pathlib.Path) -> bool:
 class Checkpointer:
   """A thin CheckpointManager wrapper owning the item names and the config check."""
 
-  def __init__(self, workdir: str | pathlib.Path, *, keep: int = 3, async_save: bool = True,
-               create: bool = True):
+  def __init__(
+    self,
+    workdir: str | pathlib.Path,
+    *,
+    keep: int = 3,
+    async_save: bool = True,
+    create: bool = True,
+  ):
     self.directory = checkpoint_dir(workdir)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=create, enable_async_checkpointing=async_save)
+      max_to_keep=keep, create=create, enable_async_checkpointing=async_save
+    )
     self._saving: Optional[int] = None  # the step of an unfinished save
     self._failed = False  # a save failed and was reported
     try:
@@ -138,9 +153,13 @@ class Checkpointer:
 
   def _damaged(self, step: int, exc: BaseException) -> CheckpointDamagedError:
     earlier = [s for s in self.all_steps() if s < step]
-    return CheckpointDamagedError(damaged_message(
-        self.directory / str(step), f"cannot be read: {describe_error(exc)}",
-        earlier[-1] if earlier else None))
+    return CheckpointDamagedError(
+      damaged_message(
+        self.directory / str(step),
+        f"cannot be read: {describe_error(exc)}",
+        earlier[-1] if earlier else None,
+      )
+    )
 
   def saved_config(self, step: Optional[int] = None) -> dict:
     """The config dict stored with checkpoint `step` (default: the latest)."""
@@ -158,16 +177,27 @@ class Checkpointer:
     now = config_lib.comparable_model_dict(cfg.model)
     diff = config_lib.diff_dicts(saved, now)
     if diff:
-      details = ", ".join(f"model.{k}: checkpoint={_get(saved, k)!r} vs config={_get(now, k)!r}"
-                          for k in diff[:8])
+      details = ", ".join(
+        f"model.{k}: checkpoint={_get(saved, k)!r} vs config={_get(now, k)!r}" for k in diff[:8]
+      )
       raise CheckpointMismatchError(
-          f"checkpoint {self.directory / str(step)} was written for a different model "
-          f"config ({details}). Use another --workdir, or the config it was trained with.")
+        f"checkpoint {self.directory / str(step)} was written for a different model "
+        f"config ({details}). Use another --workdir, or the config it was trained with."
+      )
 
-  def save(self, step: int, state: Any, data_iter: Optional[grain.DatasetIterator],
-           cfg: config_lib.Config, *, force: bool = True) -> bool:
-    items = {"state": ocp.args.StandardSave(state),
-             "config": ocp.args.JsonSave(config_lib.to_dict(cfg))}
+  def save(
+    self,
+    step: int,
+    state: Any,
+    data_iter: Optional[grain.DatasetIterator],
+    cfg: config_lib.Config,
+    *,
+    force: bool = True,
+  ) -> bool:
+    items = {
+      "state": ocp.args.StandardSave(state),
+      "config": ocp.args.JsonSave(config_lib.to_dict(cfg)),
+    }
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iter)
     self.wait()  # a failed earlier (async) save is reported as that step's, not this one's
@@ -177,8 +207,9 @@ class Checkpointer:
     except Exception as e:
       raise self._storage_error(e) from e
 
-  def restore(self, step: int, abstract_state: Any,
-              data_iter: Optional[grain.DatasetIterator] = None) -> Any:
+  def restore(
+    self, step: int, abstract_state: Any, data_iter: Optional[grain.DatasetIterator] = None
+  ) -> Any:
     """The state of checkpoint `step`, shaped (and sharded) like `abstract_state`;
     `data_iter` (if given) is rewound in place to where that run's iterator was."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
@@ -236,8 +267,10 @@ class Checkpointer:
     if not _is_os_error(exc):
       return exc
     where = self.directory / str(step) if step is not None else self.directory
-    return StorageError(f"cannot write checkpoint {where}: {cause} (the partial "
-                        f"checkpoint was removed; earlier checkpoints are intact)")
+    return StorageError(
+      f"cannot write checkpoint {where}: {cause} (the partial "
+      f"checkpoint was removed; earlier checkpoints are intact)"
+    )
 
   def wait(self) -> None:
     try:

@@ -2,13 +2,15 @@
 
 Only process 0 writes; other processes get a writer whose methods do nothing.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import pathlib
 import time
-from typing import Mapping, Optional
+from collections.abc import Mapping
+from typing import Optional
 
 LN2 = math.log(2.0)
 
@@ -16,8 +18,7 @@ LN2 = math.log(2.0)
 class MetricsWriter:
   """Scalars to `<workdir>/tb` (TensorBoard event files) and `<workdir>/metrics.jsonl`."""
 
-  def __init__(self, workdir: str | pathlib.Path, *, enabled: bool = True,
-               resume_step: int = 0):
+  def __init__(self, workdir: str | pathlib.Path, *, enabled: bool = True, resume_step: int = 0):
     """`resume_step`: the step a resumed run restarts from; rows (and TensorBoard
     events) of later steps, written by the run that was interrupted, are dropped so that
     the replayed steps replace them instead of appearing twice."""
@@ -32,8 +33,9 @@ class MetricsWriter:
       path = workdir / "metrics.jsonl"
       if path.exists():
         _drop_rows_after(path, resume_step)
-      self._tb = SummaryWriter(logdir=str(workdir / "tb"),
-                               purge_step=resume_step + 1 if resume_step else None)
+      self._tb = SummaryWriter(
+        logdir=str(workdir / "tb"), purge_step=resume_step + 1 if resume_step else None
+      )
       self._jsonl = open(path, "a")
 
   def write(self, step: int, scalars: Mapping[str, float], prefix: str = "train") -> None:
@@ -75,9 +77,11 @@ def _row_step(line: str) -> float:
   except (ValueError, KeyError, TypeError):
     return math.inf
 
+
 def strict_json(obj) -> str:
   """JSON that strict parsers accept: NaN / ±Inf become null (json.dumps would write
   bare NaN / Infinity)."""
+
   def clean(x):
     if isinstance(x, float) and not math.isfinite(x):
       return None
@@ -86,6 +90,7 @@ def strict_json(obj) -> str:
     if isinstance(x, (list, tuple)):
       return [clean(v) for v in x]
     return x
+
   return json.dumps(clean(obj), indent=2, allow_nan=False)
 
 
@@ -108,8 +113,16 @@ class Progress:
     self._s0 = start_step
     self.t_start = time.time()
 
-  def line(self, step: int, loss: float, tokens_seen: float, lr: float, *,
-           byte_level: bool, grad_norm: float) -> tuple[str, float]:
+  def line(
+    self,
+    step: int,
+    loss: float,
+    tokens_seen: float,
+    lr: float,
+    *,
+    byte_level: bool,
+    grad_norm: float,
+  ) -> tuple[str, float]:
     """(progress line, tokens/s); timing starts after the first logged step (compile)."""
     now = time.time()
     if self._t0 is None:
@@ -122,9 +135,10 @@ class Progress:
       eta = per_step * (self.total - step)
     bits = loss / LN2
     unit = "bits/byte" if byte_level else "bits/tok"
-    tps_s = "-" if not math.isfinite(tps) else (
-        f"{tps / 1e3:.1f}k" if tps >= 1e3 else f"{tps:.0f}")
-    line = (f"step {step:>6d}/{self.total} | loss {loss:.4f} | {unit} {bits:.3f} | "
-            f"lr {lr:.2e} | gnorm {grad_norm:.2f} | {tps_s} tok/s | "
-            f"elapsed {fmt_duration(now - self.t_start)} | ETA {fmt_duration(eta)}")
+    tps_s = "-" if not math.isfinite(tps) else (f"{tps / 1e3:.1f}k" if tps >= 1e3 else f"{tps:.0f}")
+    line = (
+      f"step {step:>6d}/{self.total} | loss {loss:.4f} | {unit} {bits:.3f} | "
+      f"lr {lr:.2e} | gnorm {grad_norm:.2f} | {tps_s} tok/s | "
+      f"elapsed {fmt_duration(now - self.t_start)} | ETA {fmt_duration(eta)}"
+    )
     return line, tps

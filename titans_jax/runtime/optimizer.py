@@ -1,4 +1,5 @@
 """AdamW with linear warmup + cosine decay and global-norm clipping (the paper's recipe)."""
+
 from __future__ import annotations
 
 import functools
@@ -14,8 +15,12 @@ def lr_schedule(train_cfg) -> optax.Schedule:
   t = train_cfg
   warmup = min(t.warmup_steps, t.steps // 2)  # a short run (--set train.steps=5) still decays
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=t.lr, warmup_steps=warmup,
-      decay_steps=max(t.steps, warmup + 1), end_value=t.lr * t.min_lr_ratio)
+    init_value=0.0,
+    peak_value=t.lr,
+    warmup_steps=warmup,
+    decay_steps=max(t.steps, warmup + 1),
+    end_value=t.lr * t.min_lr_ratio,
+  )
 
 
 def _decay_mask(params):
@@ -33,6 +38,9 @@ def make_optimizer(train_cfg) -> optax.GradientTransformation:
   parts = []
   if t.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(t.grad_clip))
-  parts.append(optax.adamw(lr_schedule(t), b1=t.b1, b2=t.b2, eps=t.eps,
-                           weight_decay=t.weight_decay, mask=_decay_mask))
+  parts.append(
+    optax.adamw(
+      lr_schedule(t), b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay, mask=_decay_mask
+    )
+  )
   return optax.chain(*parts)

@@ -1,10 +1,12 @@
 """Held-out loss, perplexity and bits per byte (or per token) over batches, with an eval
 step from `runtime.steps.make_eval_step` (or the sharded one): used by both the training
 loop's periodic eval and `evaluation.run`."""
+
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +15,15 @@ import numpy as np
 from titans_jax.runtime.metrics import LN2
 
 
-def evaluate_batches(eval_step: Callable, params, rest, batches: Sequence[dict[str, np.ndarray]],
-                     *, byte_level: bool, put: Optional[Callable] = None) -> dict[str, float]:
+def evaluate_batches(
+  eval_step: Callable,
+  params,
+  rest,
+  batches: Sequence[dict[str, np.ndarray]],
+  *,
+  byte_level: bool,
+  put: Optional[Callable] = None,
+) -> dict[str, float]:
   """Token-weighted mean loss over `batches` with `eval_step` from `make_eval_step`.
 
   `put` turns a (process-local) numpy batch into the step's input arrays (default:
@@ -35,12 +44,22 @@ def evaluate_batches(eval_step: Callable, params, rest, batches: Sequence[dict[s
     tot_ok += float(s_ok)
   loss = tot_ce / max(tot_w, 1.0)
   key = "bits_per_byte" if byte_level else "bits_per_token"
-  return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), key: loss / LN2,
-          "accuracy": tot_ok / max(tot_w, 1.0), "tokens": tot_w}
+  return {
+    "loss": loss,
+    "perplexity": math.exp(min(loss, 700.0)),
+    key: loss / LN2,
+    "accuracy": tot_ok / max(tot_w, 1.0),
+    "tokens": tot_w,
+  }
 
 
 def format_metrics(m: dict[str, float]) -> str:
-  bits = ("bits/byte", m["bits_per_byte"]) if "bits_per_byte" in m else (
-      "bits/tok", m.get("bits_per_token", float("nan")))
-  return (f"loss {m['loss']:.4f} | {bits[0]} {bits[1]:.3f} | ppl {m['perplexity']:.2f} | "
-          f"acc {m['accuracy']:.3f} | {int(m['tokens'])} tokens")
+  bits = (
+    ("bits/byte", m["bits_per_byte"])
+    if "bits_per_byte" in m
+    else ("bits/tok", m.get("bits_per_token", float("nan")))
+  )
+  return (
+    f"loss {m['loss']:.4f} | {bits[0]} {bits[1]:.3f} | ppl {m['perplexity']:.2f} | "
+    f"acc {m['accuracy']:.3f} | {int(m['tokens'])} tokens"
+  )

@@ -11,10 +11,12 @@ donates, shards and checkpoints like any pytree. Steps rebuild the module with
 
 Axis legend: B batch, A gradient-accumulation micro-batches, T sequence, V vocabulary.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import jax
@@ -46,13 +48,15 @@ def split_model(model: nnx.Module):
 def create_train_state(model: nnx.Module, tx: optax.GradientTransformation):
   """(graphdef, TrainState) for a freshly built model."""
   graphdef, params, rest = split_model(model)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
-                     opt_state=tx.init(params))
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params)
+  )
   return graphdef, state
 
 
-def weighted_xent(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
-                  weights_BxT: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def weighted_xent(
+  logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(Σ w·CE, Σ w, Σ w·[argmax = target]) in float32."""
   logits = logits_BxTxV.astype(jnp.float32)
   ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits, targets_BxT)
@@ -67,9 +71,15 @@ def _forward_sums(graphdef, params, rest, batch):
   return weighted_xent(logits_BxTxV, batch["targets"], batch["weights"])
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef,
-               tx: optax.GradientTransformation, schedule: Callable,
-               accum_steps: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  *,
+  graphdef,
+  tx: optax.GradientTransformation,
+  schedule: Callable,
+  accum_steps: int = 1,
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser update over `batch` (B rows, split into `accum_steps` micro-batches).
 
   The loss is the weighted mean cross-entropy over the whole batch, exactly, whatever
@@ -89,7 +99,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef,
     (s_ce, (s_w, s_ok)), grads = grad_fn(state.params, batch)
   else:
     micro_AxBxT = jax.tree.map(
-        lambda x: x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:]), batch)
+      lambda x: x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:]), batch
+    )
 
     def body(carry, micro):
       (s_ce, (s_w, s_ok)), g = grad_fn(state.params, micro)
@@ -97,8 +108,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef,
       return (jax.tree.map(jnp.add, acc_g, g), acc_ce + s_ce, acc_w + s_w, acc_ok + s_ok), None
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
-    init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32),
-            jnp.zeros((), jnp.float32))
+    init = (
+      zeros,
+      jnp.zeros((), jnp.float32),
+      jnp.zeros((), jnp.float32),
+      jnp.zeros((), jnp.float32),
+    )
     (grads, s_ce, s_w, s_ok), _ = jax.lax.scan(body, init, micro_AxBxT)
 
   denom = jnp.maximum(s_w, 1.0)
@@ -111,10 +126,19 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef,
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(_global_norm(updates))
   new_params = optax.apply_updates(state.params, updates)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-  new_state = state.replace(step=state.step + 1, params=keep(new_params, state.params),
-                            opt_state=keep(new_opt_state, state.opt_state))
-  metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
-             "accuracy": s_ok / denom, "targets": s_w, "finite": finite.astype(jnp.int32)}
+  new_state = state.replace(
+    step=state.step + 1,
+    params=keep(new_params, state.params),
+    opt_state=keep(new_opt_state, state.opt_state),
+  )
+  metrics = {
+    "loss": loss,
+    "grad_norm": grad_norm,
+    "lr": schedule(state.step),
+    "accuracy": s_ok / denom,
+    "targets": s_w,
+    "finite": finite.astype(jnp.int32),
+  }
   return new_state, metrics
 
 
@@ -144,15 +168,22 @@ def compiled_memory(compiled) -> dict[str, int]:
   out: dict[str, int] = {}
   if mem is None:
     return out
-  for k in ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-            "temp_size_in_bytes", "generated_code_size_in_bytes"):
+  for k in (
+    "argument_size_in_bytes",
+    "output_size_in_bytes",
+    "alias_size_in_bytes",
+    "temp_size_in_bytes",
+    "generated_code_size_in_bytes",
+  ):
     if hasattr(mem, k):
       out[k] = int(getattr(mem, k))
   if "temp_size_in_bytes" in out:
-    out["compiled_peak_bytes"] = (out.get("argument_size_in_bytes", 0)
-                                  + out.get("output_size_in_bytes", 0)
-                                  - out.get("alias_size_in_bytes", 0)
-                                  + out["temp_size_in_bytes"])
+    out["compiled_peak_bytes"] = (
+      out.get("argument_size_in_bytes", 0)
+      + out.get("output_size_in_bytes", 0)
+      - out.get("alias_size_in_bytes", 0)
+      + out["temp_size_in_bytes"]
+    )
   return out
 
 
@@ -163,14 +194,13 @@ def make_train_step(graphdef, tx, schedule, accum_steps: int = 1, donate: bool =
   Cached on its arguments, so repeated `train()` calls in one process (a resumed run in a
   notebook, the tests) reuse one compilation.
   """
-  fn = functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule,
-                         accum_steps=accum_steps)
-  return jax.jit(fn, donate_argnums=(0,) if donate else (),
-                 compiler_options=compiler_options())
+  fn = functools.partial(
+    train_step, graphdef=graphdef, tx=tx, schedule=schedule, accum_steps=accum_steps
+  )
+  return jax.jit(fn, donate_argnums=(0,) if donate else (), compiler_options=compiler_options())
 
 
 @functools.lru_cache(maxsize=16)
 def make_eval_step(graphdef):
   """Jitted `eval_step(params, rest, batch) -> (Σ w·CE, Σ w, Σ w·correct)`."""
-  return jax.jit(functools.partial(_forward_sums, graphdef),
-                 compiler_options=compiler_options())
+  return jax.jit(functools.partial(_forward_sums, graphdef), compiler_options=compiler_options())

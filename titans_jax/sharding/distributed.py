@@ -7,6 +7,7 @@ With neither, and `auto=True`, JAX's own cluster detection runs (Cloud TPU, SLUR
 Kubernetes, ...) only when one of those environments is present; otherwise the run
 stays single-process. On CPU the cross-process collectives use gloo.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,13 @@ import jax
 ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
 
-def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-               process_id: Optional[int] = None, *, cpu_collectives: str = "gloo") -> bool:
+def initialize(
+  coordinator_address: Optional[str] = None,
+  num_processes: Optional[int] = None,
+  process_id: Optional[int] = None,
+  *,
+  cpu_collectives: str = "gloo",
+) -> bool:
   """Joins the multi-process job named by the arguments or the JAX_* environment.
 
   Returns True if jax.distributed was initialised (False: a single-process run).
@@ -32,11 +38,14 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
     process_id = int(env["JAX_PROCESS_ID"])
   if coordinator_address is None:
     if num_processes not in (None, 1):
-      raise ValueError(f"num_processes={num_processes} needs a coordinator address "
-                       "(--coordinator_address or JAX_COORDINATOR_ADDRESS)")
+      raise ValueError(
+        f"num_processes={num_processes} needs a coordinator address "
+        "(--coordinator_address or JAX_COORDINATOR_ADDRESS)"
+      )
     return False
   if cpu_collectives:
     jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+  )
   return True

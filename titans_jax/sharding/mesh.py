@@ -15,11 +15,13 @@ on the main activations) and XLA's GSPMD propagation does the rest. Explicit
 ("sharding in types") would need an `out_sharding` on every ambiguous op inside the
 memory's vmap / scan / grad; see docs/sharding.md.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import jax
 import numpy as np
@@ -69,17 +71,20 @@ def resolve_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, ...]:
   known = math.prod(s for s in sizes if s != -1)
   if fill:
     if num_devices % known:
-      raise MeshError(f"mesh {dict(zip(AXES, sizes))}: {num_devices} devices are not a "
-                      f"multiple of {known}")
+      raise MeshError(
+        f"mesh {dict(zip(AXES, sizes))}: {num_devices} devices are not a multiple of {known}"
+      )
     sizes[fill[0]] = num_devices // known
   if math.prod(sizes) != num_devices:
-    raise MeshError(f"mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices, "
-                    f"there are {num_devices}")
+    raise MeshError(
+      f"mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices, there are {num_devices}"
+    )
   return tuple(sizes)
 
 
-def make_mesh(cfg: MeshConfig = MeshConfig(),
-              devices: Optional[Sequence[jax.Device]] = None) -> jax.sharding.Mesh:
+def make_mesh(
+  cfg: MeshConfig = MeshConfig(), devices: Optional[Sequence[jax.Device]] = None
+) -> jax.sharding.Mesh:
   """A (data, fsdp, tensor) mesh over `devices` (default: all devices of all processes).
 
   With the default devices, `jax.make_mesh` orders them so that the inner axes
@@ -90,9 +95,12 @@ def make_mesh(cfg: MeshConfig = MeshConfig(),
     try:
       shape = resolve_shape(cfg, jax.device_count())
     except MeshError as e:
-      hint = (" (a CPU dry run can simulate N devices with "
-              "XLA_FLAGS=--xla_force_host_platform_device_count=N)"
-              if jax.default_backend() == "cpu" else "")
+      hint = (
+        " (a CPU dry run can simulate N devices with "
+        "XLA_FLAGS=--xla_force_host_platform_device_count=N)"
+        if jax.default_backend() == "cpu"
+        else ""
+      )
       raise MeshError(f"{e}{hint}") from None
     return jax.make_mesh(shape, AXES, axis_types=auto)
   devices = list(devices)

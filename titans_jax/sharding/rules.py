@@ -15,15 +15,18 @@ dimension (the array is replicated along it instead). So a 2-head model on a
 tensor=4 mesh runs, with its heads replicated; the golden spec file records what
 each parameter actually gets.
 """
+
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import dataclasses
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
 
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from titans_jax.sharding.mesh import MeshConfig
 
@@ -37,24 +40,24 @@ ACT_BTHK = ("batch", "length", "act_heads", None)
 
 #: logical name -> mesh axes (a tuple: the dimension is split over their product).
 RULES: Mapping[str, tuple[str, ...]] = {
-    # activations
-    "batch": ("data", "fsdp"),
-    "length": (),
-    "act_embed": (),
-    "act_heads": ("tensor",),
-    "act_mlp": ("tensor",),
-    "act_vocab": ("tensor",),
-    # weights
-    "vocab": ("tensor",),
-    "embed": ("fsdp",),
-    "mlp": ("tensor",),
-    "heads": ("tensor",),
-    "kv": (),
-    "persist": (),
-    "norm": (),
-    "layers": (),
-    "mem_heads": ("tensor",),
-    "conv": (),
+  # activations
+  "batch": ("data", "fsdp"),
+  "length": (),
+  "act_embed": (),
+  "act_heads": ("tensor",),
+  "act_mlp": ("tensor",),
+  "act_vocab": ("tensor",),
+  # weights
+  "vocab": ("tensor",),
+  "embed": ("fsdp",),
+  "mlp": ("tensor",),
+  "heads": ("tensor",),
+  "kv": (),
+  "persist": (),
+  "norm": (),
+  "layers": (),
+  "mem_heads": ("tensor",),
+  "conv": (),
 }
 
 
@@ -66,8 +69,12 @@ def rules_for(mesh_cfg: MeshConfig) -> dict[str, tuple[str, ...]]:
   return rules
 
 
-def logical_to_spec(names: AxisNames, shape: Sequence[int], mesh: jax.sharding.Mesh,
-                    rules: Mapping[str, tuple[str, ...]] = RULES) -> P:
+def logical_to_spec(
+  names: AxisNames,
+  shape: Sequence[int],
+  mesh: jax.sharding.Mesh,
+  rules: Mapping[str, tuple[str, ...]] = RULES,
+) -> P:
   """The mesh PartitionSpec of an array of `shape` whose axes are called `names`.
 
   Raises:
@@ -98,9 +105,12 @@ def logical_to_spec(names: AxisNames, shape: Sequence[int], mesh: jax.sharding.M
   return P(*out)
 
 
-def replicated_dims(names: AxisNames, shape: Sequence[int], mesh: jax.sharding.Mesh,
-                    rules: Mapping[str, tuple[str, ...]] = RULES
-                    ) -> list[tuple[str, int, str, int]]:
+def replicated_dims(
+  names: AxisNames,
+  shape: Sequence[int],
+  mesh: jax.sharding.Mesh,
+  rules: Mapping[str, tuple[str, ...]] = RULES,
+) -> list[tuple[str, int, str, int]]:
   """(logical name, dimension, mesh axis, axis size) for every rule axis that
   `logical_to_spec` drops because it does not divide the dimension: the array is
   replicated along that axis, so each of its devices holds / computes the whole
@@ -123,16 +133,24 @@ def replicated_dims(names: AxisNames, shape: Sequence[int], mesh: jax.sharding.M
   return out
 
 
-def logical_shardings(logical_specs: Any, abstract: Any, mesh: jax.sharding.Mesh,
-                      rules: Mapping[str, tuple[str, ...]] = RULES) -> Any:
+def logical_shardings(
+  logical_specs: Any,
+  abstract: Any,
+  mesh: jax.sharding.Mesh,
+  rules: Mapping[str, tuple[str, ...]] = RULES,
+) -> Any:
   """NamedShardings for a pytree, from a same-structure tree of logical PartitionSpecs
   (e.g. `nnx.get_partition_spec(state)`) and of arrays / ShapeDtypeStructs."""
   return jax.tree.map(
-      lambda spec, x: NamedSharding(mesh, logical_to_spec(tuple(spec), x.shape, mesh, rules)),
-      logical_specs, abstract, is_leaf=lambda x: isinstance(x, P))
+    lambda spec, x: NamedSharding(mesh, logical_to_spec(tuple(spec), x.shape, mesh, rules)),
+    logical_specs,
+    abstract,
+    is_leaf=lambda x: isinstance(x, P),
+  )
 
 
 # ----------------------------------------------------------- activation constraints ---
+
 
 @dataclasses.dataclass(frozen=True)
 class _Context:
@@ -141,7 +159,8 @@ class _Context:
 
 
 _ACTIVE: contextvars.ContextVar[Optional[_Context]] = contextvars.ContextVar(
-    "titans_sharding", default=None)
+  "titans_sharding", default=None
+)
 
 
 @contextlib.contextmanager

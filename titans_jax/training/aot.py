@@ -19,6 +19,7 @@ Mosaic kernels included). Per device, from the compiled program:
 A bound, not a prediction: real steps also pay collectives, pipeline bubbles and
 kernels below peak. The chip table (`CHIPS`) cites its sources.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,8 +37,10 @@ from flax import nnx
 
 from titans_jax import sharding
 from titans_jax.layers import attention
-from titans_jax.perf import flops as flops_lib, hlo_cost
-from titans_jax.training import config as config_lib, sharded
+from titans_jax.perf import flops as flops_lib
+from titans_jax.perf import hlo_cost
+from titans_jax.training import config as config_lib
+from titans_jax.training import sharded
 
 INSTALL_HINT = 'pip install -e ".[tpu]"'
 
@@ -61,10 +64,10 @@ class Chip:
 # 819 GB/s), "TPU v5p" (459 TFLOP/s bf16, 95 GiB HBM2e, 2765 GB/s), "TPU v6e / Trillium"
 # (918 TFLOP/s bf16, 32 GiB HBM, 1640 GB/s). Peaks match perf.flops.PEAK_FLOPS.
 CHIPS: dict[str, Chip] = {
-    "TPU v4": Chip("v4", 32 * 2**30, 275e12, 1200e9),
-    "TPU v5 lite": Chip("v5e", 16 * 2**30, 197e12, 819e9),
-    "TPU v5": Chip("v5p", 95 * 2**30, 459e12, 2765e9),
-    "TPU v6 lite": Chip("v6e", 32 * 2**30, 918e12, 1640e9),
+  "TPU v4": Chip("v4", 32 * 2**30, 275e12, 1200e9),
+  "TPU v5 lite": Chip("v5e", 16 * 2**30, 197e12, 819e9),
+  "TPU v5": Chip("v5p", 95 * 2**30, 459e12, 2765e9),
+  "TPU v6 lite": Chip("v6e", 32 * 2**30, 918e12, 1640e9),
 }
 
 # Mosaic splash kernels (titans_jax.layers.attention) -> FLOPs per visible (q, k) pair
@@ -77,7 +80,7 @@ def _tpu_attached() -> bool:
   return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def target_devices(target: str) -> tuple:
   """The compile-only devices of TPU topology `target` (e.g. "v5p:2x2x2").
 
@@ -85,8 +88,9 @@ def target_devices(target: str) -> tuple:
     TargetError: libtpu is not installed, or libtpu does not know the topology.
   """
   if importlib.util.find_spec("libtpu") is None:
-    raise TargetError(f"--target {target}: libtpu is not installed; install the tpu "
-                      f"extra: {INSTALL_HINT}")
+    raise TargetError(
+      f"--target {target}: libtpu is not installed; install the tpu extra: {INSTALL_HINT}"
+    )
   # Compile-only: several processes may load libtpu at once; off a TPU VM, tell libtpu
   # there is no TPU host to discover (it otherwise prints a page of warnings).
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
@@ -101,8 +105,10 @@ def target_devices(target: str) -> tuple:
     topo = topologies.get_topology_desc(platform="tpu", topology_name=target, **kw)
   except Exception as e:  # JaxRuntimeError / ValueError from libtpu
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise TargetError(f"--target {target!r} is not a TPU topology libtpu accepts "
-                      f"(e.g. v5e:2x4, v5p:2x2x1, v4:2x2x1): {first[:200]}") from None
+    raise TargetError(
+      f"--target {target!r} is not a TPU topology libtpu accepts "
+      f"(e.g. v5e:2x4, v5p:2x2x1, v4:2x2x1): {first[:200]}"
+    ) from None
   return tuple(topo.devices)
 
 
@@ -120,6 +126,7 @@ def target_mesh(target: str, mesh_cfg: sharding.MeshConfig) -> jax.sharding.Mesh
 
 # ------------------------------------------------------------------------- sizing ---
 
+
 def _bytes_per_device(tree) -> float:
   total = 0
   for x in jax.tree.leaves(tree):
@@ -134,13 +141,15 @@ def _kernel_flops(text: str, operand_shapes: list[str]) -> float:
   kind = next((k for k in ("dkv", "dq", "fwd") if f"splash_mha_{k}" in text), None)
   if kind is None or len(operand_shapes) < 4:
     return 0.0
-  dims = [tuple(int(d) for d in m.split(",") if d)
-          for m in re.findall(r"\[([\d,]*)\]", operand_shapes[2] + operand_shapes[3])]
+  dims = [
+    tuple(int(d) for d in m.split(",") if d)
+    for m in re.findall(r"\[([\d,]*)\]", operand_shapes[2] + operand_shapes[3])
+  ]
   if len(dims) < 2 or len(dims[0]) < 3:
     return 0.0
   q, k = dims[0], dims[1]
   Qp, Cp, K = q[-2], k[-2], q[-1]
-  heads = math.prod(q[:-2])                         # (batch,) heads
+  heads = math.prod(q[:-2])  # (batch,) heads
   blocks = attention.SPLASH_VISIBLE_BLOCKS.get((Qp, Cp), (Qp // 128) * (Cp // 128))
   return float(_SPLASH_FLOPS_PER_PAIR[kind] * heads * K * blocks * 128 * 128)
 
@@ -149,21 +158,21 @@ def _kernel_flops(text: str, operand_shapes: list[str]) -> float:
 class StepSize:
   """What one compiled step needs per device (bytes, FLOPs, seconds)."""
 
-  step: str                       # "train step", "prefill", "decode step"
+  step: str  # "train step", "prefill", "decode step"
   target: str
   chip: Chip
   mesh: dict[str, int]
-  shape: str                      # e.g. "batch 8 × 4096 tokens"
-  state_bytes: float              # params + optimizer state (train) / params + cache
+  shape: str  # e.g. "batch 8 × 4096 tokens"
+  state_bytes: float  # params + optimizer state (train) / params + cache
   state_parts: dict[str, float]
   argument_bytes: float
   output_bytes: float
   alias_bytes: float
   temp_bytes: float
-  flops: float                    # compiled, per device, loops counted
-  kernel_flops: float             # of which in Mosaic kernels (modelled)
-  hbm_bytes: float                # compiled, per device, loops counted
-  model_flops: Optional[float]    # analytic (perf.flops), per device; train only
+  flops: float  # compiled, per device, loops counted
+  kernel_flops: float  # of which in Mosaic kernels (modelled)
+  hbm_bytes: float  # compiled, per device, loops counted
+  model_flops: Optional[float]  # analytic (perf.flops), per device; train only
   by_component: dict[str, dict[str, float]]
   mosaic_calls: int
   hlo_text: str = dataclasses.field(default="", repr=False)
@@ -204,14 +213,25 @@ def _analyse(step, target, mesh, shape, state_parts, compiled, model_flops) -> S
   text = compiled.as_text()
   cost = hlo_cost.analyse(text, _kernel_flops)
   return StepSize(
-      step=step, target=target, chip=chip_of(mesh.devices.flat), mesh=dict(mesh.shape),
-      shape=shape, state_bytes=sum(state_parts.values()), state_parts=state_parts,
-      argument_bytes=float(mem.argument_size_in_bytes),
-      output_bytes=float(mem.output_size_in_bytes),
-      alias_bytes=float(mem.alias_size_in_bytes), temp_bytes=float(mem.temp_size_in_bytes),
-      flops=cost["flops"], kernel_flops=cost["kernel_flops"], hbm_bytes=cost["bytes"],
-      model_flops=model_flops, by_component=cost["by_component"],
-      mosaic_calls=text.count('custom_call_target="tpu_custom_call"'), hlo_text=text)
+    step=step,
+    target=target,
+    chip=chip_of(mesh.devices.flat),
+    mesh=dict(mesh.shape),
+    shape=shape,
+    state_bytes=sum(state_parts.values()),
+    state_parts=state_parts,
+    argument_bytes=float(mem.argument_size_in_bytes),
+    output_bytes=float(mem.output_size_in_bytes),
+    alias_bytes=float(mem.alias_size_in_bytes),
+    temp_bytes=float(mem.temp_size_in_bytes),
+    flops=cost["flops"],
+    kernel_flops=cost["kernel_flops"],
+    hbm_bytes=cost["bytes"],
+    model_flops=model_flops,
+    by_component=cost["by_component"],
+    mosaic_calls=text.count('custom_call_target="tpu_custom_call"'),
+    hlo_text=text,
+  )
 
 
 def size_train_step(cfg, target: str, mesh: Optional[jax.sharding.Mesh] = None) -> StepSize:
@@ -221,21 +241,28 @@ def size_train_step(cfg, target: str, mesh: Optional[jax.sharding.Mesh] = None) 
   mesh = target_mesh(target, cfg.mesh) if mesh is None else mesh
   su = sharded.setup_for(cfg, mesh)
   B, T = cfg.train.batch_size, cfg.data.seq_len
-  batch = {k: jax.ShapeDtypeStruct((B, T), dt, sharding=su.batch_sharding((B, T)))
-           for k, dt in (("inputs", jnp.int32), ("targets", jnp.int32),
-                         ("weights", jnp.float32))}
+  batch = {
+    k: jax.ShapeDtypeStruct((B, T), dt, sharding=su.batch_sharding((B, T)))
+    for k, dt in (("inputs", jnp.int32), ("targets", jnp.int32), ("weights", jnp.float32))
+  }
   compiled = su.step.lower(su.abstract, batch).compile()
-  parts = {"parameters": _bytes_per_device(su.abstract.params),
-           "optimizer state": _bytes_per_device(su.abstract.opt_state)
-           + _bytes_per_device(su.abstract.rest) + _bytes_per_device(su.abstract.step)}
+  parts = {
+    "parameters": _bytes_per_device(su.abstract.params),
+    "optimizer state": _bytes_per_device(su.abstract.opt_state)
+    + _bytes_per_device(su.abstract.rest)
+    + _bytes_per_device(su.abstract.step),
+  }
   model = flops_lib.step_flops(cfg.model, B, T)["total"] / mesh.size
-  return _analyse("train step", target, mesh, f"batch {B} × {T} tokens", parts, compiled,
-                  model)
+  return _analyse("train step", target, mesh, f"batch {B} × {T} tokens", parts, compiled, model)
 
 
-def size_generation(cfg, target: str, mesh: Optional[jax.sharding.Mesh] = None,
-                    batch: Optional[int] = None, prompt_len: Optional[int] = None
-                    ) -> tuple[StepSize, StepSize]:
+def size_generation(
+  cfg,
+  target: str,
+  mesh: Optional[jax.sharding.Mesh] = None,
+  batch: Optional[int] = None,
+  prompt_len: Optional[int] = None,
+) -> tuple[StepSize, StepSize]:
   """Compile the prefill (a prompt of `prompt_len`, default data.seq_len) and one decode
   step of generation for `target`; the parameters are sharded as in training."""
 
@@ -259,19 +286,31 @@ def size_generation(cfg, target: str, mesh: Optional[jax.sharding.Mesh] = None,
   pre = jax.jit(prefill).lower(params, rest, tokens).compile()
   cache_shardings = pre.output_shardings[1]
   _, cache_shapes = jax.eval_shape(prefill, params, rest, tokens)
-  cache = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                       cache_shapes, cache_shardings)
+  cache = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), cache_shapes, cache_shardings
+  )
   token = jax.ShapeDtypeStruct((B,), jnp.int32, sharding=su.batch_sharding((B,)))
   dec = jax.jit(decode, donate_argnums=(3,)).lower(params, rest, token, cache).compile()
   p_bytes = _bytes_per_device(params) + _bytes_per_device(rest)
   c_bytes = _bytes_per_device(cache)
-  return (_analyse("prefill", target, mesh, f"batch {B} × {T} tokens",
-                   {"parameters": p_bytes}, pre, None),
-          _analyse("decode step", target, mesh, f"batch {B} × 1 token (after {T})",
-                   {"parameters": p_bytes, "decode cache": c_bytes}, dec, None))
+  return (
+    _analyse(
+      "prefill", target, mesh, f"batch {B} × {T} tokens", {"parameters": p_bytes}, pre, None
+    ),
+    _analyse(
+      "decode step",
+      target,
+      mesh,
+      f"batch {B} × 1 token (after {T})",
+      {"parameters": p_bytes, "decode cache": c_bytes},
+      dec,
+      None,
+    ),
+  )
 
 
 # --------------------------------------------------------------------- reporting ---
+
 
 def _gib(x: float) -> str:
   return f"{x / 2**30:.2f} GiB" if abs(x) >= 2**30 else f"{x / 2**20:.1f} MiB"
@@ -279,8 +318,13 @@ def _gib(x: float) -> str:
 
 def component_shares(size: StepSize) -> dict[str, tuple[float, float]]:
   """component -> (share of FLOPs, share of HBM bytes), memory_block+memory = memory."""
-  groups = {"memory scan": ("memory_block",), "memory (rest)": ("memory",),
-            "attention": ("attention",), "ffn": ("ffn",), "other": ("other", "unnamed")}
+  groups = {
+    "memory scan": ("memory_block",),
+    "memory (rest)": ("memory",),
+    "attention": ("attention",),
+    "ffn": ("ffn",),
+    "other": ("other", "unnamed"),
+  }
   f = max(size.flops, 1.0)
   b = max(size.hbm_bytes, 1.0)
   out = {}
@@ -295,31 +339,41 @@ def format_report(size: StepSize) -> str:
   c = size.chip
   mesh = " ".join(f"{k}={v}" for k, v in size.mesh.items())
   n = math.prod(size.mesh.values())
-  lines = [f"{size.step} on {size.target} ({n} × TPU {c.name}: {_gib(c.hbm_bytes)} HBM, "
-           f"{c.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16, {c.hbm_bytes_per_s / 1e9:.0f} GB/s), "
-           f"mesh {mesh}, {size.shape}; per device:"]
+  lines = [
+    f"{size.step} on {size.target} ({n} × TPU {c.name}: {_gib(c.hbm_bytes)} HBM, "
+    f"{c.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16, {c.hbm_bytes_per_s / 1e9:.0f} GB/s), "
+    f"mesh {mesh}, {size.shape}; per device:"
+  ]
   parts = ", ".join(f"{k} {_gib(v)}" for k, v in size.state_parts.items())
   lines.append(f"  {' + '.join(size.state_parts):<32} {_gib(size.state_bytes)} ({parts})")
-  lines.append(f"  {'activations / temporaries':<32} {_gib(size.other_bytes)} "
-               f"(temporaries {_gib(size.temp_bytes)})")
+  lines.append(
+    f"  {'activations / temporaries':<32} {_gib(size.other_bytes)} "
+    f"(temporaries {_gib(size.temp_bytes)})"
+  )
   spare = c.hbm_bytes - size.total_bytes
-  verdict = (f"fits ({_gib(spare)} free)" if spare >= 0
-             else f"DOES NOT FIT (over by {_gib(-spare)})")
+  verdict = f"fits ({_gib(spare)} free)" if spare >= 0 else f"DOES NOT FIT (over by {_gib(-spare)})"
   lines.append(f"  {'total':<32} {_gib(size.total_bytes)} of {_gib(c.hbm_bytes)}: {verdict}")
-  kern = (f", of which {size.kernel_flops:.3g} in {size.mosaic_calls} Mosaic kernel "
-          f"call(s) (modelled)" if size.mosaic_calls else "")
+  kern = (
+    f", of which {size.kernel_flops:.3g} in {size.mosaic_calls} Mosaic kernel call(s) (modelled)"
+    if size.mosaic_calls
+    else ""
+  )
   lines.append(f"  {'FLOPs / step (compiled)':<32} {size.flops:.3g}{kern}")
   if size.model_flops is not None:
     lines.append(f"  {'FLOPs / step (model, analytic)':<32} {size.model_flops:.3g}")
   lines.append(f"  {'HBM bytes / step (compiled)':<32} {size.hbm_bytes:.3g}")
   which = "compute" if size.compute_s >= size.memory_s else "HBM"
   mfu = size.mfu_bound
-  lines.append(f"  {'roofline step time':<32} ≥ {size.bound_s * 1e3:.3g} ms ({which}-bound: "
-               f"compute {size.compute_s * 1e3:.3g} ms, HBM {size.memory_s * 1e3:.3g} ms)"
-               + (f"; MFU ≤ {100 * mfu:.0f}%" if mfu is not None else ""))
+  lines.append(
+    f"  {'roofline step time':<32} ≥ {size.bound_s * 1e3:.3g} ms ({which}-bound: "
+    f"compute {size.compute_s * 1e3:.3g} ms, HBM {size.memory_s * 1e3:.3g} ms)"
+    + (f"; MFU ≤ {100 * mfu:.0f}%" if mfu is not None else "")
+  )
   shares = component_shares(size)
-  lines.append("  share of FLOPs / bytes: " + ", ".join(
-      f"{k} {100 * f:.0f}% / {100 * b:.0f}%" for k, (f, b) in shares.items() if f or b))
+  lines.append(
+    "  share of FLOPs / bytes: "
+    + ", ".join(f"{k} {100 * f:.0f}% / {100 * b:.0f}%" for k, (f, b) in shares.items() if f or b)
+  )
   return "\n".join(lines)
 
 
@@ -338,7 +392,6 @@ def main(cfg, target: str, require_fit: bool = False, log=print) -> int:
     log(format_report(size))
   misfits = [s.step for s in sizes if not s.fits]
   if misfits and require_fit:
-    print(f"error: {', '.join(misfits)}: do not fit {target} (--require_fit)",
-          file=sys.stderr)
+    print(f"error: {', '.join(misfits)}: do not fit {target} (--require_fit)", file=sys.stderr)
     return 4
   return 0

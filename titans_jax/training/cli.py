@@ -10,12 +10,14 @@
 Script flags are argparse's; the config tree's parsing, help and types are tyro's, through
 `config_lib.apply_overrides` / `config_lib.help_text` (docs/configuration.md).
 """
+
 from __future__ import annotations
 
 import argparse
 import pathlib
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from titans_jax.training import config as config_lib
 
@@ -26,16 +28,24 @@ _SECTIONS = ("model.", "data.", "train.", "eval.", "mesh.", "name=")
 
 def build_parser(description: str) -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
-      description=description,
-      epilog="Any config field: --set section.field=value or --section.field=value "
-             "(sections: model, model.memory, data, train, eval, mesh). Lists: "
-             "comma-separated (--data.paths=a.bin,b.bin); None: --model.memory_layers=None.",
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--config", default=None,
-                 help=f"config file (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
+    description=description,
+    epilog="Any config field: --set section.field=value or --section.field=value "
+    "(sections: model, model.memory, data, train, eval, mesh). Lists: "
+    "comma-separated (--data.paths=a.bin,b.bin); None: --model.memory_layers=None.",
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  p.add_argument(
+    "--config", default=None, help=f"config file (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})"
+  )
   p.add_argument("--workdir", default=None, help="run directory (default: runs/<config name>)")
-  p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                 help="override a config field; repeatable")
+  p.add_argument(
+    "--set",
+    dest="overrides",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="override a config field; repeatable",
+  )
   return p
 
 
@@ -50,9 +60,12 @@ def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
 def init_distributed(args) -> bool:
   """jax.distributed.initialize from the flags / environment (before any device use)."""
   from titans_jax.sharding import distributed
-  return distributed.initialize(getattr(args, "coordinator_address", None),
-                                getattr(args, "num_processes", None),
-                                getattr(args, "process_id", None))
+
+  return distributed.initialize(
+    getattr(args, "coordinator_address", None),
+    getattr(args, "num_processes", None),
+    getattr(args, "process_id", None),
+  )
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None):
@@ -90,14 +103,14 @@ def print_help(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     cfg = config_lib.load_config(path)
   except config_lib.ConfigError as e:
     parser.exit(2, f"error: {e}\n")
-  print(f"\nConfig fields (defaults from {path}); set them with --set KEY=VALUE or "
-        "--KEY=VALUE:\n")
+  print(f"\nConfig fields (defaults from {path}); set them with --set KEY=VALUE or --KEY=VALUE:\n")
   print(config_lib.help_text(cfg))
   parser.exit(0)
 
 
-def resolve(parser: argparse.ArgumentParser, base: config_lib.Config,
-            overrides: Sequence[str]) -> config_lib.Config:
+def resolve(
+  parser: argparse.ArgumentParser, base: config_lib.Config, overrides: Sequence[str]
+) -> config_lib.Config:
   """`base` with overrides applied and validated; a bad key/value exits naming it."""
   try:
     cfg = config_lib.apply_overrides(base, overrides)

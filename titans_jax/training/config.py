@@ -14,6 +14,7 @@ first; `model.memory.*` overrides then start from the memory so resolved (so tha
 `--model.dim=96 --model.memory.commit_every=32` gives a 96-wide memory) and make it
 explicit, with the shortcuts `memory_heads` / `memory_chunk` folded into it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -27,7 +28,8 @@ import pathlib
 import re
 import types
 import typing
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import tyro
 
@@ -204,8 +206,11 @@ def load_config(path: str | pathlib.Path) -> Config:
 
 # ------------------------------------------------------------- overrides and --help (tyro)
 
-_TYRO = dict(config=(tyro.conf.FlagConversionOff, tyro.conf.AvoidSubcommands),
-             use_underscores=True, console_outputs=False)
+_TYRO = dict(
+  config=(tyro.conf.FlagConversionOff, tyro.conf.AvoidSubcommands),
+  use_underscores=True,
+  console_outputs=False,
+)
 _MEMORY = "model.memory."
 
 
@@ -245,8 +250,11 @@ def _tokens(key: str, text: str, typ: Any) -> list[str]:
   """`text` as tyro's argument tokens: lists comma-separated or a (...)/[...] literal,
   booleans also as yes/no/on/off/1/0, integers also as 1e3."""
   args = typing.get_args(typ)
-  inner = [a for a in args if a is not type(None)] if args and typing.get_origin(typ) in (
-      typing.Union, types.UnionType) else [typ]
+  inner = (
+    [a for a in args if a is not type(None)]
+    if args and typing.get_origin(typ) in (typing.Union, types.UnionType)
+    else [typ]
+  )
   base = inner[0] if len(inner) == 1 else typ
   stripped = text.strip()
   if stripped.lower() in ("none", "null") and type(None) in args:
@@ -301,13 +309,13 @@ def _parse(cls: Any, default: Any, pairs: list[tuple[str, str, Any]], strip: str
   names the pair that causes it."""
   argv = []
   for key, text, typ in pairs:
-    argv += ["--" + key[len(strip):], *_tokens(key, text, typ)]
+    argv += ["--" + key[len(strip) :], *_tokens(key, text, typ)]
   try:
     return _tyro_parse(cls, default, argv)
   except ConfigError as e:
     for key, text, typ in pairs:  # which pair: the first that fails on its own
       try:
-        _tyro_parse(cls, default, ["--" + key[len(strip):], *_tokens(key, text, typ)])
+        _tyro_parse(cls, default, ["--" + key[len(strip) :], *_tokens(key, text, typ)])
       except ConfigError as single:
         msg = str(single)
         if not msg or msg.startswith("Error parsing --"):  # a value of the wrong type
@@ -340,8 +348,10 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
     given = {k.split(".")[1] for k, _, _ in tree}
     for short, field in (("memory_heads", "heads"), ("memory_chunk", "chunk_size")):
       if short in given and getattr(model, short) != getattr(resolved, field):
-        raise ConfigError(f"model.{short}={getattr(model, short)} disagrees with "
-                          f"model.memory.{field}={getattr(resolved, field)}; set one of them")
+        raise ConfigError(
+          f"model.{short}={getattr(model, short)} disagrees with "
+          f"model.memory.{field}={getattr(resolved, field)}; set one of them"
+        )
     try:
       model = model.replace(memory=resolved, memory_heads=None, memory_chunk=None)
     except ValueError as e:
@@ -353,8 +363,9 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
 def apply_model_overrides(model: TitansConfig, overrides: Sequence[str]) -> TitansConfig:
   """The same path for a model config alone (benchmarks): keys are `model.`-relative,
   e.g. `num_layers=1`, `memory.commit_every=64`."""
-  cfg = apply_overrides(Config(name="model", model=model),
-                        [f"model.{item.strip()}" for item in overrides])
+  cfg = apply_overrides(
+    Config(name="model", model=model), [f"model.{item.strip()}" for item in overrides]
+  )
   return cfg.model
 
 
@@ -364,8 +375,13 @@ def help_text(cfg: Config) -> str:
   shown = dataclasses.replace(cfg, model=cfg.model.replace(memory=cfg.model.memory_config))
   out = io.StringIO()
   with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
-    tyro.cli(Config, default=shown, args=["--help"], prog="--set KEY=VALUE / --KEY=VALUE",
-             **{**_TYRO, "console_outputs": True})
+    tyro.cli(
+      Config,
+      default=shown,
+      args=["--help"],
+      prog="--set KEY=VALUE / --KEY=VALUE",
+      **{**_TYRO, "console_outputs": True},
+    )
   return out.getvalue()
 
 
@@ -375,40 +391,44 @@ def help_text(cfg: Config) -> str:
 # high, high included); None = unbounded. A test walks every numeric field with 0, a
 # negative and a wrong-type value against this table and the fields' meanings.
 RANGES = {
-    "data.seq_len": (2, True, None, None),
-    "data.eval_fraction": (0.0, True, 1.0, False),
-    "data.split_seed": (0, True, None, None),
-    "data.shuffle_seed": (0, True, None, None),
-    "data.separator": (-1, True, None, None),
-    "data.mqar_pairs": (1, True, None, None),
-    "data.mqar_queries": (1, True, None, None),
-    "train.steps": (1, True, None, None),
-    "train.batch_size": (1, True, None, None),
-    "train.grad_accum_steps": (1, True, None, None),
-    "train.lr": (0.0, False, None, None),
-    "train.min_lr_ratio": (0.0, True, 1.0, True),
-    "train.warmup_steps": (0, True, None, None),
-    "train.weight_decay": (0.0, True, None, None),
-    "train.b1": (0.0, True, 1.0, False),
-    "train.b2": (0.0, True, 1.0, False),
-    "train.eps": (0.0, False, None, None),
-    "train.grad_clip": (0.0, True, None, None),
-    "train.seed": (0, True, None, None),
-    "train.log_every": (1, True, None, None),
-    "train.eval_every": (0, True, None, None),
-    "train.eval_batches": (1, True, None, None),
-    "train.checkpoint_every": (1, True, None, None),
-    "train.keep_checkpoints": (1, True, None, None),
-    "eval.batches": (0, True, None, None),
-    "eval.batch_size": (1, True, None, None),
-    "eval.niah_lengths": (2, True, None, None),
-    "eval.niah_depths": (0.0, True, 1.0, True),
-    "eval.niah_samples": (0, True, None, None),
-    "eval.sample_tokens": (0, True, None, None),
+  "data.seq_len": (2, True, None, None),
+  "data.eval_fraction": (0.0, True, 1.0, False),
+  "data.split_seed": (0, True, None, None),
+  "data.shuffle_seed": (0, True, None, None),
+  "data.separator": (-1, True, None, None),
+  "data.mqar_pairs": (1, True, None, None),
+  "data.mqar_queries": (1, True, None, None),
+  "train.steps": (1, True, None, None),
+  "train.batch_size": (1, True, None, None),
+  "train.grad_accum_steps": (1, True, None, None),
+  "train.lr": (0.0, False, None, None),
+  "train.min_lr_ratio": (0.0, True, 1.0, True),
+  "train.warmup_steps": (0, True, None, None),
+  "train.weight_decay": (0.0, True, None, None),
+  "train.b1": (0.0, True, 1.0, False),
+  "train.b2": (0.0, True, 1.0, False),
+  "train.eps": (0.0, False, None, None),
+  "train.grad_clip": (0.0, True, None, None),
+  "train.seed": (0, True, None, None),
+  "train.log_every": (1, True, None, None),
+  "train.eval_every": (0, True, None, None),
+  "train.eval_batches": (1, True, None, None),
+  "train.checkpoint_every": (1, True, None, None),
+  "train.keep_checkpoints": (1, True, None, None),
+  "eval.batches": (0, True, None, None),
+  "eval.batch_size": (1, True, None, None),
+  "eval.niah_lengths": (2, True, None, None),
+  "eval.niah_depths": (0.0, True, 1.0, True),
+  "eval.niah_samples": (0, True, None, None),
+  "eval.sample_tokens": (0, True, None, None),
 }
-CHOICES = {"data.kind": DATA_KINDS, "data.niah_task": NIAH_TASKS,
-           "data.token_dtype": TOKEN_DTYPES, "eval.niah_task": NIAH_TASKS,
-           "mesh.memory_heads": MEMORY_HEAD_PLACEMENTS}
+CHOICES = {
+  "data.kind": DATA_KINDS,
+  "data.niah_task": NIAH_TASKS,
+  "data.token_dtype": TOKEN_DTYPES,
+  "eval.niah_task": NIAH_TASKS,
+  "mesh.memory_heads": MEMORY_HEAD_PLACEMENTS,
+}
 
 
 def _bound_text(lo, lo_in, hi, hi_in) -> str:
@@ -455,8 +475,10 @@ def validate(cfg: Config) -> None:
       raise ConfigError(f"{key}={value!r}: expected one of {', '.join(allowed)}")
   t, m = cfg.train, cfg.mesh
   if t.batch_size % t.grad_accum_steps:
-    raise ConfigError(f"train.batch_size={t.batch_size} must be a multiple of "
-                      f"train.grad_accum_steps={t.grad_accum_steps}")
+    raise ConfigError(
+      f"train.batch_size={t.batch_size} must be a multiple of "
+      f"train.grad_accum_steps={t.grad_accum_steps}"
+    )
   for axis in AXES:
     size = getattr(m, axis)
     if size == 0 or size < -1:
@@ -468,20 +490,28 @@ def validate(cfg: Config) -> None:
   if d.kind == "niah":
     _check_niah_length("data.seq_len", d.niah_task, d.seq_len)
   if cfg.eval.niah_lengths and cfg.eval.niah_samples < 1:
-    raise ConfigError(f"eval.niah_samples={cfg.eval.niah_samples} must be >= 1 when "
-                      f"eval.niah_lengths={cfg.eval.niah_lengths} asks for a NIAH grid")
+    raise ConfigError(
+      f"eval.niah_samples={cfg.eval.niah_samples} must be >= 1 when "
+      f"eval.niah_lengths={cfg.eval.niah_lengths} asks for a NIAH grid"
+    )
   for length in cfg.eval.niah_lengths:
     _check_niah_length("eval.niah_lengths", cfg.eval.niah_task, length)
   if d.kind == "mqar":
     if 2 * d.mqar_pairs + 2 * d.mqar_queries > d.seq_len + 1:
-      raise ConfigError(f"data.seq_len={d.seq_len} cannot hold data.mqar_pairs="
-                        f"{d.mqar_pairs} pairs and data.mqar_queries={d.mqar_queries} queries")
+      raise ConfigError(
+        f"data.seq_len={d.seq_len} cannot hold data.mqar_pairs="
+        f"{d.mqar_pairs} pairs and data.mqar_queries={d.mqar_queries} queries"
+      )
     if cfg.model.vocab_size // 2 - 1 < d.mqar_pairs:
-      raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is too small for "
-                        f"data.mqar_pairs={d.mqar_pairs} distinct keys")
+      raise ConfigError(
+        f"model.vocab_size={cfg.model.vocab_size} is too small for "
+        f"data.mqar_pairs={d.mqar_pairs} distinct keys"
+      )
   if cfg.data.kind in ("text", "niah") and cfg.model.vocab_size < 256:
-    raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} < 256 cannot hold "
-                      f"byte-level data (data.kind={cfg.data.kind})")
+    raise ConfigError(
+      f"model.vocab_size={cfg.model.vocab_size} < 256 cannot hold "
+      f"byte-level data (data.kind={cfg.data.kind})"
+    )
 
 
 # --------------------------------------------------------------- saving and restoring
@@ -544,8 +574,7 @@ def comparable_model_dict(model: TitansConfig | dict) -> dict:
       model = from_dict(TitansConfig, model)
     except (ConfigError, TypeError, ValueError):
       return model  # not rebuildable: compare as saved
-  return to_dict(model.replace(memory=model.memory_config, memory_heads=None,
-                               memory_chunk=None))
+  return to_dict(model.replace(memory=model.memory_config, memory_heads=None, memory_chunk=None))
 
 
 def config_from_dict(data: dict) -> Config:

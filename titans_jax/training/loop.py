@@ -6,6 +6,7 @@ Order of operations is chosen so that bad input never touches existing checkpoin
 config validation, data loading and the checkpoint/config compatibility check all
 happen before the first byte is written under `workdir`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +15,8 @@ import pathlib
 import signal
 import threading
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,9 +24,11 @@ import numpy as np
 
 from titans_jax.data import pipeline
 from titans_jax.data.text import DataError
-from titans_jax.runtime import checkpointing, perplexity, steps as ts
+from titans_jax.runtime import checkpointing, perplexity
+from titans_jax.runtime import steps as ts
 from titans_jax.runtime.metrics import LN2, MetricsWriter, Progress, fmt_duration, strict_json
-from titans_jax.training import config as config_lib, sharded
+from titans_jax.training import config as config_lib
+from titans_jax.training import sharded
 
 
 class TrainingDivergedError(RuntimeError):
@@ -43,8 +47,9 @@ class TrainResult:
   wall_s: float
 
 
-def compile_step(cfg: config_lib.Config, mesh: Optional[jax.sharding.Mesh] = None
-                 ) -> dict[str, float]:
+def compile_step(
+  cfg: config_lib.Config, mesh: Optional[jax.sharding.Mesh] = None
+) -> dict[str, float]:
   """AOT-compiles the train step for `cfg` on its mesh, on abstract inputs.
 
   No parameter is allocated and no data read: the state and batch are
@@ -59,13 +64,16 @@ def compile_step(cfg: config_lib.Config, mesh: Optional[jax.sharding.Mesh] = Non
   config_lib.validate(cfg)
   su = sharded.setup_for(cfg, mesh)
   B, T = cfg.train.batch_size, cfg.data.seq_len
-  batch = {k: jax.ShapeDtypeStruct((B, T), dt, sharding=su.batch_sharding((B, T)))
-           for k, dt in (("inputs", jnp.int32), ("targets", jnp.int32),
-                         ("weights", jnp.float32))}
+  batch = {
+    k: jax.ShapeDtypeStruct((B, T), dt, sharding=su.batch_sharding((B, T)))
+    for k, dt in (("inputs", jnp.int32), ("targets", jnp.int32), ("weights", jnp.float32))
+  }
   compiled = su.step.lower(su.abstract, batch).compile()
   mesh = su.mesh
-  out = {"params": float(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(su.abstract.params))),
-         "devices": float(mesh.size)}
+  out = {
+    "params": float(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(su.abstract.params))),
+    "devices": float(mesh.size),
+  }
   for ax in mesh.axis_names:
     out[f"mesh_{ax}"] = float(mesh.shape[ax])
   out["state_per_device_bytes"] = float(_bytes_per_device(su.abstract))
@@ -105,8 +113,13 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def prepare(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
-            resume_from_step: Optional[int] = None, skip_damaged: bool = False):
+def prepare(
+  cfg: config_lib.Config,
+  workdir: str | pathlib.Path,
+  *,
+  resume_from_step: Optional[int] = None,
+  skip_damaged: bool = False,
+):
   """Validates config, workdir, data and existing checkpoints without writing anything.
 
   Args:
@@ -127,28 +140,32 @@ def prepare(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
   corpus = pipeline.load_corpus(cfg.data, cfg.model.vocab_size)
   if corpus.vocab_size > cfg.model.vocab_size:
     raise config_lib.ConfigError(
-        f"data.kind={cfg.data.kind!r} needs model.vocab_size >= {corpus.vocab_size}, "
-        f"got {cfg.model.vocab_size}")
+      f"data.kind={cfg.data.kind!r} needs model.vocab_size >= {corpus.vocab_size}, "
+      f"got {cfg.model.vocab_size}"
+    )
   dirs = checkpointing.step_dirs(workdir)
   complete = [s for s, p in dirs.items() if checkpointing.missing_part(p) is None]
   newest = lambda below: max((s for s in complete if s < below), default=None)
   if resume_from_step is not None:
     if resume_from_step not in dirs:
       raise config_lib.ConfigError(
-          f"--resume_from_step {resume_from_step}: no checkpoint "
-          f"{checkpointing.checkpoint_dir(workdir) / str(resume_from_step)}; complete "
-          f"checkpoints: {complete or 'none'}")
+        f"--resume_from_step {resume_from_step}: no checkpoint "
+        f"{checkpointing.checkpoint_dir(workdir) / str(resume_from_step)}; complete "
+        f"checkpoints: {complete or 'none'}"
+      )
     what = checkpointing.missing_part(dirs[resume_from_step])
     if what is not None:
-      raise checkpointing.CheckpointDamagedError(checkpointing.damaged_message(
-          dirs[resume_from_step], what, newest(resume_from_step)))
+      raise checkpointing.CheckpointDamagedError(
+        checkpointing.damaged_message(dirs[resume_from_step], what, newest(resume_from_step))
+      )
     candidates = [resume_from_step]
   else:
     candidates = sorted(complete, reverse=True)
     top = max(dirs, default=None)
     if top is not None and top not in complete and not skip_damaged:
-      raise checkpointing.CheckpointDamagedError(checkpointing.damaged_message(
-          dirs[top], checkpointing.missing_part(dirs[top]), newest(top)))
+      raise checkpointing.CheckpointDamagedError(
+        checkpointing.damaged_message(dirs[top], checkpointing.missing_part(dirs[top]), newest(top))
+      )
   if not candidates:
     return corpus, []
   # Read-only manager: checking the saved config must not create or rewrite anything.
@@ -166,17 +183,22 @@ def prepare(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
     ck.close()
   if candidates[0] > cfg.train.steps:
     raise config_lib.ConfigError(
-        f"{checkpointing.checkpoint_dir(workdir)} already holds step {candidates[0]}, beyond "
-        f"train.steps={cfg.train.steps}")
+      f"{checkpointing.checkpoint_dir(workdir)} already holds step {candidates[0]}, beyond "
+      f"train.steps={cfg.train.steps}"
+    )
   return corpus, candidates
 
 
-def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
-          stop_after_step: Optional[int] = None,
-          log: Callable[[str], None] = print,
-          mesh: Optional[jax.sharding.Mesh] = None,
-          resume_from_step: Optional[int] = None,
-          skip_damaged: bool = False) -> TrainResult:
+def train(
+  cfg: config_lib.Config,
+  workdir: str | pathlib.Path,
+  *,
+  stop_after_step: Optional[int] = None,
+  log: Callable[[str], None] = print,
+  mesh: Optional[jax.sharding.Mesh] = None,
+  resume_from_step: Optional[int] = None,
+  skip_damaged: bool = False,
+) -> TrainResult:
   """Trains `cfg` in `workdir`, resuming from its latest checkpoint if there is one.
 
   A damaged newest checkpoint stops the run with a one-line CheckpointDamagedError
@@ -198,8 +220,9 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
   """
   t_wall = time.time()
   workdir = pathlib.Path(workdir).expanduser().absolute()
-  corpus, candidates = prepare(cfg, workdir, resume_from_step=resume_from_step,
-                               skip_damaged=skip_damaged)
+  corpus, candidates = prepare(
+    cfg, workdir, resume_from_step=resume_from_step, skip_damaged=skip_damaged
+  )
   tcfg, dcfg = cfg.train, cfg.data
   pid, pcount = jax.process_index(), jax.process_count()
   if pid != 0:  # logs and metrics from process 0 only
@@ -208,11 +231,15 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
   # The state is born sharded on the config's mesh (or restored straight into it).
   su = sharded.setup_for(cfg, mesh)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(su.abstract.params))
-  data_iter = iter(pipeline.train_dataset(dcfg, corpus, tcfg.batch_size, seed=dcfg.shuffle_seed,
-                                          process_index=pid, process_count=pcount))
+  data_iter = iter(
+    pipeline.train_dataset(
+      dcfg, corpus, tcfg.batch_size, seed=dcfg.shuffle_seed, process_index=pid, process_count=pcount
+    )
+  )
 
-  ck = checkpointing.Checkpointer(workdir, keep=tcfg.keep_checkpoints,
-                                  async_save=tcfg.async_checkpoint)
+  ck = checkpointing.Checkpointer(
+    workdir, keep=tcfg.keep_checkpoints, async_save=tcfg.async_checkpoint
+  )
   start, state = 0, None
   for i, step in enumerate(candidates):
     try:
@@ -232,10 +259,13 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
   if later:  # only reached on request (skip_damaged / resume_from_step)
     if pid == 0:
       for s, moved in zip(later, ck.set_aside(later)):
-        log(f"set aside checkpoint step {s} (newer than the step resumed from): moved to "
-            f"{moved}, not deleted")
+        log(
+          f"set aside checkpoint step {s} (newer than the step resumed from): moved to "
+          f"{moved}, not deleted"
+        )
     if pcount > 1:
       from jax.experimental import multihost_utils
+
       multihost_utils.sync_global_devices("titans_jax: checkpoints set aside")
       ck.reload()
   try:
@@ -246,11 +276,14 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
   except OSError as e:
     ck.close()
     raise checkpointing.StorageError(
-        f"cannot write to --workdir {workdir}: {checkpointing.describe_error(e)}") from e
+      f"cannot write to --workdir {workdir}: {checkpointing.describe_error(e)}"
+    ) from e
   mesh_desc = ",".join(f"{a}={n}" for a, n in su.mesh.shape.items())
-  log(f"{cfg.name}: {cfg.model.variant} model, {n_params / 1e6:.2f}M params, "
-      f"{tcfg.steps} steps of {tcfg.batch_size}x{dcfg.seq_len} tokens, data={dcfg.kind}, "
-      f"mesh ({mesh_desc}) over {pcount} process(es), workdir={workdir}")
+  log(
+    f"{cfg.name}: {cfg.model.variant} model, {n_params / 1e6:.2f}M params, "
+    f"{tcfg.steps} steps of {tcfg.batch_size}x{dcfg.seq_len} tokens, data={dcfg.kind}, "
+    f"mesh ({mesh_desc}) over {pcount} process(es), workdir={workdir}"
+  )
 
   notice = su.replication_notice((tcfg.batch_size, dcfg.seq_len))
   if notice:
@@ -263,16 +296,22 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
     nonlocal eval_data
     if eval_data is None:
       try:
-        eval_data = pipeline.eval_batches(dcfg, corpus, cfg.eval.batch_size,
-                                          tcfg.eval_batches, process_index=pid,
-                                          process_count=pcount)
+        eval_data = pipeline.eval_batches(
+          dcfg,
+          corpus,
+          cfg.eval.batch_size,
+          tcfg.eval_batches,
+          process_index=pid,
+          process_count=pcount,
+        )
       except DataError as e:  # e.g. data.eval_fraction=0: train anyway, say why
         log(f"held-out evaluation skipped: {e}")
         eval_data = []
     if not eval_data:
       return None
-    return perplexity.evaluate_batches(eval_step, state.params, state.rest, eval_data,
-                                       byte_level=corpus.byte_level, put=su.put_batch)
+    return perplexity.evaluate_batches(
+      eval_step, state.params, state.rest, eval_data, byte_level=corpus.byte_level, put=su.put_batch
+    )
 
   losses: dict[int, float] = {}
   progress = Progress(tcfg.steps, start)
@@ -284,33 +323,42 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
   def diverged(what: str) -> TrainingDivergedError:
     ck.wait()
     good = ck.latest_step()
-    where = (f"the newest checkpoint {ck.directory / str(good)} (step {good}) gives a "
-             "finite loss and is intact" if good is not None
-             else "no checkpoint had been written yet")
+    where = (
+      f"the newest checkpoint {ck.directory / str(good)} (step {good}) gives a "
+      "finite loss and is intact"
+      if good is not None
+      else "no checkpoint had been written yet"
+    )
     return TrainingDivergedError(
-        f"{what}; stopped without saving; {where}. Try a lower train.lr, more "
-        "train.warmup_steps or model.dtype=float32.")
+      f"{what}; stopped without saving; {where}. Try a lower train.lr, more "
+      "train.warmup_steps or model.dtype=float32."
+    )
 
   def verify(step: int, state, batch) -> None:
     """The state about to be saved must itself give a finite loss (on the batch it was
     just trained on): a finite update can still produce weights whose loss is NaN, and
     such a checkpoint could not be resumed."""
-    s_ce, s_w, _ = (float(x) for x in jax.device_get(eval_step(state.params, state.rest,
-                                                                 batch)))
+    s_ce, s_w, _ = (float(x) for x in jax.device_get(eval_step(state.params, state.rest, batch)))
     loss = s_ce / max(s_w, 1.0)
     if not math.isfinite(loss):
-      raise diverged(f"the weights after step {step} give a non-finite loss ({loss}) on "
-                     "its batch")
+      raise diverged(f"the weights after step {step} give a non-finite loss ({loss}) on its batch")
 
   def check(step: int, metrics) -> dict[str, float]:
     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if not m["finite"]:
-      raise diverged(f"non-finite loss/gradient at step {step} (loss={m['loss']}, "
-                     f"grad_norm={m['grad_norm']})")
+      raise diverged(
+        f"non-finite loss/gradient at step {step} (loss={m['loss']}, grad_norm={m['grad_norm']})"
+      )
     losses[step] = m["loss"]
     if step % tcfg.log_every == 0 or step == tcfg.steps or step == start + 1:
-      line, tps = progress.line(step, m["loss"], step * tokens_per_step, m["lr"],
-                                byte_level=corpus.byte_level, grad_norm=m["grad_norm"])
+      line, tps = progress.line(
+        step,
+        m["loss"],
+        step * tokens_per_step,
+        m["lr"],
+        byte_level=corpus.byte_level,
+        grad_norm=m["grad_norm"],
+      )
       log(line)
       scalars = {k: m[k] for k in ("loss", "grad_norm", "lr", "accuracy")}
       scalars["bits_per_byte" if corpus.byte_level else "bits_per_token"] = m["loss"] / LN2
@@ -328,8 +376,9 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
           check(*pending)
         pending = (step, metrics)
         stop_here = stop_after_step is not None and step >= stop_after_step
-        save_here = (step % tcfg.checkpoint_every == 0 or step == tcfg.steps or stop_here
-                     or preempt.requested)
+        save_here = (
+          step % tcfg.checkpoint_every == 0 or step == tcfg.steps or stop_here or preempt.requested
+        )
         eval_here = tcfg.eval_every and step % tcfg.eval_every == 0 and step != tcfg.steps
         if save_here or eval_here:
           check(*pending)  # never checkpoint / evaluate a state from a non-finite step
@@ -358,8 +407,7 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *,
         writer.write(final_step, last_eval, prefix="eval")
         log(f"held-out eval @ {final_step}: " + perplexity.format_metrics(last_eval))
         if pid == 0:
-          (workdir / "eval_final.json").write_text(strict_json({"step": final_step,
-                                                                **last_eval}))
+          (workdir / "eval_final.json").write_text(strict_json({"step": final_step, **last_eval}))
   finally:
     ck.close()
     writer.close()
