@@ -114,9 +114,9 @@ def _compile(fn, args, device, donate=()):
   from jax.sharding import SingleDeviceSharding
 
   if device is None:
-    from titans_jax.training.train_state import cpu_compiler_options
+    from titans_jax.runtime.steps import compiler_options
 
-    jitted = jax.jit(fn, donate_argnums=donate, compiler_options=cpu_compiler_options())
+    jitted = jax.jit(fn, donate_argnums=donate, compiler_options=compiler_options())
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
     return jitted.trace(*abstract).lower().compile()
   sh = SingleDeviceSharding(device)
@@ -154,8 +154,8 @@ def _train_step_program(cfg, batch, seq):
   from flax import nnx
 
   from titans_jax.models import Titans
-  from titans_jax.training import optimizer as opt_lib
-  from titans_jax.training import train_state as ts
+  from titans_jax.runtime import optimizer as opt_lib
+  from titans_jax.runtime import steps as ts
   from titans_jax.training.config import TrainConfig
 
   tcfg = TrainConfig(steps=10, batch_size=batch, warmup_steps=1)

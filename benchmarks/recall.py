@@ -49,8 +49,8 @@ from titans_jax.memory import MemoryConfig
 from titans_jax.models import TitansConfig
 from titans_jax.runtime import optimizer as opt_lib
 from titans_jax.runtime import steps as ts
+from titans_jax.runtime.build import build_model
 from titans_jax.training import config as config_lib
-from titans_jax.training.loop import build_model
 
 VARIANTS = ("swa", "lmm", "mag", "mal", "mac")
 DIST_BINS = ("inside", "1-2x", "2-4x", ">4x")

@@ -29,7 +29,7 @@ from titans_jax.models import TitansConfig  # noqa: E402
 from titans_jax.training import aot  # noqa: E402
 from titans_jax.training.config import Config, DataConfig, TrainConfig  # noqa: E402
 
-from compile_ahead import run_concurrently  # noqa: E402
+from helpers import run_concurrently  # noqa: E402
 
 TARGET = "v5e:2x2"
 MESHES = ((4, 1, 1), (2, 1, 2), (1, 2, 2))
