@@ -5,6 +5,7 @@ under four settings of max_lr and the initial θ/α biases; one JSON line per
 
   python benchmarks/recall_defaults_sweep.py A,B,C,D lmm,mag 0,1
   python benchmarks/recall_defaults_sweep.py probe     # does θ diverge at init? (below)
+  python benchmarks/recall_defaults_sweep.py model_check  # B and C in a whole model, d=64 chunk 16
   python benchmarks/recall_defaults_sweep.py summary DIR  # DIR/*.jsonl -> DIR/summary.json + table
 
   A old:  max_lr 1, no init biases (θ, α gates random-init)   — before commit 9c49a8f
@@ -48,6 +49,22 @@ def probe(seeds=(0, 1)):
                         **{k: round(v, 4) for k, v in m.items()}}), flush=True)
 
 
+def model_check(steps=3):
+  """B and C at the preset's default chunk (16) and d = 64 in a whole model (lmm, mag;
+  one layer, MQAR 8 pairs in 256 tokens): is the training loss finite from step 1?"""
+  base = dataclasses.replace(SIZE, dim=64, heads=2, memory_chunk=16, mqar_len=256,
+                             mqar_pairs=8, mqar_queries=16, mqar_vocab=64)
+  for name, mem in (("B", {}), ("C", {"max_lr": 64 / 4})):
+    for variant in ("lmm", "mag"):
+      sz = dataclasses.replace(base, memory=mem)
+      tr = R.train_variant(R.model_config(sz, variant, sz.mqar_vocab),
+                           R.train_config(sz, steps, 0),
+                           lambda s, b, sz=sz: R.mqar_batch(sz, 0, s, b), log_every=1)
+      print(json.dumps({"setting": name, "variant": variant, "d": 64, "chunk": 16,
+                        "len": sz.mqar_len, "overrides": mem, "diverged": tr.diverged,
+                        "loss": [c["loss"] for c in tr.curve]}), flush=True)
+
+
 def summary(out_dir):
   """Beyond-window accuracy per (setting, variant): per seed, mean and sample std."""
   import statistics
@@ -74,6 +91,8 @@ def summary(out_dir):
 
 if __name__ == "__main__" and sys.argv[1] == "probe":
   probe()
+elif __name__ == "__main__" and sys.argv[1] == "model_check":
+  model_check()
 elif __name__ == "__main__" and sys.argv[1] == "summary":
   summary(sys.argv[2])
 elif __name__ == "__main__":
