@@ -34,6 +34,15 @@ OVERRIDES = [
   "eval.batch_size=4",
   "mesh.data=-1",
   "model.num_layers=1",
+  # The paper preset's default inner step (θ = max_lr/2 = 1 at init, docs/memory.md §6)
+  # amplifies the float32 reduction-order differences between 2×4 and 1×8 devices to
+  # 3.7e-5 on the memory's retrieval gate after 3 steps (measured 2026-11-30; losses
+  # still agree to 1e-5). This test checks the distributed plumbing, not the inner
+  # loop's conditioning, so it keeps the earlier, gentler inner step, where the two
+  # runs agree to 1e-5 in every parameter.
+  "model.memory.max_lr=1.0",
+  "model.memory.init_decay_bias=None",
+  "model.memory.init_lr_bias=None",
 ]  # one layer: smaller compiles (3 processes each compile)
 
 
@@ -96,5 +105,8 @@ def test_two_processes_equal_one(tmp_path):
     restored.append(ck.restore(STEPS, su.abstract))
     ck.close()
   assert int(restored[0].step) == STEPS
-  for a, b in zip(jax.tree.leaves(restored[0]), jax.tree.leaves(restored[1])):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5)
+  paths_a = jax.tree_util.tree_leaves_with_path(restored[0])
+  for (path, a), b in zip(paths_a, jax.tree.leaves(restored[1])):
+    np.testing.assert_allclose(
+      np.asarray(a), np.asarray(b), rtol=0, atol=1e-5, err_msg=jax.tree_util.keystr(path)
+    )
