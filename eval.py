@@ -32,7 +32,7 @@ def main(argv=None) -> int:
   parser.add_argument(
     "--lm_eval_tasks",
     default="",
-    help="comma list of lm-evaluation-harness tasks (needs the lm_eval extra)",
+    help="comma list of lm-evaluation-harness tasks (needs the lm-eval extra)",
   )
   parser.add_argument(
     "--lm_eval_include",
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
       except ImportError as e:
         raise config_lib.ConfigError(
           f"--lm_eval_tasks / --babilong / --ruler need the lm_eval "
-          f"extra (pip install -e '.[lm_eval]'): {e}"
+          f"extra (pip install -e '.[lm-eval]'): {e}"
         ) from None
       lm = lm_eval_adapter.TitansLM.from_workdir(
         args.workdir, args.step, args.tokenizer, cfg=cfg, batch_size=args.lm_eval_batch_size

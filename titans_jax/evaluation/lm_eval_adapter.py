@@ -1,4 +1,4 @@
-"""A titans_jax checkpoint as an lm-evaluation-harness model (`pip install -e '.[lm_eval]'`).
+"""A titans_jax checkpoint as an lm-evaluation-harness model (`pip install -e '.[lm-eval]'`).
 
     python eval.py --workdir runs/340m --lm_eval_tasks piqa,hellaswag
     # from Python: importing this module registers the model name "titans_jax"
