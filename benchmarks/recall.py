@@ -364,6 +364,28 @@ def train_variant(
 # ---------------------------------------------------------------------- scoring ---
 
 
+def train_mqar(
+  size: RecallSize,
+  variant: str,
+  seed: int,
+  *,
+  model_overrides: Optional[dict] = None,
+  log_every: int = 50,
+  log: Optional[Callable[[str], None]] = None,
+  **memory_overrides,
+) -> Trained:
+  """`train_variant` of one variant on this size's MQAR stream (data seed = `seed`)."""
+  return train_variant(
+    model_config(
+      size, variant, size.mqar_vocab, model_overrides=model_overrides, **memory_overrides
+    ),
+    train_config(size, size.mqar_steps, seed),
+    lambda start, b: mqar_batch(size, seed, start, b),
+    log_every=log_every,
+    log=log,
+  )
+
+
 def score_mqar(trained: Trained, size: RecallSize) -> dict:
   """Held-out MQAR accuracy overall and per key→query distance bin."""
   predict = niah_lib.make_predict(trained.graphdef)
@@ -658,12 +680,13 @@ def run_ablations(
       continue  # lmm has no attention, hence no persistent tokens to remove
     row = {"ablation": name, "memory": mem_over, "model": model_over, "seeds": {}}
     for seed in size.seeds:
-      mcfg = model_config(size, variant, size.mqar_vocab, model_overrides=model_over, **mem_over)
-      trained = train_variant(
-        mcfg,
-        train_config(size, size.mqar_steps, seed),
-        lambda s, b, sd=seed: mqar_batch(size, sd, s, b),
+      trained = train_mqar(
+        size,
+        variant,
+        seed,
+        model_overrides=model_over,
         log_every=max(1, size.mqar_steps // 6),
+        **mem_over,
       )
       score = score_mqar(trained, size)
       row["seeds"][seed] = {

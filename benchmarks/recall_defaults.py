@@ -29,12 +29,7 @@ for name in names:
   for seed in seeds:
     sz = dataclasses.replace(size, memory=CASES[name])
     t = time.time()
-    tr = R.train_variant(
-      R.model_config(sz, "lmm", sz.mqar_vocab),
-      R.train_config(sz, sz.mqar_steps, seed),
-      lambda s, b, sz=sz, seed=seed: R.mqar_batch(sz, seed, s, b),
-      log_every=20,
-    )
+    tr = R.train_mqar(sz, "lmm", seed, log_every=20)
     sc = R.score_mqar(tr, sz)
     print(
       json.dumps(

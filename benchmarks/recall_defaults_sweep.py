@@ -82,13 +82,8 @@ def model_check(steps=3):
   )
   for name, mem in (("B", {}), ("C", {"max_lr": 64 / 4})):
     for variant in ("lmm", "mag"):
-      sz = dataclasses.replace(base, memory=mem)
-      tr = R.train_variant(
-        R.model_config(sz, variant, sz.mqar_vocab),
-        R.train_config(sz, steps, 0),
-        lambda s, b, sz=sz: R.mqar_batch(sz, 0, s, b),
-        log_every=1,
-      )
+      sz = dataclasses.replace(base, memory=mem, mqar_steps=steps)
+      tr = R.train_mqar(sz, variant, 0, log_every=1)
       print(
         json.dumps(
           {
@@ -162,12 +157,7 @@ elif __name__ == "__main__":
       for seed in seeds:
         sz = dataclasses.replace(SIZE, memory=SETTINGS[name])
         t = time.time()
-        tr = R.train_variant(
-          R.model_config(sz, variant, sz.mqar_vocab),
-          R.train_config(sz, sz.mqar_steps, seed),
-          lambda s, b, sz=sz, seed=seed: R.mqar_batch(sz, seed, s, b),
-          log_every=20,
-        )
+        tr = R.train_mqar(sz, variant, seed, log_every=20)
         sc = R.score_mqar(tr, sz)
         print(
           json.dumps(
