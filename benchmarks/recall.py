@@ -719,6 +719,39 @@ def run_ablations(
   return result
 
 
+def merge_results(dirs: Sequence[str | pathlib.Path], argv: Sequence[str] = ()) -> dict:
+  """One suite result from the recall.json of several partial runs of the same size
+  (e.g. one process per variant, run side by side); runs keep their order by source.
+
+  Raises:
+    ValueError: a folder has no recall.json, or the sizes differ in anything but the
+      variants and seeds each run covered.
+  """
+  parts = []
+  for d in dirs:
+    path = pathlib.Path(d) / "recall.json"
+    if not path.exists():
+      raise ValueError(f"--merge {d}: no recall.json there")
+    parts.append((path, json.loads(path.read_text())))
+  loose = ("variants", "seeds")
+  first = {k: v for k, v in parts[0][1]["size"].items() if k not in loose}
+  for path, part in parts[1:]:
+    other = {k: v for k, v in part["size"].items() if k not in loose}
+    diff = sorted(k for k in first if first[k] != other.get(k))
+    if diff:
+      raise ValueError(f"--merge {path}: size differs from {parts[0][0]} in {diff}")
+  runs = [run for _, part in parts for run in part["runs"]]
+  size = dict(parts[0][1]["size"])
+  size["variants"] = list(dict.fromkeys(r["variant"] for r in runs))
+  size["seeds"] = sorted({r["seed"] for r in runs})
+  return {
+    "env": environment(argv),
+    "size": size,
+    "runs": runs,
+    "merged_from": [{"path": str(path), "env": part["env"]} for path, part in parts],
+  }
+
+
 def summarise(result: dict) -> dict:
   """Mean over seeds: MQAR per distance bin and S-NIAH per length, per variant."""
   size = result["size"]
@@ -733,6 +766,7 @@ def summarise(result: dict) -> dict:
     row = {b: _mean([s["by_distance"][b] for s in scores]) for b in DIST_BINS}
     row["all"] = _mean([s["accuracy"] for s in scores])
     row["beyond_window"] = _mean([s["beyond_window"] for s in scores])
+    row["beyond_window_min"] = _min([s["beyond_window"] for s in scores])
     row["seeds"] = len(scores)
     out["mqar"][v] = row
   for (task, v), grids in niah.items():
@@ -748,6 +782,11 @@ def summarise(result: dict) -> dict:
 def _mean(xs):
   xs = [x for x in xs if x is not None]
   return float(np.mean(xs)) if xs else None
+
+
+def _min(xs):
+  xs = [x for x in xs if x is not None]
+  return float(np.min(xs)) if xs else None
 
 
 def _pct(x):
@@ -770,6 +809,14 @@ def write_report(result: dict, out: pathlib.Path) -> None:
     f"Device: {env['device']} ({env['cpu_count']} cores), {env['date']}, commit {env['commit']}.  ",
     f"Command: `{env['command']}`",
     "",
+  ]
+  for src in result.get("merged_from", []):
+    e = src["env"]
+    lines.append(
+      f"- merged from `{src['path']}`: {e['date']}, commit {e['commit']}, `{e['command']}`"
+    )
+  lines += [
+    "",
     f"Width {size['dim']}, {size['layers']} layers, window {size['window']}, memory "
     f"chunk {size['memory_chunk']}, batch {size['batch']}, lr {size['lr']}, seeds "
     f"{list(size['seeds'])}.",
@@ -783,14 +830,15 @@ def write_report(result: dict, out: pathlib.Path) -> None:
       f"steps; chance {100 * 2 / size['mqar_vocab']:.1f}%): held-out accuracy by "
       f"key→query distance (window W = {W})",
       "",
-      "| variant | ≤ W | W–2W | 2W–4W | > 4W | beyond W | all |",
-      "|---|---|---|---|---|---|---|",
+      "| variant | seeds | ≤ W | W–2W | 2W–4W | > 4W | beyond W | beyond W, worst seed | all |",
+      "|---|---|---|---|---|---|---|---|---|",
     ]
     for v, row in s["mqar"].items():
       lines.append(
-        f"| {v} | "
+        f"| {v} | {row['seeds']} | "
         + " | ".join(_pct(row[b]) for b in DIST_BINS)
-        + f" | {_pct(row['beyond_window'])} | {_pct(row['all'])} |"
+        + f" | {_pct(row['beyond_window'])} | {_pct(row['beyond_window_min'])}"
+        + f" | {_pct(row['all'])} |"
       )
     lines.append("")
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
@@ -818,11 +866,13 @@ def write_report(result: dict, out: pathlib.Path) -> None:
       f"exact-match accuracy over depths {list(size['niah_depths'])}, "
       f"{size['niah_samples']} samples per cell",
       "",
-      "| variant | " + " | ".join(lengths) + " |",
-      "|---|" + "---|" * len(lengths),
+      "| variant | seeds | " + " | ".join(lengths) + " |",
+      "|---|---|" + "---|" * len(lengths),
     ]
     for v, row in per_v.items():
-      lines.append(f"| {v} | " + " | ".join(_pct(row["by_length"][L]) for L in lengths) + " |")
+      lines.append(
+        f"| {v} | {row['seeds']} | " + " | ".join(_pct(row["by_length"][L]) for L in lengths) + " |"
+      )
     lines.append("")
   (out / "recall.md").write_text("\n".join(lines))
 
@@ -850,7 +900,26 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     metavar="FIELD=VALUE",
     help="override RecallSize fields, e.g. mqar_steps=500 (ints/floats/tuples)",
   )
+  p.add_argument(
+    "--merge",
+    nargs="+",
+    default=None,
+    metavar="DIR",
+    help="instead of training: merge the recall.json of these runs into --out's report",
+  )
   args = p.parse_args(argv)
+  if args.merge:
+    if not args.out:
+      p.error("--merge needs --out")
+    try:
+      result = merge_results(args.merge, argv=["benchmarks/recall.py"] + argv)
+    except ValueError as e:
+      p.error(str(e))
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(result, out)
+    (out / "recall.json").write_text(json.dumps(result, indent=2))
+    return result
   size = SIZES[args.size]
   changes = {}
   if args.variants:

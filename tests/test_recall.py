@@ -131,3 +131,21 @@ def test_benchmark_smoke(tmp_path):
   assert (tmp_path / "recall_mqar.png").stat().st_size > 0
   md = (tmp_path / "recall.md").read_text()
   assert "| lmm |" in md and "commit" in md
+
+  # --merge: two partial runs (here the same one under another seed) make one report;
+  # a part of another size is refused with the differing field named.
+  other = tmp_path / "seed1"
+  other.mkdir()
+  part = json.loads((tmp_path / "recall.json").read_text())
+  for run in part["runs"]:
+    run["seed"] = 1
+  (other / "recall.json").write_text(json.dumps(part))
+  merged = R.main(["--merge", str(tmp_path), str(other), "--out", str(tmp_path / "merged")])
+  assert len(merged["runs"]) == 2 * len(saved["runs"])
+  assert merged["size"]["seeds"] == [0, 1]
+  assert merged["summary"]["mqar"]["lmm"]["seeds"] == 2
+  assert "merged from" in (tmp_path / "merged" / "recall.md").read_text()
+  part["size"]["window"] += 1
+  (other / "recall.json").write_text(json.dumps(part))
+  with pytest.raises(ValueError, match="window"):
+    R.merge_results([tmp_path, other])
