@@ -12,43 +12,23 @@ steps, then falls as the memory's read path is learned. The same model at 300 st
   python train.py --config configs/recall_mqar_mag.py --model.variant=mal   # any variant
 """
 
-from titans_jax.memory import MemoryConfig
-from titans_jax.models import TitansConfig
-from titans_jax.training.config import Config, DataConfig, EvalConfig, TrainConfig
+import dataclasses
+import pathlib
+
+from titans_jax.training.config import Config, load_config
 
 
 def get_config() -> Config:
-  memory = MemoryConfig.paper(32, heads=1, chunk_size=4, pre_norm=False)
-  model = TitansConfig.preset(
-    "tiny",
-    variant="mag",
-    vocab_size=32,
-    dim=32,
-    num_layers=2,
-    heads=2,
-    ffn_hidden=64,
-    window=8,
-    segment_len=8,
-    num_persistent=2,
-    memory=memory,
-    memory_heads=1,
-    memory_chunk=4,
-    dtype="float32",
-  )
-  return Config(
+  # configs/recall_mqar.py (the tiny lmm recipe) with the CPU size's shape and budget
+  tiny = load_config(pathlib.Path(__file__).with_name("recall_mqar.py"))
+  return dataclasses.replace(
+    tiny,
     name="recall_mqar_mag",
-    model=model,
-    data=DataConfig(kind="mqar", seq_len=64, mqar_pairs=4, mqar_queries=8),
-    train=TrainConfig(
-      steps=1000,
-      batch_size=16,
-      lr=5e-3,
-      warmup_steps=20,
-      weight_decay=0.0,
-      log_every=50,
-      eval_batches=4,
-      checkpoint_every=1000,
-      keep_checkpoints=1,
+    model=dataclasses.replace(
+      tiny.model, variant="mag", vocab_size=32, num_layers=2, window=8, segment_len=8
     ),
-    eval=EvalConfig(batches=4, batch_size=16, niah_lengths=(), prompt="", sample_tokens=0),
+    data=dataclasses.replace(tiny.data, seq_len=64, mqar_pairs=4, mqar_queries=8),
+    train=dataclasses.replace(
+      tiny.train, steps=1000, lr=5e-3, warmup_steps=20, log_every=50, checkpoint_every=1000
+    ),
   )
