@@ -12,7 +12,8 @@ Plus `memorisation`: test-time memorisation of one memory layer with fixed rando
 projections (no outer training), the measurement behind the paper preset's defaults.
 
 Writes under --out: recall.json (everything, with device/date/commit/command), recall.md
-(the tables), recall_mqar.png (accuracy vs distance, one line per variant) and
+(the tables), recall_mqar.png (accuracy vs distance, one line per variant),
+recall_curves.png (training loss vs step of every run) and
 niah_<variant>_<task>.png heatmaps.
 
   python benchmarks/recall.py --size cpu --out benchmarks/results/recall_cpu
@@ -859,6 +860,7 @@ def write_report(result: dict, out: pathlib.Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "recall_mqar.png", dpi=100)
     plt.close(fig)
+  _plot_curves(result, out / "recall_curves.png", plt)
   for task, per_v in s["niah"].items():
     lengths = list(next(iter(per_v.values()))["by_length"])
     lines += [
@@ -875,6 +877,32 @@ def write_report(result: dict, out: pathlib.Path) -> None:
       )
     lines.append("")
   (out / "recall.md").write_text("\n".join(lines))
+
+
+def _plot_curves(result: dict, path: pathlib.Path, plt) -> None:
+  """Training loss vs step of every run, one panel per task, one line per variant and
+  seed (the learning curves behind the tables)."""
+  tasks = list(dict.fromkeys(f"{r['task']}/{r['subtask']}" for r in result["runs"]))
+  if not tasks:
+    return
+  fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 3.5), squeeze=False)
+  colours = {v: f"C{i}" for i, v in enumerate(VARIANTS)}
+  for ax, task in zip(axes[0], tasks):
+    for run in result["runs"]:
+      if f"{run['task']}/{run['subtask']}" != task:
+        continue
+      steps = [c["step"] for c in run["curve"]]
+      loss = [c["loss"] for c in run["curve"]]
+      ax.plot(steps, loss, color=colours.get(run["variant"]), lw=1, label=run["variant"])
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (scored tokens)")
+    ax.set_title(f"{task} learning curves (every seed)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:

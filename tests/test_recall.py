@@ -129,6 +129,7 @@ def test_benchmark_smoke(tmp_path):
       assert (tmp_path / f"niah_{run['variant']}_s0" / "niah_passkey.png").stat().st_size > 0
   assert set(saved["summary"]["mqar"]) == set(size.variants)
   assert (tmp_path / "recall_mqar.png").stat().st_size > 0
+  assert (tmp_path / "recall_curves.png").stat().st_size > 0
   md = (tmp_path / "recall.md").read_text()
   assert "| lmm |" in md and "commit" in md
 
