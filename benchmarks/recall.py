@@ -521,7 +521,7 @@ def memorisation(cfg: MemoryConfig, num_tokens: int, *, seed: int = 0, batch: in
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _memorisation_errors(cfg: MemoryConfig, num_tokens: int, seed: int, batch: int):
   from titans_jax import memory as memory_lib
-  from titans_jax.memory.core import _project
+  from titans_jax.memory.inputs import project as _project
   from titans_jax.memory.networks import memory_forward
 
   if not cfg.forget:
