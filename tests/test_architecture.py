@@ -28,13 +28,6 @@ LEVELS = {
   "titans_jax.interop": 5,
 }
 
-# (importer, imported prefix) pairs that break the map and are written down under "To
-# move" in docs/architecture.md. Delete an entry when its move is done (a test below
-# fails on a stale entry).
-KNOWN_UPWARD = {
-  ("titans_jax.perf.timing", "titans_jax.runtime"),
-  ("titans_jax.perf.timing", "titans_jax.training.config"),
-}
 # Modules whose function-local project imports are listed as "to move" in the docs.
 KNOWN_LAZY = {"titans_jax.training.config", "titans_jax.training.cli", "titans_jax.models.config"}
 
@@ -144,20 +137,8 @@ def _tree_violations():
 
 def test_imports_go_down_the_map():
   upward, _, _ = _tree_violations()
-  bad = [
-    msg
-    for me, unit, msg in upward
-    if not any(me == a and unit.startswith(b) for a, b in KNOWN_UPWARD)
-  ]
+  bad = [msg for _, _, msg in upward]
   assert not bad, "upward imports (see docs/architecture.md):\n" + "\n".join(bad)
-
-
-def test_known_exceptions_are_still_needed():
-  upward, _, _ = _tree_violations()
-  seen = {
-    (me, b) for me, unit, _ in upward for a, b in KNOWN_UPWARD if me == a and unit.startswith(b)
-  }
-  assert seen == KNOWN_UPWARD, f"moved already, delete from KNOWN_UPWARD: {KNOWN_UPWARD - seen}"
 
 
 def test_no_project_import_inside_functions():
