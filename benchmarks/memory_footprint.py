@@ -158,10 +158,10 @@ def _train_step_program(cfg, batch, seq):
   import jax.numpy as jnp
   from flax import nnx
 
+  from titans_jax.config import TrainConfig
   from titans_jax.models import Titans
   from titans_jax.runtime import optimizer as opt_lib
   from titans_jax.runtime import steps as ts
-  from titans_jax.training.config import TrainConfig
 
   tcfg = TrainConfig(steps=10, batch_size=batch, warmup_steps=1)
   tx, schedule = opt_lib.make_optimizer(tcfg), opt_lib.lr_schedule(tcfg)

@@ -43,6 +43,7 @@ import numpy as np
 if __package__ in (None, ""):  # `python benchmarks/recall.py` from the repo root
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from titans_jax import config as config_lib
 from titans_jax.data import synthetic
 from titans_jax.evaluation import niah as niah_lib
 from titans_jax.memory import MemoryConfig
@@ -50,7 +51,6 @@ from titans_jax.models import TitansConfig
 from titans_jax.runtime import optimizer as opt_lib
 from titans_jax.runtime import steps as ts
 from titans_jax.runtime.build import build_model
-from titans_jax.training import config as config_lib
 
 VARIANTS = ("swa", "lmm", "mag", "mal", "mac")
 DIST_BINS = ("inside", "1-2x", "2-4x", ">4x")

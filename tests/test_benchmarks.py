@@ -137,7 +137,7 @@ def test_profile_component_reads_the_most_specific_library_scope():
 
 
 def test_model_config_memory_overrides():
-  from titans_jax.training.config import ConfigError
+  from titans_jax.config import ConfigError
 
   timing = _load("timing")
 
