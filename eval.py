@@ -13,11 +13,11 @@ With --config the checkpoint must belong to the same model config. Outputs go to
 import pathlib
 import sys
 
+from titans_jax import cli
+from titans_jax import config as config_lib
 from titans_jax.data.text import DataError
 from titans_jax.evaluation import run
 from titans_jax.runtime.checkpointing import CheckpointDamagedError, quiet_orbax_error_logs
-from titans_jax.training import cli
-from titans_jax.training import config as config_lib
 
 
 def main(argv=None) -> int:

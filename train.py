@@ -17,6 +17,8 @@ per-device memory estimate and exits. Several processes (docs/sharding.md):
 
 import sys
 
+from titans_jax import cli
+from titans_jax.config import ConfigError
 from titans_jax.data.text import DataError
 from titans_jax.runtime.checkpointing import (
   CheckpointDamagedError,
@@ -25,8 +27,7 @@ from titans_jax.runtime.checkpointing import (
   quiet_orbax_error_logs,
 )
 from titans_jax.sharding import MeshError
-from titans_jax.training import cli, loop
-from titans_jax.training.config import ConfigError
+from titans_jax.training import loop
 
 
 def main(argv=None) -> int:

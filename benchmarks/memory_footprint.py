@@ -23,7 +23,7 @@ model with the memory's scan rematerialisation off, to split what the scan keeps
   python benchmarks/memory_footprint.py --preset 170m --seq 1024 --target cpu --dtype fp32 \\
       --set num_layers=1 --variants swa mag
 
-`--set memory.scan_remat_every=8` etc. change the MemoryConfig (timing.parse_overrides).
+`--set memory.scan_remat_every=8` etc. change the MemoryConfig (as model_bench: `timing.model_config`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,12 @@ import contextlib
 import functools
 import json
 import os
+import pathlib
+import sys
 import time
+
+if __package__ in (None, ""):  # run as a script: `benchmarks.timing` importable
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # Several processes on this machine may compile for TPU at once (libtpu's lock would
 # refuse all but one); compiling needs no exclusive chip.
@@ -153,10 +158,10 @@ def _train_step_program(cfg, batch, seq):
   import jax.numpy as jnp
   from flax import nnx
 
+  from titans_jax.config import TrainConfig
   from titans_jax.models import Titans
   from titans_jax.runtime import optimizer as opt_lib
   from titans_jax.runtime import steps as ts
-  from titans_jax.training.config import TrainConfig
 
   tcfg = TrainConfig(steps=10, batch_size=batch, warmup_steps=1)
   tx, schedule = opt_lib.make_optimizer(tcfg), opt_lib.lr_schedule(tcfg)
@@ -331,9 +336,9 @@ def markdown(rows) -> str:
 def run(args):
   import jax
 
-  from titans_jax.perf import timing
+  from benchmarks import timing
 
-  overrides = timing.parse_overrides(args.set)
+  overrides = list(args.set)
   rows = []
   print(
     f"# jax {jax.__version__}; preset {args.preset}, B={args.batch} T={args.seq} "
@@ -342,7 +347,7 @@ def run(args):
   )
   for target in args.target:
     for v in args.variants:
-      cfg = timing.model_config(args.preset, v, args.dtype, **overrides)
+      cfg = timing.model_config(args.preset, v, args.dtype, overrides)
       jobs = [("train step", cfg, _train_step_program)]
       if args.parts and v != "swa":
         jobs.append(("memory layer f+b", cfg, _memory_layer_program))

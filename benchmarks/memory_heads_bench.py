@@ -15,9 +15,9 @@ import jax
 import numpy as np
 
 from titans_jax import sharding
+from titans_jax.config import TrainConfig
 from titans_jax.models import TitansConfig
 from titans_jax.training import sharded
-from titans_jax.training.config import TrainConfig
 
 
 def main(argv=None) -> None:

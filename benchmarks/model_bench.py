@@ -21,7 +21,12 @@ process for each one's own peak).
 from __future__ import annotations
 
 import argparse
+import pathlib
+import sys
 import traceback
+
+if __package__ in (None, ""):  # run as a script: `benchmarks.timing` importable
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from titans_jax.models.config import VARIANTS
 
@@ -76,8 +81,8 @@ def parse_args(argv=None):
 def run(args) -> dict:
   import jax
 
+  from benchmarks import timing
   from titans_jax.perf import profile as prof_lib
-  from titans_jax.perf import timing
 
   variants = list(dict.fromkeys(args.variants))
   if not args.no_baseline and "swa" not in variants:

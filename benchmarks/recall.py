@@ -44,6 +44,7 @@ import numpy as np
 if __package__ in (None, ""):  # `python benchmarks/recall.py` from the repo root
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from titans_jax import config as config_lib
 from titans_jax.data import synthetic
 from titans_jax.evaluation import niah as niah_lib
 from titans_jax.memory import MemoryConfig
@@ -51,7 +52,6 @@ from titans_jax.models import TitansConfig
 from titans_jax.runtime import optimizer as opt_lib
 from titans_jax.runtime import steps as ts
 from titans_jax.runtime.build import build_model
-from titans_jax.training import config as config_lib
 
 VARIANTS = ("swa", "lmm", "mag", "mal", "mac")
 DIST_BINS = ("inside", "1-2x", "2-4x", ">4x")
@@ -522,7 +522,7 @@ def memorisation(cfg: MemoryConfig, num_tokens: int, *, seed: int = 0, batch: in
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _memorisation_errors(cfg: MemoryConfig, num_tokens: int, seed: int, batch: int):
   from titans_jax import memory as memory_lib
-  from titans_jax.memory.core import _project
+  from titans_jax.memory.inputs import project as _project
   from titans_jax.memory.networks import memory_forward
 
   if not cfg.forget:

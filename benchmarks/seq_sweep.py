@@ -1,7 +1,7 @@
 """Training-step throughput (tokens/s) against sequence length, per variant.
 
 For each sequence length (log-spaced by default: 1K … 32K on an accelerator, 128 … 512
-on CPU) and each variant, time the full training step (titans_jax.perf.timing, the same
+on CPU) and each variant, time the full training step (benchmarks/timing.py, the same
 measurement as benchmarks/model_bench.py) and record tokens/s. The batch is fixed
 (--batch) or set per length to keep the tokens per step constant (--tokens). A size
 that fails (e.g. out of memory) is recorded with its error and the sweep goes on; a
@@ -16,8 +16,13 @@ The JSON is rewritten after every point, so a killed run keeps what it measured.
 from __future__ import annotations
 
 import argparse
+import pathlib
+import sys
 import time
 import traceback
+
+if __package__ in (None, ""):  # run as a script: `benchmarks.timing` importable
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from titans_jax.models.config import VARIANTS as ALL_VARIANTS
 
@@ -72,7 +77,7 @@ def parse_args(argv=None):
 def run(args) -> dict:
   import jax
 
-  from titans_jax.perf import timing
+  from benchmarks import timing
 
   t_start = time.time()
   args.dtype = timing.resolve_dtype(args.dtype)
@@ -127,7 +132,7 @@ def run(args) -> dict:
 
 
 def _finish(args, result):
-  from titans_jax.perf import timing
+  from benchmarks import timing
 
   result["device"]["loadavg_end"] = timing.device_info()["loadavg"]
   if args.out:

@@ -33,9 +33,9 @@ CONTEXTS = (4096, 16384)
 
 
 def cell_config(preset: str, variant: str, seq: int, chips: int):
+  from titans_jax.config import Config, DataConfig, TrainConfig
   from titans_jax.models import TitansConfig
   from titans_jax.sharding import MeshConfig
-  from titans_jax.training.config import Config, DataConfig, TrainConfig
 
   model = TitansConfig.preset(preset, variant=variant)
   return Config(

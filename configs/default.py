@@ -5,8 +5,8 @@ Sized to finish in about 10 minutes on a 2-core CPU (see docs/training.md for th
 measured wall time and held-out bits/byte).
 """
 
+from titans_jax.config import Config, DataConfig, EvalConfig, TrainConfig
 from titans_jax.models import TitansConfig
-from titans_jax.training.config import Config, DataConfig, EvalConfig, TrainConfig
 
 
 def get_config() -> Config:

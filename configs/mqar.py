@@ -4,8 +4,8 @@
   python train.py --config configs/mqar.py --workdir runs/mqar
 """
 
+from titans_jax.config import Config, DataConfig, EvalConfig, TrainConfig
 from titans_jax.models import TitansConfig
-from titans_jax.training.config import Config, DataConfig, EvalConfig, TrainConfig
 
 
 def get_config() -> Config:

@@ -6,8 +6,8 @@ length × depth grid, including lengths beyond the training length.
   python eval.py --workdir runs/niah --set eval.niah_task=passkey
 """
 
+from titans_jax.config import Config, DataConfig, EvalConfig, TrainConfig
 from titans_jax.models import TitansConfig
-from titans_jax.training.config import Config, DataConfig, EvalConfig, TrainConfig
 
 
 def get_config() -> Config:

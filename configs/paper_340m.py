@@ -10,9 +10,9 @@ Point it at your data (a flat .bin/.npy of token ids, or ArrayRecord documents):
 Pick the variant with --set model.variant=mag (mac, mag, mal, lmm, swa).
 """
 
+from titans_jax.config import Config, DataConfig, EvalConfig, TrainConfig
 from titans_jax.models import TitansConfig
 from titans_jax.sharding import MeshConfig
-from titans_jax.training.config import Config, DataConfig, EvalConfig, TrainConfig
 
 
 def get_config() -> Config:

@@ -14,8 +14,8 @@ Pick the variant with --set model.variant=mag (mac, mag, mal, lmm, swa).
 import dataclasses
 import pathlib
 
+from titans_jax.config import Config, load_config
 from titans_jax.models import TitansConfig
-from titans_jax.training.config import Config, load_config
 
 
 def get_config() -> Config:

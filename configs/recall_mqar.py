@@ -10,9 +10,9 @@ Measured (2026-11-30, shared 2-core CPU, benchmarks/recall.py `train_variant`, s
   python train.py --config configs/recall_mqar.py --workdir runs/recall_mqar
 """
 
+from titans_jax.config import Config, DataConfig, EvalConfig, TrainConfig
 from titans_jax.memory import MemoryConfig
 from titans_jax.models import TitansConfig
-from titans_jax.training.config import Config, DataConfig, EvalConfig, TrainConfig
 
 
 def get_config() -> Config:

@@ -1,8 +1,8 @@
 """A seconds-scale config for tests and smoke runs: 2-layer 32-wide MAG on synthetic
 passkey retrieval (no files needed)."""
 
+from titans_jax.config import Config, DataConfig, EvalConfig, TrainConfig
 from titans_jax.models import TitansConfig
-from titans_jax.training.config import Config, DataConfig, EvalConfig, TrainConfig
 
 
 def get_config() -> Config:

@@ -57,7 +57,7 @@ def train_bpe(corpus: pathlib.Path, out: pathlib.Path, vocab_size: int = VOCAB) 
 
 
 def token_config(data_dir: pathlib.Path, vocab_size: int = VOCAB):
-  from titans_jax.training import config as config_lib
+  from titans_jax import config as config_lib
 
   cfg = config_lib.load_config(ROOT / "configs" / "tiny.py")
   data = dataclasses.replace(

@@ -25,7 +25,7 @@ def main():
   port, pid, workdir, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
   distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid)
   assert jax.process_count() == 2 and jax.device_count() == 8, jax.devices()
-  from titans_jax.training import config as config_lib
+  from titans_jax import config as config_lib
   from titans_jax.training import loop
 
   cfg = config_lib.apply_overrides(

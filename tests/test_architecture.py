@@ -21,22 +21,13 @@ LEVELS = {
   "titans_jax.models": 2,
   "titans_jax.data": 3,
   "titans_jax.perf": 3,
-  "titans_jax.training.config": 3.5,  # the experiment Config (over data); to move to titans_jax/config.py
+  "titans_jax.config": 3.5,  # the experiment Config (over data)
+  "titans_jax.cli": 4,  # the scripts' command line (over config)
   "titans_jax.runtime": 4,
   "titans_jax.training": 5,
   "titans_jax.evaluation": 5,
   "titans_jax.interop": 5,
 }
-
-# (importer, imported prefix) pairs that break the map and are written down under "To
-# move" in docs/architecture.md. Delete an entry when its move is done (a test below
-# fails on a stale entry).
-KNOWN_UPWARD = {
-  ("titans_jax.perf.timing", "titans_jax.runtime"),
-  ("titans_jax.perf.timing", "titans_jax.training.config"),
-}
-# Modules whose function-local project imports are listed as "to move" in the docs.
-KNOWN_LAZY = {"titans_jax.training.config", "titans_jax.training.cli", "titans_jax.models.config"}
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -124,7 +115,7 @@ def _violations():
         scripts.append(f"{where}: imports {target}")
       if not target.startswith("titans_jax"):
         continue
-      if in_function and me not in KNOWN_LAZY:
+      if in_function:
         lazy.append(f"{where}: function-local import of {target}")
       if _package(target) == _package(me) or target == "titans_jax":
         continue
@@ -144,20 +135,8 @@ def _tree_violations():
 
 def test_imports_go_down_the_map():
   upward, _, _ = _tree_violations()
-  bad = [
-    msg
-    for me, unit, msg in upward
-    if not any(me == a and unit.startswith(b) for a, b in KNOWN_UPWARD)
-  ]
+  bad = [msg for _, _, msg in upward]
   assert not bad, "upward imports (see docs/architecture.md):\n" + "\n".join(bad)
-
-
-def test_known_exceptions_are_still_needed():
-  upward, _, _ = _tree_violations()
-  seen = {
-    (me, b) for me, unit, _ in upward for a, b in KNOWN_UPWARD if me == a and unit.startswith(b)
-  }
-  assert seen == KNOWN_UPWARD, f"moved already, delete from KNOWN_UPWARD: {KNOWN_UPWARD - seen}"
 
 
 def test_no_project_import_inside_functions():
@@ -178,11 +157,7 @@ def test_training_and_evaluation_never_import_each_other():
       ("titans_jax.evaluation", "titans_jax.training"),
     ):
       if me.startswith(pkg):
-        bad = [
-          t
-          for t, _, _ in _imports(path)
-          if t.startswith(other) and _level(t)[0] != "titans_jax.training.config"
-        ]
+        bad = [t for t, _, _ in _imports(path) if t.startswith(other)]
         assert not bad, f"{me} imports {bad}"
 
 

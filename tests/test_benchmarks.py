@@ -137,8 +137,9 @@ def test_profile_component_reads_the_most_specific_library_scope():
 
 
 def test_model_config_memory_overrides():
-  from titans_jax.perf import timing
-  from titans_jax.training.config import ConfigError
+  from titans_jax.config import ConfigError
+
+  timing = _load("timing")
 
   cfg = timing.model_config(
     "tiny", "mag", "fp32", ["num_layers=1", "memory.commit_every=64", "memory.impl=primal"]

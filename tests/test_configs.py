@@ -9,9 +9,9 @@ import jax
 import numpy as np
 import pytest
 
+from titans_jax import cli
+from titans_jax import config as config_lib
 from titans_jax.runtime import build
-from titans_jax.training import cli
-from titans_jax.training import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.py"))

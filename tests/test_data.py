@@ -5,9 +5,9 @@ import pathlib
 import numpy as np
 import pytest
 
+from titans_jax.config import DataConfig
 from titans_jax.data import pipeline, synthetic, text, tokens
 from titans_jax.data.text import DataError
-from titans_jax.training.config import DataConfig
 
 
 def _write_corpus(root: pathlib.Path, n_files: int = 20, size: int = 3000) -> pathlib.Path:

@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from titans_jax import memory
-from titans_jax.memory import core
+from titans_jax.memory import inputs
 from titans_jax.runtime import build
 from titans_jax.runtime.steps import FAST_COMPILE
 
@@ -129,12 +129,12 @@ def test_memory_diagnostics_on_a_mesh():
 
 
 def test_project_accepts_no_conv_state():
-  """core._project(p, x, None, cfg) on a conv config: None is the zero context."""
+  """inputs.project(p, x, None, cfg) on a conv config: None is the zero context."""
   cfg = paper(dtype="float32", param_dtype="float32", inner_dtype="float32")
   params, x = make_inputs(cfg, 5)
   zeros = jnp.zeros((2, cfg.qkv_conv - 1, 3, cfg.heads, cfg.head_dim))
-  with_none = core._project(params, x, None, cfg)
-  with_zeros = core._project(params, x, zeros, cfg)
+  with_none = inputs.project(params, x, None, cfg)
+  with_zeros = inputs.project(params, x, zeros, cfg)
   for a, b in zip(jax.tree.leaves(with_none), jax.tree.leaves(with_zeros)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

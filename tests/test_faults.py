@@ -26,12 +26,12 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # train.py, eval.py
 import eval as eval_cli  # noqa: E402
 import train as train_cli  # noqa: E402
+from titans_jax import config as config_lib  # noqa: E402
 from titans_jax.data import tokens  # noqa: E402
 from titans_jax.data.text import DataError  # noqa: E402
 from titans_jax.evaluation import run as eval_run  # noqa: E402
 from titans_jax.runtime import checkpointing  # noqa: E402
 from titans_jax.runtime.metrics import MetricsWriter  # noqa: E402
-from titans_jax.training import config as config_lib  # noqa: E402
 from titans_jax.training import loop, sharded
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

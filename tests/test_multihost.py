@@ -15,8 +15,8 @@ import jax
 import numpy as np
 import pytest
 
+from titans_jax import config as config_lib
 from titans_jax.runtime import checkpointing
-from titans_jax.training import config as config_lib
 from titans_jax.training import loop, sharded
 
 pytestmark = pytest.mark.slow  # end-to-end / multi-device: excluded from `-m "not slow"`

@@ -19,11 +19,11 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from titans_jax import sharding
+from titans_jax.config import TrainConfig
 from titans_jax.memory import MemoryConfig
 from titans_jax.models import TitansConfig
 from titans_jax.models.config import MEMORY_VARIANTS
 from titans_jax.training import sharded
-from titans_jax.training.config import TrainConfig
 
 from helpers import run_concurrently
 

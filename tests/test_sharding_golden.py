@@ -17,8 +17,8 @@ import pathlib
 
 import jax
 
+from titans_jax import config as config_lib
 from titans_jax import sharding
-from titans_jax.training import config as config_lib
 from titans_jax.training import sharded
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

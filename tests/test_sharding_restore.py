@@ -9,9 +9,9 @@ import jax
 import numpy as np
 import pytest
 
+from titans_jax import config as config_lib
 from titans_jax import sharding
 from titans_jax.runtime import checkpointing
-from titans_jax.training import config as config_lib
 from titans_jax.training import sharded
 
 pytestmark = pytest.mark.slow  # end-to-end / multi-device: excluded from `-m "not slow"`

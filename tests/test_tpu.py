@@ -24,10 +24,10 @@ if importlib.util.find_spec("libtpu") is None:
   pytest.skip('libtpu not installed (pip install -e ".[tpu]")', allow_module_level=True)
 
 from titans_jax import sharding  # noqa: E402
+from titans_jax.config import Config, DataConfig, TrainConfig  # noqa: E402
 from titans_jax.layers import attention as A  # noqa: E402
 from titans_jax.models import TitansConfig  # noqa: E402
 from titans_jax.training import aot  # noqa: E402
-from titans_jax.training.config import Config, DataConfig, TrainConfig  # noqa: E402
 
 from helpers import run_concurrently  # noqa: E402
 

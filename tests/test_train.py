@@ -19,9 +19,9 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # train.py, eval.py
 import eval as eval_cli  # noqa: E402
 import train as train_cli  # noqa: E402
+from titans_jax import config as config_lib
 from titans_jax.data.text import DataError
 from titans_jax.runtime import checkpointing
-from titans_jax.training import config as config_lib
 from titans_jax.training import loop, sharded
 
 pytestmark = pytest.mark.slow  # end-to-end / multi-device: excluded from `-m "not slow"`

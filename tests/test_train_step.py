@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from titans_jax.config import TrainConfig
 from titans_jax.runtime import optimizer as opt_lib
 from titans_jax.runtime import steps as ts
-from titans_jax.training.config import TrainConfig
 
 
 class Toy(nnx.Module):

@@ -15,6 +15,7 @@ from typing import Optional
 
 import jax
 
+from titans_jax import config as config_lib
 from titans_jax.data import pipeline
 from titans_jax.data import tokenizer as tokenizer_lib
 from titans_jax.data import tokens as token_files
@@ -22,7 +23,6 @@ from titans_jax.evaluation import niah, sampling
 from titans_jax.runtime import build, checkpointing, perplexity
 from titans_jax.runtime import steps as ts
 from titans_jax.runtime.metrics import strict_json
-from titans_jax.training import config as config_lib
 
 
 class NonFiniteResultError(RuntimeError):

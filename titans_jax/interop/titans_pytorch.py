@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from titans_jax.memory import core
+from titans_jax.memory import core, inputs
 from titans_jax.memory.config import MemoryConfig
 
 
@@ -308,7 +308,7 @@ def state_from_torch(torch_state, cfg: MemoryConfig, params: dict) -> dict:
   pos = int(seq_index) + cache_len
   if cache_len:
     raw = jnp.asarray(_np(cache), jnp.dtype(cfg.dtype))
-    _, _, _, k, v, lr, _ = core._project(params, raw, None, cfg)
+    _, _, _, k, v, lr, _ = inputs.project(params, raw, None, cfg)
     slot = int(seq_index) % cfg.chunk_size
     if slot:
       raise ValueError("torch seq_index is not a multiple of chunk_size")

@@ -1,4 +1,7 @@
-"""The neural long-term memory as pure functions: `init_state` and `apply` (docs/spec.md §1).
+"""The neural long-term memory as pure functions: `init_state`, `apply` and `retrieve`
+(docs/spec.md §1) — the state, the block layout of a call and the scan over blocks. The
+pieces it drives live by concern: `inputs` (checks, projections, chunk gates), `primal`
+and `dual` (the two forms of a block step), `ops` (norms, soft clamp, recurrences).
 
 How `apply` lays out a call (all shapes static, the stream position traced):
   * The call's tokens are written into a buffer aligned to *blocks* of `kb` chunks
@@ -10,7 +13,7 @@ How `apply` lays out a call (all shapes static, the stream position traced):
     commits (`commit_every = chunk_size`), where W̄ = W at every block start and the
     state's `grad_point` is always its `weights`. Two forms of a block step, chosen by
     `MemoryConfig.impl` (docs/memory.md):
-    primal (`_block_step`): one gradient per chunk at W̄ (`vmap` over chunks of
+    primal (`primal.block_step`): one gradient per chunk at W̄ (`vmap` over chunks of
     `grad`), the soft clamp / lr modulation, momentum and forgetting with
     `jax.lax.associative_scan`, Newton–Schulz, then retrieval of the block's queries
     from the per-chunk weights (a block's worth of per-chunk weights materialised);
@@ -40,14 +43,13 @@ from jax.ad_checkpoint import checkpoint_name
 
 from titans_jax.memory.config import MemoryConfig
 from titans_jax.memory.dual import dual_block_step, use_dual
-from titans_jax.memory.networks import activation_fn, chunk_loss, memory_forward
+from titans_jax.memory.inputs import check_input, chunk_gates, project
+from titans_jax.memory.networks import memory_forward
+from titans_jax.memory.ops import rmsnorm
+from titans_jax.memory.primal import block_step
 
 State = dict[str, Any]
 
-NS_COEFFS = (3.4445, -4.7750, 2.0315)
-NS_STEPS = 5
-NS_EPS = 1e-7
-L2_EPS = 1e-12  # torch.nn.functional.normalize
 AUTO_BLOCK_TOKENS = 64  # tokens per scan step when the gradient point never moves
 
 
@@ -88,112 +90,7 @@ def init_state(params: dict, cfg: MemoryConfig, batch_size: int) -> State:
   return state
 
 
-# ------------------------------------------------------------------- small pieces ---
-
-
-def rmsnorm(x, scale=None):
-  """torch.nn.RMSNorm with eps=None: eps = finfo(dtype).eps."""
-  eps = jnp.finfo(x.dtype).eps
-  y = x * lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + eps)
-  return y if scale is None else y * _lead(scale, y.ndim)
-
-
-def _lead(t, ndim):
-  """Add leading axes so `t` broadcasts against a rank-`ndim` array explicitly."""
-  return t.reshape((1,) * (ndim - t.ndim) + t.shape)
-
-
-def l2normalize(x):
-  norm = jnp.sqrt(jnp.square(x).sum(-1, keepdims=True))
-  return x / jnp.maximum(norm, L2_EPS)
-
-
-def causal_depthwise_conv(z_BSHd, conv):
-  """y_t = bias + Σ_j kernel[j] · z_{t+j} over a window whose last entry is token t.
-
-  z holds K−1 context tokens followed by the T new ones; returns the T outputs."""
-  kernel = conv["kernel"]
-  K = kernel.shape[0]
-  T = z_BSHd.shape[1] - (K - 1)
-  out = jnp.broadcast_to(conv["bias"].astype(z_BSHd.dtype), z_BSHd[:, :T].shape)
-  for j in range(K):
-    out = out + z_BSHd[:, j : j + T] * kernel[j].astype(z_BSHd.dtype)[None, None]
-  return out
-
-
-def softclamp_grad_norm(g, max_norm):
-  """titans-pytorch's soft clamp: g · (tanh(‖g‖/(m/2))·m/2 + m/2) / ‖g‖ per chunk.
-
-  (A zero gradient, where torch would give NaN, stays zero.)"""
-  axes = tuple(range(3, g.ndim))  # g is B×H×K×param
-  sq = jnp.square(g).sum(axes, keepdims=True)
-  nonzero = sq > 0
-  # sqrt of a masked 1, not of 0: keeps the gradient finite for empty chunks.
-  norm = jnp.sqrt(jnp.where(nonzero, sq, 1.0))
-  half = max_norm / 2.0
-  clamped = jnp.tanh(norm / half) * half + half
-  return jnp.where(nonzero, g * (clamped / norm), 0.0)
-
-
-def newton_schulz(g):
-  """Newton–Schulz (5 steps) orthogonalisation of the last two axes (a matrix update)."""
-  transpose = g.shape[-2] > g.shape[-1]
-  if transpose:
-    g = jnp.swapaxes(g, -1, -2)
-  norm = jnp.sqrt(jnp.square(g).sum((-1, -2), keepdims=True))
-  g = g / jnp.maximum(norm, NS_EPS)
-  a, b, c = NS_COEFFS
-  for _ in range(NS_STEPS):
-    A = g @ jnp.swapaxes(g, -1, -2)
-    Bm = b * A + c * (A @ A)
-    g = a * g + Bm @ g
-  return jnp.swapaxes(g, -1, -2) if transpose else g
-
-
-def linear_recurrence(a_BHK, x_BHKp, h0_BHp, impl: str = "associative"):
-  """h_j = a_j · h_{j−1} + x_j along axis 2 (K), with h_{−1} = h0.
-
-  impl="associative": `jax.lax.associative_scan` with the operator
-    (a₁, x₁)∘(a₂, x₂) = (a₁a₂, a₂x₁ + x₂)  — O(K log K) elementwise passes.
-  impl="dense": h = Λ x + (Π a) h0 with Λ_ji = Π_{i<l≤j} a_l, one K×K matmul per
-    (batch, head): the same sums, computed with far less memory traffic on CPU.
-  """
-  if impl == "dense":
-    return _dense_recurrence(a_BHK, x_BHKp, h0_BHp)
-  a = a_BHK.reshape(a_BHK.shape + (1,) * (x_BHKp.ndim - 3)).astype(x_BHKp.dtype)
-  x = x_BHKp.at[:, :, 0].add(a[:, :, 0] * h0_BHp)
-
-  def combine(left, right):
-    a1, x1 = left
-    a2, x2 = right
-    return a1 * a2, a2 * x1 + x2
-
-  _, h = lax.associative_scan(combine, (a, x), axis=2)
-  return h
-
-
-def decay_matrix(a_BHK):
-  """Λ_ji = Π_{i<l≤j} a_l (0 above the diagonal), from segment sums of log a.
-
-  Sums are built without subtraction (Mamba-2's segsum) so a gate of exactly 0 gives
-  0, not NaN; log is clamped to keep its gradient finite there."""
-  K = a_BHK.shape[-1]
-  tiny = jnp.finfo(a_BHK.dtype).tiny
-  log_a = jnp.log(jnp.maximum(a_BHK, tiny))
-  rows = jnp.broadcast_to(log_a[..., :, None], a_BHK.shape + (K,))  # [j, i] = log a_j
-  strictly_lower = jnp.tril(jnp.ones((K, K), bool), -1)
-  seg = jnp.cumsum(jnp.where(strictly_lower, rows, 0.0), axis=-2)  # Σ_{i<l≤j} log a_l
-  return jnp.where(jnp.tril(jnp.ones((K, K), bool)), jnp.exp(seg), 0.0)
-
-
-def _dense_recurrence(a_BHK, x_BHKp, h0_BHp):
-  dtype = x_BHKp.dtype
-  lam = decay_matrix(a_BHK.astype(dtype))  # B×H×K×K
-  cum = jnp.cumprod(a_BHK.astype(dtype), axis=-1)  # Π_{l≤j} a_l
-  flat = x_BHKp.reshape(x_BHKp.shape[:3] + (-1,))
-  h = jnp.einsum("bhji,bhip->bhjp", lam, flat)
-  h = h + cum[..., None] * h0_BHp.reshape(h0_BHp.shape[:2] + (1, -1))
-  return h.reshape(x_BHKp.shape)
+# ------------------------------------------------------------------- block layout ---
 
 
 def _chunks_per_block(cfg: MemoryConfig, T: int) -> int:
@@ -230,158 +127,7 @@ def _place(pending, new, pending_start, new_start, length):
   return lax.dynamic_update_slice_in_dim(buf, new, new_start, axis=1)
 
 
-def _check_input(x, cfg: MemoryConfig, state):
-  if x.ndim != 3:
-    raise ValueError(f"memory input must be B×T×D (rank 3), got shape {x.shape}")
-  if x.shape[-1] != cfg.dim:
-    raise ValueError(f"memory input width {x.shape[-1]} != MemoryConfig.dim {cfg.dim}")
-  if x.shape[1] < 1:
-    raise ValueError("memory input has no tokens (T = 0)")
-  if state is not None:
-    sb = state["pending"]["x"].shape[0]
-    if sb != x.shape[0]:
-      raise ValueError(f"state batch size {sb} != input batch size {x.shape[0]}")
-    if state["pending"]["x"].shape[1] != cfg.chunk_size:
-      raise ValueError(
-        "state was built for chunk_size "
-        f"{state['pending']['x'].shape[1]}, config has {cfg.chunk_size}"
-      )
-
-
-# ----------------------------------------------------------------------- projections ---
-
-
-def _project(params, x_BTD, conv_state, cfg: MemoryConfig):
-  """q (from the retrieve-normed input), k, v, θ (from the store-normed input).
-
-  `conv_state` is the causal conv's context (B×(K−1)×3×H×d); None means zeros."""
-  xs = rmsnorm(x_BTD, params["store_norm"]["scale"].astype(x_BTD.dtype)) if cfg.pre_norm else x_BTD
-  xr = (
-    rmsnorm(x_BTD, params["retrieve_norm"]["scale"].astype(x_BTD.dtype)) if cfg.pre_norm else x_BTD
-  )
-  proj = {
-    "q": jnp.einsum("btD,Dhd->bthd", xr, params["q_proj"].astype(x_BTD.dtype)),
-    "k": jnp.einsum("btD,Dhd->bthd", xs, params["k_proj"].astype(x_BTD.dtype)),
-    "v": jnp.einsum("btD,Dhd->bthd", xs, params["v_proj"].astype(x_BTD.dtype)),
-  }
-  new_conv = None
-  if cfg.qkv_conv:
-    K = cfg.qkv_conv
-    if conv_state is None and K > 1:  # a fresh stream: zero context
-      conv_state = jnp.zeros(x_BTD.shape[:1] + (K - 1, 3) + proj["q"].shape[2:], x_BTD.dtype)
-    for i, name in enumerate(("q", "k", "v")):
-      ctx = conv_state[:, :, i] if K > 1 else proj[name][:, :0]
-      z = jnp.concatenate([ctx.astype(proj[name].dtype), proj[name]], axis=1)
-      proj[name] = causal_depthwise_conv(z, params[f"{name}_conv"])
-      if K > 1:
-        tail = z[:, -(K - 1) :]
-        new_conv = (
-          tail[:, :, None]
-          if new_conv is None
-          else jnp.concatenate([new_conv, tail[:, :, None]], axis=2)
-        )
-  act = activation_fn(cfg.qkv_activation)
-  q, k, v = (act(proj[n]) for n in ("q", "k", "v"))
-  if cfg.qk_l2norm:
-    q, k = l2normalize(q), l2normalize(k)
-  if cfg.qk_rmsnorm:
-    q = rmsnorm(q, params["q_norm"]["gamma"].astype(q.dtype) + 1.0)
-    k = rmsnorm(k, params["k_norm"]["gamma"].astype(k.dtype) + 1.0)
-  inner = jnp.dtype(cfg.inner_dtype)
-  lr_logits = jnp.einsum("btD,Dh->bth", xs.astype(inner), params["lr"]["w"].astype(inner))
-  lr = cfg.max_lr * jax.nn.sigmoid(lr_logits + _lead(params["lr"]["b"].astype(inner), 3))
-  return xs, xr, q, k, v, lr, new_conv
-
-
-def _chunk_gates(params, xs_chunks_BGCD, cfg: MemoryConfig):
-  """Per-chunk α, η, momentum-combine weights and lr modulation from the pooled chunk."""
-  inner = jnp.dtype(cfg.inner_dtype)
-  x = xs_chunks_BGCD.astype(inner)
-  if cfg.attn_pool_chunks:
-    logits = x @ params["attn_pool"]["w"].astype(inner) + _lead(
-      params["attn_pool"]["b"].astype(inner), 4
-    )
-    pooled = (x * jax.nn.softmax(logits, axis=2)).sum(2)
-  else:
-    pooled = x.mean(2)
-
-  def linear(p):
-    w = p["w"].astype(inner)
-    out = jnp.einsum("bgD,D...->bg...", pooled, w)
-    return out + _lead(p["b"].astype(inner), out.ndim)
-
-  gates = {}
-  if cfg.forget:
-    gates["alpha"] = jax.nn.sigmoid(linear(params["decay"]))  # B×G×H
-  if cfg.momentum:
-    gates["eta"] = jax.nn.sigmoid(linear(params["momentum"]))  # B×G×H×O
-  if cfg.learned_momentum_combine:
-    gates["combine"] = jax.nn.softmax(linear(params["momentum_combine"]), axis=-1)
-  if cfg.per_parameter_lr_modulation:
-    gates["lr_mod"] = jax.nn.sigmoid(linear(params["lr_modulation"])) * cfg.max_mem_layer_modulation
-  return gates
-
-
-# ------------------------------------------------------------------------ the update ---
-
-
-def _block_step(cfg: MemoryConfig, carry, block):
-  """One block of K chunks: gradients at W̄, scans, retrieval. See module docstring."""
-  weights, momentum, grad_point = carry
-  inner = jnp.dtype(cfg.inner_dtype)
-  valid_K = block["valid"]
-
-  # One gradient per chunk, all at the block's gradient point W̄ (vmap over chunks of grad).
-  def per_head(wbar, k_KCd, v_KCd, lr_KC):
-    loss_grad = jax.grad(functools.partial(chunk_loss, cfg=cfg))
-    return jax.vmap(loss_grad, in_axes=(None, 0, 0, 0))(
-      wbar, k_KCd.astype(inner), v_KCd.astype(inner), lr_KC
-    )
-
-  grads = jax.vmap(jax.vmap(per_head))(grad_point, block["keys"], block["values"], block["lr"])
-
-  valid_b = valid_K[None, None, :]
-  new_weights, new_momentum, lagged = {}, {}, {}
-  for i, name in enumerate(cfg.fast_weight_names()):
-    g = grads[name]  # B×H×K×param
-    if cfg.max_grad_norm is not None:
-      g = softclamp_grad_norm(g, cfg.max_grad_norm)
-    if cfg.per_parameter_lr_modulation:
-      mod = block["lr_mod"][..., i]  # B×H×K
-      g = g * mod.reshape(mod.shape + (1,) * (g.ndim - 3))
-    expand = (slice(None),) * 3 + (None,) * (g.ndim - 3)
-    mask = valid_b[expand]
-    surprise = jnp.where(mask, -g, 0.0)
-
-    update = surprise
-    if cfg.momentum:
-      orders, s = [], surprise
-      for o in range(cfg.momentum_order):
-        eta = jnp.where(valid_b, block["eta"][..., o], 1.0)
-        s = linear_recurrence(eta, jnp.where(mask, s, 0.0), momentum[name][o], cfg.recurrence)
-        orders.append(s)
-      new_momentum[name] = jnp.stack([s_o[:, :, -1] for s_o in orders])
-      if cfg.learned_momentum_combine:
-        stack = ([surprise] if cfg.learned_combine_include_zeroth else []) + orders
-        comb = block["combine"]  # B×H×K×O'
-        update = sum(comb[..., j][expand] * s_j for j, s_j in enumerate(stack))
-      else:
-        update = orders[-1]
-    if cfg.spectral_norm_surprises and update.ndim >= 5:
-      update = jnp.where(mask, newton_schulz(update), 0.0)
-
-    decay = (1.0 - block["alpha"]) if cfg.forget else jnp.ones(g.shape[:3], inner)
-    decay = jnp.where(valid_b, decay, 1.0)
-    w_seq = linear_recurrence(decay, jnp.where(mask, update, 0.0), weights[name], cfg.recurrence)
-    new_weights[name] = w_seq[:, :, -1]
-    # Retrieval group j of this block reads the weights after chunk j−1.
-    lagged[name] = jnp.concatenate([weights[name][:, :, None], w_seq[:, :, :-1]], axis=2)
-
-  retrieve = jax.vmap(jax.vmap(jax.vmap(functools.partial(memory_forward, cfg=cfg))))
-  y_BHKCd = retrieve(lagged, block["queries"].astype(inner))
-  commit = block["commit"]
-  new_grad_point = {n: jnp.where(commit, new_weights[n], grad_point[n]) for n in grad_point}
-  return (new_weights, new_momentum, new_grad_point), y_BHKCd
+# ---------------------------------------------------------------------- the scan ---
 
 
 def _carries_gradient_point(cfg: MemoryConfig) -> bool:
@@ -464,7 +210,7 @@ def apply(
   Returns:
     (y, new_state): y is B×T×D in cfg.dtype; new_state continues the stream exactly.
   """
-  _check_input(x, cfg, state)
+  check_input(x, cfg, state)
   B, T, _ = x.shape
   fresh = state is None  # the stream starts here: position 0 is known statically
   if fresh:
@@ -476,7 +222,7 @@ def apply(
   x = x.astype(act_dtype)
   C, H, d = cfg.chunk_size, cfg.heads, cfg.head_dim
 
-  xs, xr, q, k, v, lr, new_conv = _project(params, x, state["conv"], cfg)
+  xs, xr, q, k, v, lr, new_conv = project(params, x, state["conv"], cfg)
 
   # ---- buffer layout (see module docstring) ----
   kb = _chunks_per_block(cfg, T)
@@ -515,7 +261,7 @@ def apply(
     block_full = (jnp.arange(num_blocks) + 1) * block_tokens <= end
     commit_N = block_full & ((abs_block + 1) % blocks_per_commit == 0)
 
-  gates = _chunk_gates(params, xs_buf.reshape(B, G, C, cfg.dim), cfg)
+  gates = chunk_gates(params, xs_buf.reshape(B, G, C, cfg.dim), cfg)
 
   def tokens_to_blocks(t_BLHx):  # B×L×H×... -> N×B×H×K×C×...
     t = t_BLHx.reshape((B, num_blocks, kb, C) + t_BLHx.shape[2:])
@@ -541,11 +287,8 @@ def apply(
 
   dual = use_dual(cfg)
   remat = cfg.remat if cfg.remat is not None else dual
-  recurrence = functools.partial(linear_recurrence, impl=cfg.recurrence)
   step = jax.named_scope("memory_block")(
-    functools.partial(dual_block_step, cfg, recurrence)
-    if dual
-    else functools.partial(_block_step, cfg)
+    functools.partial(dual_block_step if dual else block_step, cfg)
   )
   if not _carries_gradient_point(cfg):
     # Commit after every chunk (the paper's exact mini-batch GD): a block is one
@@ -625,12 +368,12 @@ def retrieve(params: dict, x: jax.Array, cfg: MemoryConfig, weights: dict, conv=
   `state["weights"]`); `conv` is the causal-conv context of this retrieval stream
   (B×(K−1)×3×H×d, None for zeros). Returns (y B×T×D in cfg.dtype, new conv context).
   """
-  _check_input(x, cfg, None)
+  check_input(x, cfg, None)
   act_dtype = jnp.dtype(cfg.dtype)
   x = x.astype(act_dtype)
   if conv is None and cfg.qkv_conv > 1:
     conv = jnp.zeros((x.shape[0], cfg.qkv_conv - 1, 3, cfg.heads, cfg.head_dim), act_dtype)
-  _, xr, q, _, _, _, new_conv = _project(params, x, conv, cfg)
+  _, xr, q, _, _, _, new_conv = project(params, x, conv, cfg)
   inner = jnp.dtype(cfg.inner_dtype)
   fwd = functools.partial(memory_forward, cfg=cfg)
   y = jax.vmap(jax.vmap(fwd, in_axes=(0, 1), out_axes=1))(weights, q.astype(inner))

@@ -2,7 +2,7 @@
 
 A separate function from `apply`, so the normal path compiles exactly as before. It runs
 the same stream as `apply` one chunk per `lax.scan` step, with the core's own pieces
-(`core._project` for q/k/v/θ, `core._chunk_gates` for α/η, `core._block_step` for the
+(`inputs.project` for q/k/v/θ, `inputs.chunk_gates` for α/η, `primal.block_step` for the
 update), and records at each step what `apply` never materialises:
 
 per token t of this call (B×T×H):
@@ -43,7 +43,10 @@ from jax import lax
 
 from titans_jax.memory import core
 from titans_jax.memory.config import MemoryConfig
+from titans_jax.memory.inputs import check_input, chunk_gates, project
 from titans_jax.memory.networks import chunk_loss
+from titans_jax.memory.ops import rmsnorm, softclamp_grad_norm
+from titans_jax.memory.primal import block_step
 
 
 def _token_losses(weights, keys_BHCd, values_BHCd, cfg: MemoryConfig):
@@ -65,7 +68,7 @@ def _surprise(grad_point, keys_BHCd, values_BHCd, lr_BHC, lr_mod_BHP, cfg: Memor
   for i, name in enumerate(cfg.fast_weight_names()):
     g = grads[name][:, :, None]  # B×H×1×param: softclamp's layout
     if cfg.max_grad_norm is not None:
-      g = core.softclamp_grad_norm(g, cfg.max_grad_norm)
+      g = softclamp_grad_norm(g, cfg.max_grad_norm)
     if cfg.per_parameter_lr_modulation:
       mod = lr_mod_BHP[..., i]
       g = g * mod.reshape(mod.shape + (1,) * (g.ndim - 2))
@@ -91,7 +94,7 @@ def diagnostics(
   gate and momentum entries only where the config has them). The state after the call
   is `apply(params, x, cfg, state)[1]`.
   """
-  core._check_input(x, cfg, state)
+  check_input(x, cfg, state)
   B, T, _ = x.shape
   fresh = state is None
   if fresh:
@@ -100,7 +103,7 @@ def diagnostics(
   x = x.astype(act_dtype)
   C, H = cfg.chunk_size, cfg.heads
 
-  xs, _, _, k, v, lr, _ = core._project(params, x, state["conv"], cfg)
+  xs, _, _, k, v, lr, _ = project(params, x, state["conv"], cfg)
 
   # Buffer: the pending chunk's tokens (from earlier calls) at 0, this call's from
   # `start`, so buffer chunk g is the stream's chunk pos // C + g.
@@ -110,7 +113,7 @@ def diagnostics(
   G = L // C
   pend = state["pending"]
   xs_pending = (
-    core.rmsnorm(pend["x"], params["store_norm"]["scale"].astype(act_dtype))
+    rmsnorm(pend["x"], params["store_norm"]["scale"].astype(act_dtype))
     if cfg.pre_norm
     else pend["x"]
   )
@@ -118,7 +121,7 @@ def diagnostics(
   k_buf = core._place(pend["keys"], k, 0, start, L)
   v_buf = core._place(pend["values"], v, 0, start, L)
   lr_buf = core._place(pend["lr"], lr, 0, start, L)
-  gates = core._chunk_gates(params, xs_buf.reshape(B, G, C, cfg.dim), cfg)
+  gates = chunk_gates(params, xs_buf.reshape(B, G, C, cfg.dim), cfg)
 
   g_idx = jnp.arange(G)
   applied_G = (g_idx + 1) * C <= start + T
@@ -159,7 +162,7 @@ def diagnostics(
       lr=chunk["lr"][:, :, None],
       queries=jnp.zeros_like(keys[:, :, None]),
     )
-    carry, _ = core._block_step(cfg, carry, block)
+    carry, _ = block_step(cfg, carry, block)
     weights, momentum, _ = carry
     out["weights_norm"] = _norm(weights, 2)
     if cfg.momentum:

@@ -1,6 +1,7 @@
 """The dual form of one commit-block step (docs/memory.md): no per-chunk weights.
 
-Same inputs and outputs as `core._block_step` (the primal form), same maths.
+Same inputs and outputs as `primal.block_step` (the primal form), same maths; the soft
+clamp and the momentum / forgetting recurrences are `ops`'s, shared by both forms.
 
 Every layer of the memory MLP is linear in its weight given its input, so the gradient
 of chunk c for layer l at the gradient point W̄ is a sum of outer products
@@ -11,8 +12,9 @@ of chunk c for layer l at the gradient point W̄ is a sum of outer products
 per-tensor scalar s_c^l, and momentum / forgetting are linear recurrences with scalar
 per-chunk coefficients, so every weight set of the block is a linear combination of the
 basis  [W_start, S_start^0 … S_start^{O−1}, G_0 … G_{K−1}]  (P = 1 + O + K entries).
-The coefficients are found by running the *same* recurrences (`linear_recurrence`) on
-coefficient vectors instead of tensors (B×H×K×P instead of B×H×K×d_in×d_out).
+The coefficients are found by running the *same* recurrences (`ops.momentum_recurrence`,
+`ops.forgetting_recurrence`) on coefficient vectors instead of tensors (B×H×K×P instead
+of B×H×K×d_in×d_out).
 
 Retrieval of a query q in chunk group j at layer l then needs no per-chunk weights:
 
@@ -34,6 +36,7 @@ import jax.numpy as jnp
 
 from titans_jax.memory.config import MemoryConfig
 from titans_jax.memory.networks import activation_fn, layernorm_noaffine
+from titans_jax.memory.ops import forgetting_recurrence, momentum_recurrence, softclamp_scale
 
 
 def supports_dual(cfg: MemoryConfig) -> bool:
@@ -91,17 +94,15 @@ def _grad_sq_norms(cfg: MemoryConfig, zs, deltas, g_gamma, K: int):
   return out
 
 
-def _coefficients(cfg: MemoryConfig, block, recurrence):
+def _coefficients(cfg: MemoryConfig, block):
   """Coefficient rows over the basis [W_start, S^0…S^{O−1}, u_0…u_{K−1}] (u_c: the
-  unit surprise of chunk c, masked): the weights each retrieval group reads
-  (B×H×K×P), and the block-end weights and momenta (B×H×R×P, R = 1 + O)."""
-  valid_K = block["valid"]
+  unit surprise of chunk c): the weights each retrieval group reads (B×H×K×P), and the
+  block-end weights and momenta (B×H×R×P, R = 1 + O). The primal form's recurrences
+  (`ops.momentum_recurrence`, `ops.forgetting_recurrence`), run on unit vectors."""
   B, H, K = block["lr"].shape[:3]
   O = cfg.num_momentum_states
   P = 1 + O + K
   dtype = block["lr"].dtype
-  valid_b = valid_K[None, None, :]
-  mask = valid_b[..., None]
 
   def unit(p):
     return jnp.broadcast_to(jax.nn.one_hot(p, P, dtype=dtype)[None, None], (B, H, P))
@@ -110,25 +111,8 @@ def _coefficients(cfg: MemoryConfig, block, recurrence):
     jnp.concatenate([jnp.zeros((K, 1 + O), dtype), jnp.eye(K, dtype=dtype)], axis=1)[None, None],
     (B, H, K, P),
   )
-  surprise = jnp.where(mask, surprise, 0.0)
-  update = surprise
-  ends = []
-  if cfg.momentum:
-    orders, s = [], surprise
-    for o in range(cfg.momentum_order):
-      eta = jnp.where(valid_b, block["eta"][..., o], 1.0)
-      s = recurrence(eta, jnp.where(mask, s, 0.0), unit(1 + o))
-      orders.append(s)
-    ends = [s_o[:, :, -1] for s_o in orders]
-    if cfg.learned_momentum_combine:
-      stack = ([surprise] if cfg.learned_combine_include_zeroth else []) + orders
-      comb = block["combine"]
-      update = sum(comb[..., j][..., None] * s_j for j, s_j in enumerate(stack))
-    else:
-      update = orders[-1]
-  decay = (1.0 - block["alpha"]) if cfg.forget else jnp.ones((B, H, K), dtype)
-  decay = jnp.where(valid_b, decay, 1.0)
-  w_seq = recurrence(decay, jnp.where(mask, update, 0.0), unit(0))
+  update, ends = momentum_recurrence(cfg, block, surprise, [unit(1 + o) for o in range(O)])
+  w_seq = forgetting_recurrence(cfg, block, update, unit(0))
   lagged = jnp.concatenate([unit(0)[:, :, None], w_seq[:, :, :-1]], axis=2)
   end_rows = jnp.stack([w_seq[:, :, -1]] + ends, axis=2)  # B×H×R×P
   return lagged, end_rows
@@ -171,7 +155,7 @@ def _end_gradients(cfg, zs, deltas, g_gamma, end_rows, scale, K):
   return out
 
 
-def token_terms(cfg: MemoryConfig, recurrence, grad_point, block):
+def token_terms(cfg: MemoryConfig, grad_point, block):
   """What a block needs besides the carried (W, S), all of token or chunk size: the
   per-token factors at W̄, the per-chunk gradient scales and the coefficient rows.
   (Computing these for all blocks at once, outside the scan, when W̄ never moves was
@@ -192,16 +176,13 @@ def token_terms(cfg: MemoryConfig, recurrence, grad_point, block):
   names = cfg.fast_weight_names()
   scale = {n: jnp.ones((B, H, K), inner) for n in names}
   if cfg.max_grad_norm is not None:
-    half = cfg.max_grad_norm / 2.0
     for n, sq in _grad_sq_norms(cfg, zs, deltas, g_gamma, K).items():
-      nonzero = sq > 0
-      norm = jnp.sqrt(jnp.where(nonzero, sq, 1.0))
-      scale[n] = jnp.where(nonzero, (jnp.tanh(norm / half) * half + half) / norm, 0.0)
+      scale[n] = softclamp_scale(sq, cfg.max_grad_norm)
   if cfg.per_parameter_lr_modulation:
     for i, n in enumerate(names):
       scale[n] = scale[n] * block["lr_mod"][..., i]
 
-  lagged, end_rows = _coefficients(cfg, block, recurrence)
+  lagged, end_rows = _coefficients(cfg, block)
   return {
     "q": q,
     "zs": zs,
@@ -274,11 +255,11 @@ def advance(cfg: MemoryConfig, weights, momentum, end_rows, end_grads):
   return new_weights, new_momentum
 
 
-def dual_block_step(cfg: MemoryConfig, recurrence, carry, block):
+def dual_block_step(cfg: MemoryConfig, carry, block):
   """One block of K chunks in the dual form (module docstring), for a scan that carries
-  (W, S, W̄). `recurrence` is core.linear_recurrence with the config's implementation."""
+  (W, S, W̄)."""
   weights, momentum, grad_point = carry
-  terms = token_terms(cfg, recurrence, grad_point, block)
+  terms = token_terms(cfg, grad_point, block)
   y_BHKCd = retrieve_block(cfg, weights, momentum, terms)
   K = terms["lagged"].shape[2]
   end_grads = _end_gradients(

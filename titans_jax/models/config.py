@@ -19,8 +19,11 @@ import dataclasses
 import math
 from typing import Optional
 
+import jax
+
 from titans_jax.fieldcheck import check_types
 from titans_jax.layers.attention import IMPLS as ATTN_IMPLS
+from titans_jax.memory import params as memory_params
 from titans_jax.memory.config import MemoryConfig
 
 VARIANTS = ("mac", "mag", "mal", "lmm", "swa")
@@ -317,11 +320,7 @@ def _round_up(x: int, m: int) -> int:
 
 def memory_param_count(mcfg: MemoryConfig) -> int:
   """Slow parameters of one memory layer, counted abstractly (no allocation)."""
-  import jax
-
-  from titans_jax import memory
-
-  shapes = jax.eval_shape(lambda: memory.init(jax.random.key(0), mcfg))
+  shapes = jax.eval_shape(lambda: memory_params.init(jax.random.key(0), mcfg))
   return sum(math.prod(s.shape) for s in jax.tree.leaves(shapes))
 
 

@@ -1,5 +1,5 @@
-"""Performance measurement: analytic FLOP counts and model FLOPs utilisation (MFU),
-training-step timing (`perf.timing`) and per-op profiles (`perf.profile`)."""
+"""Performance measurement: analytic FLOP counts and model FLOPs utilisation (MFU) and
+per-op profiles (`perf.profile`). (Training-step timing is `benchmarks/timing.py`.)"""
 
 from titans_jax.perf.flops import (
   PEAK_FLOPS,

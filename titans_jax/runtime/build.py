@@ -1,7 +1,7 @@
 """One builder: the model, its train state, its train / eval steps, from the configs.
 
 Every entry point builds through here — `train()` (via `training.sharded`), `evaluate()`,
-`perf.timing`, the benchmarks and the tests — so the graph definition, the optimizer,
+the benchmarks (`benchmarks/timing.py`) and the tests — so the graph definition, the optimizer,
 the step and the compiler options they compile with are the same everywhere.
 
   abstract_model(model_cfg, seed)      the model as ShapeDtypeStructs (no allocation)

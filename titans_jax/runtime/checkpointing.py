@@ -25,7 +25,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-from titans_jax.training import config as config_lib
+from titans_jax import config as config_lib
 
 
 class CheckpointMismatchError(config_lib.ConfigError):

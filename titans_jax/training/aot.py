@@ -35,11 +35,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from titans_jax import config as config_lib
 from titans_jax import sharding
 from titans_jax.layers import attention
 from titans_jax.perf import flops as flops_lib
 from titans_jax.perf import hlo_cost
-from titans_jax.training import config as config_lib
 from titans_jax.training import sharded
 
 INSTALL_HINT = 'pip install -e ".[tpu]"'

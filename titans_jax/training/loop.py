@@ -22,12 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from titans_jax import config as config_lib
 from titans_jax.data import pipeline
 from titans_jax.data.text import DataError
 from titans_jax.runtime import checkpointing, perplexity
 from titans_jax.runtime import steps as ts
 from titans_jax.runtime.metrics import LN2, MetricsWriter, Progress, fmt_duration, strict_json
-from titans_jax.training import config as config_lib
 from titans_jax.training import sharded
 
 

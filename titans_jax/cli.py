@@ -19,9 +19,10 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
-from titans_jax.training import config as config_lib
+from titans_jax import config as config_lib
+from titans_jax.sharding import distributed
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.py"
 _SECTIONS = ("model.", "data.", "train.", "eval.", "mesh.", "name=")
 
@@ -59,8 +60,6 @@ def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
 
 def init_distributed(args) -> bool:
   """jax.distributed.initialize from the flags / environment (before any device use)."""
-  from titans_jax.sharding import distributed
-
   return distributed.initialize(
     getattr(args, "coordinator_address", None),
     getattr(args, "num_processes", None),

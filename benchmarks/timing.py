@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from titans_jax.config import TrainConfig, apply_model_overrides
 from titans_jax.models import Titans
 from titans_jax.models.config import TitansConfig
 from titans_jax.perf import flops as flops_lib
@@ -37,7 +38,6 @@ from titans_jax.perf import profile as prof_lib
 from titans_jax.runtime import build
 from titans_jax.runtime import optimizer as opt_lib
 from titans_jax.runtime import steps as ts
-from titans_jax.training.config import TrainConfig, apply_model_overrides
 
 DTYPE_ALIASES = {
   "bf16": "bfloat16",
@@ -61,7 +61,7 @@ def model_config(
 ) -> TitansConfig:
   """The preset of `variant` computing in `dtype` (parameters stay float32), with
   `FIELD=VALUE` overrides applied by the same path as train.py's `--set model.FIELD=…`
-  (`titans_jax.training.config.apply_model_overrides`): e.g. `num_layers=1`,
+  (`titans_jax.config.apply_model_overrides`): e.g. `num_layers=1`,
   `memory.commit_every=64`, `memory.impl=primal`. A bad one raises ConfigError naming it.
   """
   kw = {"variant": variant, "dtype": DTYPE_ALIASES[dtype]}
