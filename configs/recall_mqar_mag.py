@@ -15,7 +15,7 @@ steps, then falls as the memory's read path is learned. The same model at 300 st
 import dataclasses
 import pathlib
 
-from titans_jax.training.config import Config, load_config
+from titans_jax.config import Config, load_config
 
 
 def get_config() -> Config:
