@@ -40,15 +40,20 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 if __package__ in (None, ""):  # `python benchmarks/recall.py` from the repo root
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from titans_jax import config as config_lib
+from titans_jax import memory as memory_lib
 from titans_jax.data import synthetic
 from titans_jax.evaluation import niah as niah_lib
 from titans_jax.memory import MemoryConfig
+from titans_jax.memory.inputs import project as memory_project
+from titans_jax.memory.networks import memory_forward
 from titans_jax.models import TitansConfig
+from titans_jax.models import diagnostics as model_diagnostics
 from titans_jax.runtime import optimizer as opt_lib
 from titans_jax.runtime import steps as ts
 from titans_jax.runtime.build import build_model
@@ -441,10 +446,6 @@ def layer0_diagnostics(trained: Trained, size: RecallSize, *, batch: int = 8) ->
   sequence (after it was stored). For mag/mac also the gate's mean σ(RMSNorm(m)) and the
   norms of the memory and attention outputs.
   """
-  from flax import nnx
-
-  from titans_jax import memory as memory_lib
-
   cfg = trained.model_cfg
   if not cfg.has_memory(0):
     return {}
@@ -491,6 +492,65 @@ def layer0_diagnostics(trained: Trained, size: RecallSize, *, batch: int = 8) ->
   return out
 
 
+def mqar_value_positions(inputs_BT: np.ndarray, weights_BT: np.ndarray, num_pairs: int):
+  """(first, repeat): boolean B×T masks of the value tokens of an MQAR batch, where a
+  pair is written (positions 1, 3, …) and where a query repeats it (the scored target
+  of a query key, one position after it)."""
+  B, T = inputs_BT.shape
+  first = np.zeros((B, T), bool)
+  first[:, 1 : 2 * num_pairs : 2] = True
+  repeat = np.zeros((B, T), bool)
+  repeat[:, 1:] = weights_BT[:, :-1] > 0
+  return first, repeat
+
+
+def layer_diagnostics(trained: Trained, size: RecallSize, *, batch: int = 8) -> list[dict]:
+  """Per layer, on held-out MQAR, from the model's own forward
+  (`titans_jax.models.diagnostics`, i.e. what each block's memory really reads — for
+  MAC the attention output, for MAL/MAG the normed block input with the persistent
+  tokens): the memory's output norm against the attention's, the MAG/MAC gate's mean,
+  θ, and the memory's inner loss on value tokens where a pair is first written vs where
+  a query repeats it later (does the memory hold the pair when it is asked?).
+
+  One sequence per call, so positions keep their meaning (the capture averages over
+  the batch)."""
+  model = nnx.merge(trained.graphdef, trained.params, trained.rest)
+  ex = mqar_batch(size, MQAR_EVAL_SEED, 0, batch)
+  first, repeat = mqar_value_positions(ex["inputs"], ex["weights"], size.mqar_pairs)
+  acc: dict[tuple[int, str], list] = {}
+  kinds = {}
+  for b in range(batch):
+    layers = model_diagnostics(model, jnp.asarray(ex["inputs"][b : b + 1]))
+    for layer in layers:
+      i = layer["layer"]
+      kinds[i] = layer["kind"]
+      arrays = {k: np.asarray(v) for k, v in layer.items() if k not in ("layer", "kind")}
+      for name in ("memory_norm", "attention_norm", "gate_mean", "memory_theta"):
+        if name in arrays:
+          acc.setdefault((i, name), []).append(float(arrays[name].mean()))
+      if "memory_loss" in arrays:
+        loss = arrays["memory_loss"]
+        acc.setdefault((i, "loss_first"), []).extend(loss[first[b]].tolist())
+        acc.setdefault((i, "loss_repeat"), []).extend(loss[repeat[b]].tolist())
+  out = []
+  for i in sorted(kinds):
+    get = lambda name, i=i: float(np.mean(acc[(i, name)])) if (i, name) in acc else None
+    row = {"layer": i, "kind": kinds[i]}
+    if get("memory_norm") is not None:
+      row.update(
+        memory_norm=get("memory_norm"),
+        theta_mean=get("memory_theta"),
+        inner_loss_values_first=get("loss_first"),
+        inner_loss_values_repeat=get("loss_repeat"),
+      )
+    if get("attention_norm") is not None:
+      row["attention_norm"] = get("attention_norm")
+    if get("gate_mean") is not None:
+      row["gate_mean"] = get("gate_mean")
+    out.append(row)
+  return out
+
+
 # ------------------------------------------------------------------ memorisation ---
 
 
@@ -521,10 +581,6 @@ def memorisation(cfg: MemoryConfig, num_tokens: int, *, seed: int = 0, batch: in
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _memorisation_errors(cfg: MemoryConfig, num_tokens: int, seed: int, batch: int):
-  from titans_jax import memory as memory_lib
-  from titans_jax.memory.inputs import project as _project
-  from titans_jax.memory.networks import memory_forward
-
   if not cfg.forget:
     raise ValueError("memorisation: cfg.forget must be True (it compares with α = 1)")
   params = memory_lib.init(jax.random.key(seed), cfg)
@@ -534,8 +590,8 @@ def _memorisation_errors(cfg: MemoryConfig, num_tokens: int, seed: int, batch: i
   conv = (
     jnp.zeros((batch, cfg.qkv_conv - 1, 3, cfg.heads, cfg.head_dim)) if cfg.qkv_conv > 1 else None
   )
-  _, _, _, k, v, lr, _ = _project(params, x, conv, cfg)
-  _, _, _, k_unseen, v_unseen, _, _ = _project(params, xu, conv, cfg)
+  _, _, _, k, v, lr, _ = memory_project(params, x, conv, cfg)
+  _, _, _, k_unseen, v_unseen, _, _ = memory_project(params, xu, conv, cfg)
   # The same layer twice in one program: as initialised, and forgetting everything
   # (decay gate weight 0, bias 30: α = sigmoid(30) = 1 in float32).
   forget_all = dict(
@@ -634,6 +690,7 @@ def run_suite(
           if task == "mqar":
             run["score"] = score_mqar(trained, size)
             run["diagnostics"] = layer0_diagnostics(trained, size)
+            run["layers"] = layer_diagnostics(trained, size)
             log(
               f"  -> acc {run['score']['accuracy']:.3f} by distance {run['score']['by_distance']}"
             )
@@ -842,6 +899,34 @@ def write_report(result: dict, out: pathlib.Path) -> None:
         + f" | {_pct(row['all'])} |"
       )
     lines.append("")
+    diag_rows = [
+      (run["variant"], run["seed"], layer)
+      for run in result["runs"]
+      if run["task"] == "mqar"
+      for layer in run.get("layers", [])
+      if "memory_norm" in layer
+    ]
+    if diag_rows:
+      f2 = lambda x: "–" if x is None else f"{x:.2f}"
+      lines += [
+        "Per-layer diagnostics on held-out MQAR (`layer_diagnostics`): the memory's inner "
+        "loss on a value token where its pair is written vs where a query repeats it "
+        "(lower at the repeat = the memory holds the pair), θ, the memory's output norm "
+        "against the attention's, and the MAG/MAC gate's mean.",
+        "",
+        "| variant | seed | layer | inner loss, written → asked | θ mean | ‖m‖ / ‖y‖ | gate mean |",
+        "|---|---|---|---|---|---|---|",
+      ]
+      for v, seed, layer in diag_rows:
+        ratio = (
+          layer["memory_norm"] / layer["attention_norm"] if layer.get("attention_norm") else None
+        )
+        lines.append(
+          f"| {v} | {seed} | {layer['layer']} | {f2(layer['inner_loss_values_first'])} → "
+          f"{f2(layer['inner_loss_values_repeat'])} | {f2(layer['theta_mean'])} | "
+          f"{f2(ratio)} | {f2(layer.get('gate_mean'))} |"
+        )
+      lines.append("")
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     for v, row in s["mqar"].items():
       ax.plot(

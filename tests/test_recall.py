@@ -132,6 +132,10 @@ def test_benchmark_smoke(tmp_path):
   assert (tmp_path / "recall_curves.png").stat().st_size > 0
   md = (tmp_path / "recall.md").read_text()
   assert "| lmm |" in md and "commit" in md
+  layers = next(r for r in saved["runs"] if r["task"] == "mqar")["layers"]
+  assert [layer["kind"] for layer in layers] == ["lmm"] * size.layers
+  assert all(np.isfinite(layer["inner_loss_values_repeat"]) for layer in layers)
+  assert "inner loss, written → asked" in md
 
   # --merge: two partial runs (here the same one under another seed) make one report;
   # a part of another size is refused with the differing field named.
