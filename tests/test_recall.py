@@ -65,8 +65,13 @@ def test_paper_defaults():
   """The paper preset's inner-loop defaults (docs/memory.md "Defaults and why")."""
   cfg = MemoryConfig.paper(64, heads=1, chunk_size=8)
   assert cfg.max_lr == 64 / 16 and cfg.init_lr_bias == 0.0 and cfg.init_decay_bias == -6.0
-  assert MemoryConfig.paper(64, heads=4).max_lr == 1.0  # scales with head width
-  assert MemoryConfig.paper(64, heads=4, dim_head=32).max_lr == 2.0
+  assert MemoryConfig.paper(64, heads=4, chunk_size=8).max_lr == 1.0  # scales with d
+  assert MemoryConfig.paper(64, heads=4, chunk_size=8, dim_head=32).max_lr == 2.0
+  # θ · (tokens per commit) ≤ d / 2: the default run's shape (d 32, chunk 16) gets 1,
+  # whose max_lr 2 diverged at step 44 (docs/memory.md §6)
+  assert MemoryConfig.paper(32, chunk_size=16).max_lr == 1.0
+  assert MemoryConfig.paper(64, chunk_size=16, commit_every=64).max_lr == 0.5
+  assert MemoryConfig.paper(32, chunk_size=4).max_lr == 2.0  # small chunks: d / 16
   assert MemoryConfig.paper(64, max_lr=0.5).max_lr == 0.5  # overrides win
 
 

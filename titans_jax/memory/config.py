@@ -16,7 +16,11 @@ ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu", "identity")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 # Inner-loop defaults of `MemoryConfig.paper` (docs/memory.md "Defaults and why").
-PAPER_LR_PER_DIM = 16.0  # max_lr = head width / 16: θ ≤ 1/16 of the paper's sum-loss step
+PAPER_LR_PER_DIM = 16.0  # max_lr ≤ head width / 16: θ ≤ 1/16 of the paper's sum-loss step
+# and max_lr · (tokens per commit) ≤ head width / 2: one commit's step is θ times a sum of
+# that many per-token gradients of curvature ~2/d (unit keys, far from orthogonal), so
+# θ · tokens ≥ d is where the inner loop stops converging (measured: docs/memory.md §6)
+PAPER_STEP_PER_DIM = 0.5
 PAPER_INIT_LR_BIAS = 0.0  # θ = max_lr / 2 at init, the sigmoid's steepest point
 PAPER_INIT_DECAY_BIAS = -6.0  # α = sigmoid(−6) ≈ 0.0025 per chunk at init: retain
 
@@ -275,13 +279,16 @@ class MemoryConfig:
     normalisation + gating before the output projection.
 
     Inner-loop defaults (measured, docs/memory.md "Defaults and why"): the loss is a
-    mean over the head width d, and θ_t ≤ max_lr = d / PAPER_LR_PER_DIM (θ ≤ 1/16
-    in the paper's sum-over-d units, whatever d is); at init θ = max_lr / 2 for every
+    mean over the head width d, and θ_t ≤ max_lr = d · min(1 / PAPER_LR_PER_DIM,
+    PAPER_STEP_PER_DIM / n) with n the tokens per commit (`commit_every`, else
+    `chunk_size`): θ ≤ 1/16 in the paper's sum-over-d units, and θ · n ≤ d / 2, half
+    the step where the inner loop diverges; at init θ = max_lr / 2 for every
     token (init_lr_bias 0), α = sigmoid(−6) ≈ 0.0025 per chunk (the memory retains
     what it writes for hundreds of chunks; init_decay_bias −6) and η keeps the
     random init (≈ 0.5).
     """
     d = overrides.get("dim_head") or dim // heads
+    per_commit = overrides.get("commit_every", chunk_size) or chunk_size
     kw = dict(
       dim=dim,
       heads=heads,
@@ -299,7 +306,7 @@ class MemoryConfig:
       post_rmsnorm=True,
       gate=True,
       out_proj=True,
-      max_lr=d / PAPER_LR_PER_DIM,
+      max_lr=d * min(1 / PAPER_LR_PER_DIM, PAPER_STEP_PER_DIM / per_commit),
       momentum=True,
       forget=True,
       init_lr_bias=PAPER_INIT_LR_BIAS,
