@@ -782,8 +782,9 @@ def merge_results(dirs: Sequence[str | pathlib.Path], argv: Sequence[str] = ()) 
   (e.g. one process per variant, run side by side); runs keep their order by source.
 
   Raises:
-    ValueError: a folder has no recall.json, or the sizes differ in anything but the
-      variants and seeds each run covered.
+    ValueError: a folder has no recall.json, or two parts disagree on a size field
+      both use (variants and seeds may differ; a task's own fields, mqar_* or niah_*,
+      count only for the parts that ran that task).
   """
   parts = []
   for d in dirs:
@@ -792,14 +793,20 @@ def merge_results(dirs: Sequence[str | pathlib.Path], argv: Sequence[str] = ()) 
       raise ValueError(f"--merge {d}: no recall.json there")
     parts.append((path, json.loads(path.read_text())))
   loose = ("variants", "seeds")
-  first = {k: v for k, v in parts[0][1]["size"].items() if k not in loose}
-  for path, part in parts[1:]:
-    other = {k: v for k, v in part["size"].items() if k not in loose}
-    diff = sorted(k for k in first if first[k] != other.get(k))
-    if diff:
-      raise ValueError(f"--merge {path}: size differs from {parts[0][0]} in {diff}")
+  size: dict = {}
+  origin: dict = {}
+  for path, part in parts:
+    tasks = {run["task"] for run in part["runs"]}
+    for key, value in part["size"].items():
+      # a part's mqar_* / niah_* settings matter only if it ran that task
+      if key in loose or (key.split("_")[0] in ("mqar", "niah") and key.split("_")[0] not in tasks):
+        continue
+      if key in size and size[key] != value:
+        raise ValueError(f"--merge {path}: size field {key} = {value!r} differs from {origin[key]}")
+      size.setdefault(key, value)
+      origin.setdefault(key, path)
   runs = [run for _, part in parts for run in part["runs"]]
-  size = dict(parts[0][1]["size"])
+  size = {**parts[0][1]["size"], **size}
   size["variants"] = list(dict.fromkeys(r["variant"] for r in runs))
   size["seeds"] = sorted({r["seed"] for r in runs})
   return {
