@@ -61,6 +61,22 @@ def test_memorises_at_test_time(name):
   assert m["stored_over_unseen"] < 0.97, m
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("cap_multiple, finite", [(1, True), (4, False)])
+def test_paper_max_lr_cap_is_below_divergence(cap_multiple, finite):
+  """The preset's cap θ · chunk ≤ d/2 (docs/memory.md §6) with θ pinned at its maximum
+  (the outer loop's worst case) at the default run's shape (d 32, chunk 16): the memory
+  stores 256 random tokens; at 4× the cap (θ · chunk = 2d) the inner loop diverges."""
+  cap = MemoryConfig.paper(32, heads=1, chunk_size=16, pre_norm=False).max_lr
+  cfg = MemoryConfig.paper(
+    32, heads=1, chunk_size=16, pre_norm=False, init_lr_bias=8.0, max_lr=cap_multiple * cap
+  )
+  m = R.memorisation(cfg, num_tokens=256, seed=0)
+  assert np.isfinite(m["stored"]) == finite, m
+  if finite:
+    assert m["stored_over_before"] < 0.6, m
+
+
 def test_paper_defaults():
   """The paper preset's inner-loop defaults (docs/memory.md "Defaults and why")."""
   cfg = MemoryConfig.paper(64, heads=1, chunk_size=8)
