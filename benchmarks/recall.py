@@ -148,7 +148,9 @@ SIZES = {
     variants=("swa", "lmm"),
     eval_batches=4,
   ),
-  # the CPU size (≤ ~60 min end to end on a 2-core CPU)
+  # the CPU size: 1000 steps per run, the budget MAG needs (its loss takes off at
+  # ~200–400 steps; at 300 it had not). One run takes 3–10 min on a 2-core CPU (MAC
+  # ~3× MAG), so the full suite is ~1.5 h: run parts side by side, then --merge
   "cpu": RecallSize(
     name="cpu",
     dim=32,
@@ -161,11 +163,11 @@ SIZES = {
     mqar_pairs=4,
     mqar_queries=8,
     mqar_vocab=32,
-    mqar_steps=300,
+    mqar_steps=1000,
     niah_len=128,
     niah_depths=(0.0, 0.5, 1.0),
     niah_samples=8,
-    niah_steps=300,
+    niah_steps=1000,
     batch=16,
     lr=5e-3,
     warmup=20,
