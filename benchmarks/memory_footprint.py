@@ -132,16 +132,11 @@ def _compile(fn, args, device, donate=()):
 
 
 def _analysis(compiled) -> dict:
-  out = {}
-  mem = compiled.memory_analysis()
-  for k in (
-    "argument_size_in_bytes",
-    "output_size_in_bytes",
-    "alias_size_in_bytes",
-    "temp_size_in_bytes",
-  ):
-    out[k.replace("_size_in_bytes", "")] = int(getattr(mem, k))
-  out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+  from titans_jax.runtime import steps as ts
+
+  mem = ts.compiled_memory(compiled)
+  out = {k: mem[f"{k}_size_in_bytes"] for k in ("argument", "output", "alias", "temp")}
+  out["peak"] = mem["compiled_peak_bytes"]
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   out["flops"] = float(cost.get("flops", 0.0))

@@ -142,7 +142,7 @@ value_and_grad_jit = jax.jit(jax.value_and_grad(_loss, has_aux=True), static_arg
 value_and_grad_fast = jax.jit(
   jax.value_and_grad(_loss, has_aux=True),
   static_argnames="cfg",
-  compiler_options={"xla_backend_optimization_level": 0},
+  compiler_options=FAST_COMPILE,
 )
 
 
