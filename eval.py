@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     help="BABILong: examples per task and length; RULER: per file (0: all)",
   )
   args, overrides = cli.parse_args(parser, argv)
+  cli.prefer_cpu_without_accelerator()
   if args.workdir is None:
     parser.error("--workdir is required")
   skip = {s.strip() for s in args.skip.split(",") if s.strip()}

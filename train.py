@@ -65,6 +65,7 @@ def main(argv=None) -> int:
   )
   cli.add_distributed_flags(parser)
   args, cfg = cli.parse(parser, argv)
+  cli.prefer_cpu_without_accelerator()
   quiet_orbax_error_logs()  # failures come out as one `error:` line below
   try:
     cli.init_distributed(args)

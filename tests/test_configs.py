@@ -370,3 +370,23 @@ def test_memory_field_from_the_command_line_trains(tmp_path):
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   losses = [r["train/loss"] for r in rows if "train/loss" in r]
   assert len(losses) >= 2 and all(np.isfinite(losses))
+
+
+def test_prefer_cpu_without_accelerator(tmp_path):
+  """No accelerator device file: JAX is pinned to the CPU (libtpu stays quiet); a TPU or
+  GPU device file, or an explicit platform choice, leaves it alone."""
+  saved = jax.config.jax_platforms
+  try:
+    jax.config.update("jax_platforms", None)
+    (tmp_path / "accel0").touch()
+    assert not cli.prefer_cpu_without_accelerator(tmp_path)
+    assert jax.config.jax_platforms is None
+    (tmp_path / "accel0").unlink()
+    (tmp_path / "nvidia0").touch()
+    assert not cli.prefer_cpu_without_accelerator(tmp_path)
+    (tmp_path / "nvidia0").unlink()
+    assert cli.prefer_cpu_without_accelerator(tmp_path)
+    assert jax.config.jax_platforms == "cpu"
+    assert not cli.prefer_cpu_without_accelerator(tmp_path)  # now explicit: unchanged
+  finally:
+    jax.config.update("jax_platforms", saved)

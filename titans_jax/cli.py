@@ -19,6 +19,8 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
+import jax
+
 from titans_jax import config as config_lib
 from titans_jax.sharding import distributed
 
@@ -56,6 +58,26 @@ def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
   g.add_argument("--coordinator_address", default=None, help="host:port of process 0")
   g.add_argument("--num_processes", type=int, default=None)
   g.add_argument("--process_id", type=int, default=None)
+
+
+# Device files of the accelerators JAX can drive: TPU (accel: v2–v5e, vfio: v5p and later),
+# NVIDIA and AMD GPUs.
+ACCELERATOR_DEVICE_GLOBS = ("accel*", "vfio/*", "nvidia*", "kfd")
+
+
+def prefer_cpu_without_accelerator(dev: pathlib.Path = pathlib.Path("/dev")) -> bool:
+  """On a host with no accelerator device file, run JAX on the CPU only.
+
+  An installed libtpu (the `tpu` extra, for ahead-of-time TPU compiles) otherwise tries
+  to start a TPU on every run and prints a page of initialisation errors. Ahead-of-time
+  TPU compiles (`--target`) still work: they need libtpu, not a TPU backend. Leaves an
+  explicit JAX_PLATFORMS / jax_platforms alone. Call before anything touches a device.
+  Returns whether it pinned the CPU.
+  """
+  if jax.config.jax_platforms or any(any(dev.glob(g)) for g in ACCELERATOR_DEVICE_GLOBS):
+    return False
+  jax.config.update("jax_platforms", "cpu")
+  return True
 
 
 def init_distributed(args) -> bool:
