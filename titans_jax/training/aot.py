@@ -241,11 +241,7 @@ def size_train_step(cfg, target: str, mesh: Optional[jax.sharding.Mesh] = None) 
   mesh = target_mesh(target, cfg.mesh) if mesh is None else mesh
   su = sharded.setup_for(cfg, mesh)
   B, T = cfg.train.batch_size, cfg.data.seq_len
-  batch = {
-    k: jax.ShapeDtypeStruct((B, T), dt, sharding=su.batch_sharding((B, T)))
-    for k, dt in (("inputs", jnp.int32), ("targets", jnp.int32), ("weights", jnp.float32))
-  }
-  compiled = su.step.lower(su.abstract, batch).compile()
+  compiled = su.step.lower(su.abstract, su.abstract_batch(B, T)).compile()
   parts = {
     "parameters": _bytes_per_device(su.abstract.params),
     "optimizer state": _bytes_per_device(su.abstract.opt_state)

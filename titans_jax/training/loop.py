@@ -64,11 +64,7 @@ def compile_step(
   config_lib.validate(cfg)
   su = sharded.setup_for(cfg, mesh)
   B, T = cfg.train.batch_size, cfg.data.seq_len
-  batch = {
-    k: jax.ShapeDtypeStruct((B, T), dt, sharding=su.batch_sharding((B, T)))
-    for k, dt in (("inputs", jnp.int32), ("targets", jnp.int32), ("weights", jnp.float32))
-  }
-  compiled = su.step.lower(su.abstract, batch).compile()
+  compiled = su.step.lower(su.abstract, su.abstract_batch(B, T)).compile()
   mesh = su.mesh
   out = {
     "params": float(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(su.abstract.params))),

@@ -56,6 +56,14 @@ class ShardedSetup:
     names = ("batch",) + (None,) * (len(shape) - 1)
     return NamedSharding(self.mesh, sharding.logical_to_spec(names, shape, self.mesh, self.rules))
 
+  def abstract_batch(self, batch_size: int, seq_len: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """A train batch's shapes, dtypes and shardings, for compiling ahead of time."""
+    shape = (batch_size, seq_len)
+    return {
+      k: jax.ShapeDtypeStruct(shape, dt, sharding=self.batch_sharding(shape))
+      for k, dt in (("inputs", jnp.int32), ("targets", jnp.int32), ("weights", jnp.float32))
+    }
+
   def replication_notice(self, batch_shape) -> Optional[str]:
     """One line naming every dimension (batch rows, heads, ...) replicated because it
     does not divide its mesh axis, with what that costs; None when there is none."""
