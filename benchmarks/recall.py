@@ -1016,6 +1016,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     help="instead of the suite: the ablation table of VARIANT on MQAR",
   )
   p.add_argument(
+    "--ablation_names",
+    nargs="+",
+    choices=tuple(ABLATIONS),
+    default=None,
+    metavar="NAME",
+    help="with --ablations: only these rows (default: all)",
+  )
+  p.add_argument(
     "--set",
     nargs="*",
     default=[],
@@ -1064,7 +1072,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   if args.ablations:
     if args.ablations not in VARIANTS[1:]:
       p.error(f"--ablations {args.ablations!r}: expected a memory variant {VARIANTS[1:]}")
-    return run_ablations(size, args.ablations, out, argv=["benchmarks/recall.py"] + argv)
+    names = tuple(args.ablation_names or ABLATIONS)
+    return run_ablations(
+      size, args.ablations, out, names=names, argv=["benchmarks/recall.py"] + argv
+    )
   return run_suite(size, out, tasks=args.tasks, argv=["benchmarks/recall.py"] + argv)
 
 
