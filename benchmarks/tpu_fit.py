@@ -8,6 +8,7 @@ prints the markdown table of docs/tpu.md from --out.
 
   python benchmarks/tpu_fit.py                       # the docs/tpu.md grid (hours on 2 cores)
   python benchmarks/tpu_fit.py --render              # the table from what finished
+  python benchmarks/tpu_fit.py --chips v5p-8 --presets 340m 760m   # a part of the grid
 
 Mesh: fsdp over all chips of the slice (ZeRO-3: parameters and optimizer state are
 sharded over every chip, batch rows too), one sequence per chip (global batch = chips).
@@ -228,6 +229,14 @@ def main(argv=None) -> int:
   ap.add_argument("--timeout", type=int, default=900, help="seconds per compile")
   ap.add_argument("--render", action="store_true", help="print the table and exit")
   ap.add_argument("--variants", nargs="+", choices=VARIANTS, help="only these variants")
+  ap.add_argument("--chips", nargs="+", choices=tuple(CHIPS), help="only these chips")
+  ap.add_argument("--presets", nargs="+", choices=PRESETS, help="only these presets")
+  ap.add_argument("--contexts", nargs="+", type=int, choices=CONTEXTS, help="only these")
+  ap.add_argument(
+    "--retry_timeouts",
+    action="store_true",
+    help="compile again the cells whose record is a timeout (e.g. from a busier host)",
+  )
   ap.add_argument(
     "--reanalyse",
     metavar="HLO_DIR",
@@ -255,9 +264,13 @@ def main(argv=None) -> int:
     print(render(load(out)))
     return 0
   out.parent.mkdir(parents=True, exist_ok=True)
+  wanted = (args.chips, args.presets, args.variants, args.contexts)
   for cell in cells():
-    if cell in load(out) or (args.variants and cell[2] not in args.variants):
-      continue  # (re-read each time: several runners may share --out)
+    if any(want and value not in want for want, value in zip(wanted, cell)):
+      continue
+    done = load(out).get(cell)  # (re-read each time: several runners may share --out)
+    if done and not (args.retry_timeouts and "timed out" in done.get("error", "")):
+      continue
     cmd = [sys.executable, __file__, "--out", str(out), "--cell", *map(str, cell)]
     t = time.time()
     try:
