@@ -148,9 +148,10 @@ SIZES = {
     variants=("swa", "lmm"),
     eval_batches=4,
   ),
-  # the CPU size: 1000 steps per run, the budget MAG needs (its loss takes off at
-  # ~200–400 steps; at 300 it had not). One run takes 3–10 min on a 2-core CPU (MAC
-  # ~3× MAG), so the full suite is ~1.5 h: run parts side by side, then --merge
+  # the CPU size: 1000 MQAR steps, the budget MAG needs (its loss takes off at ~200–400
+  # steps; at 300 it had not), and 2000 S-NIAH steps (at 1000, 2× the training length
+  # reached 81 %, at 2000 100 %; RESULTS.md §5). A run takes 2–30 min on a 2-core CPU
+  # (MAC ~3× MAG), the whole size a few hours: run parts side by side, then --merge
   "cpu": RecallSize(
     name="cpu",
     dim=32,
@@ -167,7 +168,7 @@ SIZES = {
     niah_len=128,
     niah_depths=(0.0, 0.5, 1.0),
     niah_samples=8,
-    niah_steps=1000,
+    niah_steps=2000,
     batch=16,
     lr=5e-3,
     warmup=20,
