@@ -1,0 +1,28 @@
+"""The S-NIAH recipe at the CPU size of benchmarks/recall.py (issue 14): the MAG of
+configs/recall_mqar_mag.py (width 32, 2 layers, window 8 — shorter than the 39-byte
+question, so the needle is always beyond it) on the byte-level passkey task at 128
+bytes, 2000 steps. Measured (benchmarks/RESULTS.md §5, seed 0): 100 % exact match at
+128 and at 256 bytes (2× the training length), 67 % at 512.
+
+  python train.py --config configs/recall_niah_mag.py --workdir runs/recall_niah_mag
+  python eval.py --workdir runs/recall_niah_mag      # S-NIAH grid at 128 / 256 / 512
+"""
+
+import dataclasses
+import pathlib
+
+from titans_jax.config import Config, load_config
+
+
+def get_config() -> Config:
+  mqar = load_config(pathlib.Path(__file__).with_name("recall_mqar_mag.py"))
+  return dataclasses.replace(
+    mqar,
+    name="recall_niah_mag",
+    model=dataclasses.replace(mqar.model, vocab_size=256),
+    data=dataclasses.replace(mqar.data, kind="niah", niah_task="passkey", seq_len=128),
+    train=dataclasses.replace(mqar.train, steps=2000, checkpoint_every=1000),
+    eval=dataclasses.replace(
+      mqar.eval, niah_lengths=(128, 256, 512), niah_depths=(0.0, 0.5, 1.0), niah_samples=8
+    ),
+  )
