@@ -512,8 +512,11 @@ def layer_diagnostics(trained: Trained, size: RecallSize, *, batch: int = 8) -> 
   (`titans_jax.models.diagnostics`, i.e. what each block's memory really reads — for
   MAC the attention output, for MAL/MAG the normed block input with the persistent
   tokens): the memory's output norm against the attention's, the MAG/MAC gate's mean,
-  θ, and the memory's inner loss on value tokens where a pair is first written vs where
-  a query repeats it later (does the memory hold the pair when it is asked?).
+  θ, the memory's inner loss on value tokens where a pair is first written vs where
+  a query repeats it later (does the memory hold the pair when it is asked?), and at
+  the query keys the window attention's weight on the query's own position and on the
+  persistent tokens (in MAL, the memory's retrieval reaches the output only through
+  the attention: does it look at its own position?).
 
   One sequence per call, so positions keep their meaning (the capture averages over
   the batch)."""
@@ -535,6 +538,10 @@ def layer_diagnostics(trained: Trained, size: RecallSize, *, batch: int = 8) -> 
         loss = arrays["memory_loss"]
         acc.setdefault((i, "loss_first"), []).extend(loss[first[b]].tolist())
         acc.setdefault((i, "loss_repeat"), []).extend(loss[repeat[b]].tolist())
+      if "attention_self" in arrays:  # where a query key is read (its value is next)
+        queries = ex["weights"][b] > 0
+        for name in ("attention_self", "attention_persistent"):
+          acc.setdefault((i, name + "_queries"), []).extend(arrays[name][queries].tolist())
   out = []
   for i in sorted(kinds):
     get = lambda name, i=i: float(np.mean(acc[(i, name)])) if (i, name) in acc else None
@@ -550,6 +557,9 @@ def layer_diagnostics(trained: Trained, size: RecallSize, *, batch: int = 8) -> 
       row["attention_norm"] = get("attention_norm")
     if get("gate_mean") is not None:
       row["gate_mean"] = get("gate_mean")
+    if get("attention_self_queries") is not None:
+      row["attention_self_at_queries"] = get("attention_self_queries")
+      row["attention_persistent_at_queries"] = get("attention_persistent_queries")
     out.append(row)
   return out
 
@@ -922,10 +932,13 @@ def write_report(result: dict, out: pathlib.Path) -> None:
         "Per-layer diagnostics on held-out MQAR (`layer_diagnostics`): the memory's inner "
         "loss on a value token where its pair is written vs where a query repeats it "
         "(lower at the repeat = the memory holds the pair), θ, the memory's output norm "
-        "against the attention's, and the MAG/MAC gate's mean.",
+        "against the attention's, the MAG/MAC gate's mean, and at the query keys the "
+        "window attention's weight on the query's own position (self) and on the "
+        "persistent tokens (P).",
         "",
-        "| variant | seed | layer | inner loss, written → asked | θ mean | ‖m‖ / ‖y‖ | gate mean |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | seed | layer | inner loss, written → asked | θ mean | ‖m‖ / ‖y‖ "
+        "| gate mean | attention at queries: self / P |",
+        "|---|---|---|---|---|---|---|---|",
       ]
       for v, seed, layer in diag_rows:
         ratio = (
@@ -934,7 +947,9 @@ def write_report(result: dict, out: pathlib.Path) -> None:
         lines.append(
           f"| {v} | {seed} | {layer['layer']} | {f2(layer['inner_loss_values_first'])} → "
           f"{f2(layer['inner_loss_values_repeat'])} | {f2(layer['theta_mean'])} | "
-          f"{f2(ratio)} | {f2(layer.get('gate_mean'))} |"
+          f"{f2(ratio)} | {f2(layer.get('gate_mean'))} | "
+          f"{f2(layer.get('attention_self_at_queries'))} / "
+          f"{f2(layer.get('attention_persistent_at_queries'))} |"
         )
       lines.append("")
     fig, ax = plt.subplots(figsize=(5.5, 3.5))

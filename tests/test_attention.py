@@ -64,6 +64,21 @@ def test_block_local_window_matches_naive(T, W, P, impl):
   )
 
 
+@pytest.mark.parametrize("T,W,P", [(13, 4, 0), (21, 8, 3)])
+def test_window_attention_probs_reproduce_the_attention(T, W, P):
+  """The diagnostics' dense weights (persistent keys first) are the naive float64
+  softmax's: weighting the values with them gives the naive attention output, each row
+  sums to 1 and nothing beyond the window or the causal edge gets weight."""
+  q, k, v, pk, pv = _qkv(T + W, 2, T, 2, 8, P)
+  p = np.asarray(A.window_attention_probs(q, k, W, pk), np.float64)  # B×H×T×(P+T)
+  vv = np.asarray(v, np.float64) if pv is None else np.concatenate([pv, v], axis=1)
+  out = np.einsum("bhqc,bchk->bqhk", p, vv)
+  np.testing.assert_allclose(out, naive_window_attention(q, k, v, W, pk, pv), atol=1e-5)
+  np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-6)
+  lag = np.arange(T)[:, None] - np.arange(T)[None, :]
+  assert np.all(p[..., P:][..., (lag < 0) | (lag >= W)] == 0)
+
+
 def test_decode_ring_buffer_matches_naive():
   """Writing k/v at pos % W and attending over valid slots equals row `pos` of the
   naive window attention, for positions before and after the ring first wraps."""

@@ -176,6 +176,7 @@ def test_model_diagnostics_mag_layer0_by_hand():
   """Layer 0's sown statistics equal the same quantities computed from its pieces."""
   from flax import nnx
 
+  from titans_jax.layers import attention
   from titans_jax.models import diagnostics
 
   model = random_model(small_config("mag"))
@@ -195,6 +196,10 @@ def test_model_diagnostics_mag_layer0_by_hand():
     m = memory.apply(mparams, xt, mcfg)[0][:, 2:]
     g = jax.nn.sigmoid(block.gate_norm_m(m))
     d = memory.diagnostics(mparams, xt, mcfg)
+    q, k, _ = block.attn.qkv(h)
+    pk, _ = block._persistent_kv(2)
+    rope = lambda t: block._rope(t, jnp.arange(t.shape[1]))
+    probs = attention.window_attention_probs(rope(q), rope(k), block.cfg.window, pk)
     return {
       "gate_mean": g.mean((0, 2)),
       "gate_max": g.max((0, 2)),
@@ -202,6 +207,8 @@ def test_model_diagnostics_mag_layer0_by_hand():
       "memory_norm": jnp.linalg.norm(m, axis=-1).mean(0),
       "memory_loss": d["inner_loss"][:, 2:].mean((0, 2)),
       "memory_theta": d["theta"][:, 2:].mean((0, 2)),
+      "attention_self": jnp.diagonal(probs[..., 2:], axis1=-2, axis2=-1).mean((0, 1)),
+      "attention_persistent": probs[..., :2].sum(-1).mean((0, 1)),
     }
 
   for name, value in by_hand(tokens).items():

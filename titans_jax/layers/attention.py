@@ -192,6 +192,19 @@ def sliding_window_attention(
   return out_BNWHK.reshape(B, N * W, H, K)[:, :T]
 
 
+def window_attention_probs(q_BTHK, k_BTHK, window: int, pk_BPHK: Optional[jax.Array] = None):
+  """The softmax weights of `sliding_window_attention` as a dense B×H×T×(P+T) array
+  (persistent keys first, then positions 0..T−1): O(T²), for diagnostics only."""
+  T, P = q_BTHK.shape[1], 0 if pk_BPHK is None else pk_BPHK.shape[1]
+  lag_TT = jnp.arange(T)[:, None] - jnp.arange(T)[None, :]
+  mask_TC = jnp.concatenate([jnp.ones((T, P), bool), (lag_TT >= 0) & (lag_TT < window)], axis=-1)
+  k_BCHK = k_BTHK if pk_BPHK is None else jnp.concatenate([pk_BPHK.astype(k_BTHK.dtype), k_BTHK], 1)
+  f = jnp.promote_types(q_BTHK.dtype, jnp.float32)
+  s_BHTC = jnp.einsum("BTHK,BCHK->BHTC", q_BTHK.astype(f), k_BCHK.astype(f))
+  s_BHTC = jnp.where(mask_TC, s_BHTC / math.sqrt(q_BTHK.shape[-1]), jnp.finfo(f).min)
+  return jax.nn.softmax(s_BHTC, axis=-1)
+
+
 def ring_slot_positions(pos: jax.Array, window: int) -> jax.Array:
   """Absolute position held by each slot of a W-slot ring buffer after writing `pos`
   at slot pos % W (negative: slot never written)."""

@@ -146,6 +146,19 @@ class Block(nnx.Module):
       stats["memory_theta"] = d["theta"][:, skip:].mean((0, 2)).astype(f)
     return stats
 
+  def _attention_stats(self, q_BTHK, k_BTHK, pk_BPHK):
+    """Where the window attention looks, per query position (T), averaged over batch
+    and heads: attention_self, the weight on the query's own position (MAL reads its
+    memory's retrieval there), and attention_persistent, the total on the persistent
+    tokens."""
+    p_BHTC = attn_lib.window_attention_probs(q_BTHK, k_BTHK, self.cfg.window, pk_BPHK)
+    P = p_BHTC.shape[-1] - p_BHTC.shape[-2]
+    own = jnp.diagonal(p_BHTC[..., P:], axis1=-2, axis2=-1)  # B×H×T
+    return {
+      "attention_self": own.mean((0, 1)),
+      "attention_persistent": p_BHTC[..., :P].sum(-1).mean((0, 1)),
+    }
+
   def _sow_stats(self, stats: dict):
     for name, value in stats.items():
       self.sow(nnx.Intermediate, name, value)
@@ -175,6 +188,8 @@ class Block(nnx.Module):
     q, k, v = (constrain(t, ACT_BTHK) for t in self.attn.qkv(src_BTD))
     q, k = self._rope(q, positions), self._rope(k, positions)
     y = attn_lib.sliding_window_attention(q, k, v, self.cfg.window, pk, pv, impl=self.cfg.attn_impl)
+    if capturing(self):
+      self._sow_stats(self._attention_stats(q, k, pk))
     cache = None
     if want_cache:
       W = self.cfg.window

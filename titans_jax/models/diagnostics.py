@@ -10,7 +10,9 @@ capture (jitted) and lays the sown values out per layer:
 Each entry has `layer` (index) and `kind` (the block's mixer) and, where the mixer has
 them, per-position arrays (T) averaged over the batch: attention_norm ‖y_t‖,
 memory_norm ‖m_t‖, gate_mean / gate_std / gate_min / gate_max over the features,
-memory_loss (the memory's inner loss of token t at its weights before the token's chunk
+for swa/mag/mal attention_self (the attention weight on the query's own position) and
+attention_persistent (its total weight on the persistent tokens), memory_loss (the
+memory's inner loss of token t at its weights before the token's chunk
 is applied) and memory_theta (θ_t), averaged over the memory's heads.
 """
 
