@@ -238,6 +238,34 @@ def test_splash_that_cannot_serve_falls_back_with_one_notice(caplog):
 # ------------------------------------------------------------ --target behaviour ---
 
 
+def test_target_devices_builds_topologies_one_thread_at_a_time(monkeypatch):
+  """Concurrent compiles for several targets must not build topologies at the same
+  time: jax loads the libtpu plugin on first use without a lock, and a second thread
+  loading it fails (ALREADY_EXISTS: PJRT_Api already exists). A fake builder records
+  how many threads are inside it at once."""
+  import threading
+  import time
+  import types
+
+  from jax.experimental import topologies
+
+  inside, most, lock = [0], [0], threading.Lock()
+
+  def fake_topology(platform, topology_name, **kw):
+    with lock:
+      inside[0] += 1
+      most[0] = max(most[0], inside[0])
+    time.sleep(0.05)
+    with lock:
+      inside[0] -= 1
+    return types.SimpleNamespace(devices=[topology_name])
+
+  monkeypatch.setattr(topologies, "get_topology_desc", fake_topology)
+  names = [f"v5e:fake{i}" for i in range(4)]
+  run_concurrently([lambda n=n: aot.target_devices.__wrapped__(n) for n in names])
+  assert most[0] == 1
+
+
 def test_target_unknown_topology_is_a_one_line_error(capsys):
   import train
 

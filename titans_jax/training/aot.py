@@ -29,6 +29,7 @@ import importlib.util
 import math
 import os
 import re
+import threading
 from typing import Optional
 
 import jax
@@ -80,6 +81,12 @@ def _tpu_attached() -> bool:
   return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
+# jax loads the libtpu plugin on a topology's first use without a lock: two threads
+# doing it at once (concurrent AOT compiles) both load it, and the second fails with
+# "ALREADY_EXISTS: PJRT_Api already exists for device type tpu".
+_TOPOLOGY_LOCK = threading.Lock()
+
+
 @functools.cache
 def target_devices(target: str) -> tuple:
   """The compile-only devices of TPU topology `target` (e.g. "v5p:2x2x2").
@@ -102,7 +109,8 @@ def target_devices(target: str) -> tuple:
   generation = target.split(":")[0].lower()
   kw = {"chip_config_name": "megacore"} if generation in ("v4", "v5p") else {}
   try:
-    topo = topologies.get_topology_desc(platform="tpu", topology_name=target, **kw)
+    with _TOPOLOGY_LOCK:
+      topo = topologies.get_topology_desc(platform="tpu", topology_name=target, **kw)
   except Exception as e:  # JaxRuntimeError / ValueError from libtpu
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise TargetError(
