@@ -385,6 +385,11 @@ def test_prefer_cpu_without_accelerator(tmp_path):
     (tmp_path / "nvidia0").touch()
     assert not cli.prefer_cpu_without_accelerator(tmp_path)
     (tmp_path / "nvidia0").unlink()
+    (tmp_path / "vfio").mkdir()
+    (tmp_path / "vfio" / "0").touch()  # a vfio group: a v5p-style TPU
+    assert not cli.prefer_cpu_without_accelerator(tmp_path)
+    (tmp_path / "vfio" / "0").unlink()
+    (tmp_path / "vfio" / "vfio").touch()  # the control node alone is no accelerator
     assert cli.prefer_cpu_without_accelerator(tmp_path)
     assert jax.config.jax_platforms == "cpu"
     assert not cli.prefer_cpu_without_accelerator(tmp_path)  # now explicit: unchanged

@@ -60,9 +60,10 @@ def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
   g.add_argument("--process_id", type=int, default=None)
 
 
-# Device files of the accelerators JAX can drive: TPU (accel: v2–v5e, vfio: v5p and later),
-# NVIDIA and AMD GPUs.
-ACCELERATOR_DEVICE_GLOBS = ("accel*", "vfio/*", "nvidia*", "kfd")
+# Device files of the accelerators JAX can drive: TPU (accel: v2–v5e, numbered vfio
+# groups: v5p and later, as `training.aot._tpu_attached` reads them — /dev/vfio/vfio is
+# the vfio control node, present without any TPU), NVIDIA and AMD GPUs.
+ACCELERATOR_DEVICE_GLOBS = ("accel*", "vfio/[0-9]*", "nvidia*", "kfd")
 
 
 def prefer_cpu_without_accelerator(dev: pathlib.Path = pathlib.Path("/dev")) -> bool:
