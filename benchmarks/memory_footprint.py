@@ -87,13 +87,10 @@ def parse_args(argv=None):
 
 def _tpu_device(name: str):
   """One compile-only TPU chip of the named generation (libtpu; no TPU needed)."""
-  from jax.experimental import topologies
+  from titans_jax.training import aot
 
   gen = name.split(":", 1)[1] if ":" in name else "v5e"
-  topo = "v5e:1x1" if gen == "v5e" else f"{gen}:1x1x1"
-  return topologies.get_topology_desc(
-    platform="tpu", topology_name=topo, chips_per_host_bounds=[1, 1, 1]
-  ).devices[0]
+  return aot.target_devices("v5e:1x1" if gen == "v5e" else f"{gen}:1x1x1")[0]
 
 
 @contextlib.contextmanager

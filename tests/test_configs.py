@@ -395,3 +395,17 @@ def test_prefer_cpu_without_accelerator(tmp_path):
     assert not cli.prefer_cpu_without_accelerator(tmp_path)  # now explicit: unchanged
   finally:
     jax.config.update("jax_platforms", saved)
+
+
+def test_host_device_files_tell_tpu_from_gpu(tmp_path):
+  from titans_jax.sharding import hosts
+
+  assert not hosts.accelerator_attached(tmp_path) and not hosts.tpu_attached(tmp_path)
+  (tmp_path / "kfd").touch()
+  assert hosts.accelerator_attached(tmp_path) and not hosts.tpu_attached(tmp_path)
+  (tmp_path / "kfd").unlink()
+  (tmp_path / "vfio").mkdir()
+  (tmp_path / "vfio" / "vfio").touch()
+  assert not hosts.tpu_attached(tmp_path)
+  (tmp_path / "vfio" / "12").touch()
+  assert hosts.tpu_attached(tmp_path) and hosts.accelerator_attached(tmp_path)

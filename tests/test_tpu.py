@@ -266,6 +266,14 @@ def test_target_devices_builds_topologies_one_thread_at_a_time(monkeypatch):
   assert most[0] == 1
 
 
+@pytest.mark.parametrize("target", ["v5e:1x1", "v5e:1x2", "v5p:1x1x1", "v4:1x1x1"])
+def test_target_narrower_than_a_host(target):
+  """Slices smaller than libtpu's default 2x2-chip host (one chip: the natural target for
+  sizing a single-chip job) are accepted, with the slice's chip count."""
+  dims = [int(d) for d in target.split(":")[1].split("x")]
+  assert len(aot.target_devices(target)) == int(np.prod(dims))
+
+
 def test_target_unknown_topology_is_a_one_line_error(capsys):
   import train
 

@@ -22,7 +22,7 @@ from typing import Optional
 import jax
 
 from titans_jax import config as config_lib
-from titans_jax.sharding import distributed
+from titans_jax.sharding import distributed, hosts
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.py"
@@ -60,13 +60,7 @@ def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
   g.add_argument("--process_id", type=int, default=None)
 
 
-# Device files of the accelerators JAX can drive: TPU (accel: v2–v5e, numbered vfio
-# groups: v5p and later, as `training.aot._tpu_attached` reads them — /dev/vfio/vfio is
-# the vfio control node, present without any TPU), NVIDIA and AMD GPUs.
-ACCELERATOR_DEVICE_GLOBS = ("accel*", "vfio/[0-9]*", "nvidia*", "kfd")
-
-
-def prefer_cpu_without_accelerator(dev: pathlib.Path = pathlib.Path("/dev")) -> bool:
+def prefer_cpu_without_accelerator(dev: pathlib.Path = hosts.DEV) -> bool:
   """On a host with no accelerator device file, run JAX on the CPU only.
 
   An installed libtpu (the `tpu` extra, for ahead-of-time TPU compiles) otherwise tries
@@ -75,7 +69,7 @@ def prefer_cpu_without_accelerator(dev: pathlib.Path = pathlib.Path("/dev")) -> 
   explicit JAX_PLATFORMS / jax_platforms alone. Call before anything touches a device.
   Returns whether it pinned the CPU.
   """
-  if jax.config.jax_platforms or any(any(dev.glob(g)) for g in ACCELERATOR_DEVICE_GLOBS):
+  if jax.config.jax_platforms or hosts.accelerator_attached(dev):
     return False
   jax.config.update("jax_platforms", "cpu")
   return True

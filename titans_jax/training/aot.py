@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import glob
 import importlib.util
 import math
 import os
@@ -41,6 +40,7 @@ from titans_jax import sharding
 from titans_jax.layers import attention
 from titans_jax.perf import flops as flops_lib
 from titans_jax.perf import hlo_cost
+from titans_jax.sharding import hosts
 from titans_jax.training import sharded
 
 INSTALL_HINT = 'pip install -e ".[tpu]"'
@@ -77,10 +77,6 @@ CHIPS: dict[str, Chip] = {
 _SPLASH_FLOPS_PER_PAIR = {"fwd": 4, "dq": 6, "dkv": 8}
 
 
-def _tpu_attached() -> bool:
-  return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
-
-
 # jax loads the libtpu plugin on a topology's first use without a lock: two threads
 # doing it at once (concurrent AOT compiles) both load it, and the second fails with
 # "ALREADY_EXISTS: PJRT_Api already exists for device type tpu".
@@ -101,13 +97,18 @@ def target_devices(target: str) -> tuple:
   # Compile-only: several processes may load libtpu at once; off a TPU VM, tell libtpu
   # there is no TPU host to discover (it otherwise prints a page of warnings).
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  if not _tpu_attached():
+  if not hosts.tpu_attached():
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   from jax.experimental import topologies
 
-  generation = target.split(":")[0].lower()
+  generation, _, layout = target.lower().partition(":")
   kw = {"chip_config_name": "megacore"} if generation in ("v4", "v5p") else {}
+  dims = [int(d) for d in layout.split("x") if d.isdigit()]
+  if dims and min(dims[:2]) < 2:
+    # libtpu's default host is 2x2 chips; a slice narrower than that (v5e:1x1, one chip)
+    # is not divisible by it — make the host as small as the slice.
+    kw["chips_per_host_bounds"] = [min(d, 2) for d in dims[:2]] + [1]
   try:
     with _TOPOLOGY_LOCK:
       topo = topologies.get_topology_desc(platform="tpu", topology_name=target, **kw)

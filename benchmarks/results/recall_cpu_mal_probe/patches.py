@@ -28,7 +28,18 @@ def mal_no_p(self, h, want_cache):
   return self.attn.out(y), cache
 
 
-PATCHES = {f.__name__: f for f in (mal_no_attn_p, mal_no_mem_p, mal_no_p)}
+def mal_residual(self, h, want_cache):
+  """MAL as a stacked memory layer: the memory's output also reaches the residual stream
+  directly (o = out(SWA(m)) + m), not only through the attention's weight on its own
+  position."""
+  P = self._persistent_tokens(h.shape[0])
+  m, _ = self.memory(jnp.concatenate([P, h], axis=1))
+  pk, pv = self.attn.kv(m[:, : self._num_p])
+  y, cache = self._window_attention(m[:, self._num_p :], pk, pv, want_cache)
+  return self.attn.out(y) + m[:, self._num_p :], cache
+
+
+PATCHES = {f.__name__: f for f in (mal_no_attn_p, mal_no_mem_p, mal_no_p, mal_residual)}
 
 
 def apply(name):
