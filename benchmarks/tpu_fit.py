@@ -55,7 +55,21 @@ def run_cell(chip: str, preset: str, variant: str, seq: int) -> dict:
   target = CHIPS[chip]
   n = len(aot.target_devices(target))
   t = time.time()
-  size = aot.size_train_step(cell_config(preset, variant, seq, n), target)
+  try:
+    size = aot.size_train_step(cell_config(preset, variant, seq, n), target)
+  except aot.DoesNotFit as e:  # the compiler gave up: only its need and the chip's HBM
+    return {
+      "chip": chip,
+      "target": target,
+      "preset": preset,
+      "variant": variant,
+      "seq": seq,
+      "batch": n,
+      "fits": False,
+      "temp_need_bytes": e.need,
+      "hbm_available_bytes": e.have,
+      "compile_s": time.time() - t,
+    }
   if os.environ.get("TPU_FIT_HLO_DIR"):  # keep the program for re-analysis
     d = pathlib.Path(os.environ["TPU_FIT_HLO_DIR"])
     d.mkdir(parents=True, exist_ok=True)
@@ -179,6 +193,16 @@ def load(path: pathlib.Path) -> dict:
   return out
 
 
+def _compiler_oom(record: dict):
+  """(needed, available) bytes when the TPU compiler refused the cell for lack of HBM
+  (records before aot.DoesNotFit kept only the compiler's message)."""
+  from titans_jax.training import aot
+
+  if "temp_need_bytes" in record:
+    return record["temp_need_bytes"], record["hbm_available_bytes"]
+  return aot.parse_hbm_oom(record.get("error", ""))
+
+
 def render(results: dict) -> str:
   head = (
     "| chip (mesh) | preset | ctx | variant | state GiB | act+temp GiB | total / HBM "
@@ -192,6 +216,15 @@ def render(results: dict) -> str:
     mesh = "fsdp=" + str({"v5e-8": 8}.get(chip, 4))
     if r is None:
       missing.append(f"{chip}/{preset}/{seq // 1024}K/{variant}")
+      continue
+    oom = _compiler_oom(r)
+    if oom:
+      need, have = oom
+      lines.append(
+        f"| {chip} ({mesh}) | {preset} | {seq // 1024}K | {variant} | | > {need / 2**30:.2f} "
+        f"(temporaries) | > {have / 2**30:.2f} | NO (compiler: temporaries alone over by "
+        f"{(need - have) / 2**30:.2f}) |" + " |" * 7
+      )
       continue
     if "error" in r:
       lines.append(

@@ -291,6 +291,40 @@ def test_target_without_libtpu_names_the_extra(monkeypatch):
     aot.target_devices.__wrapped__("v5e:2x2")
 
 
+def test_compiler_out_of_hbm_is_a_does_not_fit_report(capsys, monkeypatch):
+  """A step whose temporaries alone exceed the chip's HBM makes the TPU compiler stop
+  (RESOURCE_EXHAUSTED, no executable): --dry_run reports it as not fitting, by how much,
+  instead of a traceback; --require_fit turns it into exit 4."""
+  cfg = _config("swa", (1, 1, 1))
+  cfg = dataclasses.replace(
+    cfg,
+    train=dataclasses.replace(cfg.train, batch_size=8192),
+    data=dataclasses.replace(cfg.data, seq_len=4096),
+  )
+  with pytest.raises(aot.DoesNotFit) as info:
+    aot.size_train_step(cfg, "v5e:1x1")
+  e = info.value
+  assert e.need > e.have > 15 * 2**30 and e.step == "train step"
+  assert "DOES NOT FIT (over by at least" in e.report()
+  monkeypatch.setattr(aot, "size_train_step", lambda cfg, target: (_ for _ in ()).throw(e))
+  monkeypatch.setattr(aot, "size_generation", lambda cfg, target: [])
+  assert aot.main(cfg, "v5e:1x1") == 0
+  assert "train step on v5e:1x1, batch 8192 × 4096 tokens: DOES NOT FIT" in capsys.readouterr().out
+  assert aot.main(cfg, "v5e:1x1", require_fit=True) == 4
+
+
+def test_parse_hbm_oom_reads_both_compiler_messages():
+  new = (
+    "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+    "temporaries (22.60G) exceeds available HBM (15.75G)."
+  )
+  old = "RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm. Used 18.56G of 16.00G hbm."
+  assert aot.parse_hbm_oom(new) == (22.60 * 2**30, 15.75 * 2**30)
+  assert aot.parse_hbm_oom(old) == (18.56 * 2**30, 16.00 * 2**30)
+  assert aot.parse_hbm_oom("RESOURCE_EXHAUSTED: Ran out of memory in memory space vmem.") is None
+  assert aot.parse_hbm_oom("INVALID_ARGUMENT: temporaries (1G) exceeds available HBM (2G)") is None
+
+
 def test_does_not_fit_reports_by_how_much_and_fails_only_on_request(
   train_sizes, generation_sizes, monkeypatch, capsys
 ):

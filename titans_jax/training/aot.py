@@ -163,6 +163,54 @@ def _kernel_flops(text: str, operand_shapes: list[str]) -> float:
   return float(_SPLASH_FLOPS_PER_PAIR[kind] * heads * K * blocks * 128 * 128)
 
 
+_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+# The two forms of the TPU compiler's out-of-HBM error (libtpu 0.0.42 gives the first).
+_HBM_OOM = (
+  re.compile(r"temporaries \(([\d.]+)([KMGT])\) exceeds available HBM \(([\d.]+)([KMGT])\)"),
+  re.compile(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm"),
+)
+
+
+def parse_hbm_oom(message: str) -> Optional[tuple[float, float]]:
+  """(bytes the compiler needed, bytes it had) from a TPU compile's out-of-HBM error
+  message, or None when the message is not one."""
+  if "RESOURCE_EXHAUSTED" not in message:
+    return None
+  for pattern in _HBM_OOM:
+    m = pattern.search(message)
+    if m:
+      need, nu, have, hu = m.groups()
+      return float(need) * _UNITS[nu], float(have) * _UNITS[hu]
+  return None
+
+
+class DoesNotFit(Exception):
+  """The TPU compiler stopped because a step's temporaries alone exceed the chip's HBM
+  (it compiles nothing, so there is no cost analysis to report)."""
+
+  def __init__(self, step: str, target: str, shape: str, need: float, have: float):
+    super().__init__(f"{step}: {_gib(need)} of temporaries, {_gib(have)} available")
+    self.step, self.target, self.shape, self.need, self.have = step, target, shape, need, have
+
+  def report(self) -> str:
+    return (
+      f"{self.step} on {self.target}, {self.shape}: DOES NOT FIT (over by at least "
+      f"{_gib(self.need - self.have)}): the TPU compiler stops — its temporaries alone need "
+      f"{_gib(self.need)} of the {_gib(self.have)} it can use per device"
+    )
+
+
+def _compile(lowered, step: str, target: str, shape: str):
+  """`lowered.compile()`, with the compiler's out-of-HBM error turned into DoesNotFit."""
+  try:
+    return lowered.compile()
+  except jax.errors.JaxRuntimeError as e:
+    oom = parse_hbm_oom(str(e))
+    if oom is None:
+      raise
+    raise DoesNotFit(step, target, shape, *oom) from None
+
+
 @dataclasses.dataclass
 class StepSize:
   """What one compiled step needs per device (bytes, FLOPs, seconds)."""
@@ -250,7 +298,10 @@ def size_train_step(cfg, target: str, mesh: Optional[jax.sharding.Mesh] = None) 
   mesh = target_mesh(target, cfg.mesh) if mesh is None else mesh
   su = sharded.setup_for(cfg, mesh)
   B, T = cfg.train.batch_size, cfg.data.seq_len
-  compiled = su.step.lower(su.abstract, su.abstract_batch(B, T)).compile()
+  shape = f"batch {B} × {T} tokens"
+  compiled = _compile(
+    su.step.lower(su.abstract, su.abstract_batch(B, T)), "train step", target, shape
+  )
   parts = {
     "parameters": _bytes_per_device(su.abstract.params),
     "optimizer state": _bytes_per_device(su.abstract.opt_state)
@@ -258,7 +309,7 @@ def size_train_step(cfg, target: str, mesh: Optional[jax.sharding.Mesh] = None) 
     + _bytes_per_device(su.abstract.step),
   }
   model = flops_lib.step_flops(cfg.model, B, T)["total"] / mesh.size
-  return _analyse("train step", target, mesh, f"batch {B} × {T} tokens", parts, compiled, model)
+  return _analyse("train step", target, mesh, shape, parts, compiled, model)
 
 
 def size_generation(
@@ -288,14 +339,21 @@ def size_generation(
       return nnx.merge(graphdef, params, rest).decode_step(token, cache)
 
   tokens = jax.ShapeDtypeStruct((B, T), jnp.int32, sharding=tok_sharding)
-  pre = jax.jit(prefill).lower(params, rest, tokens).compile()
+  pre = _compile(
+    jax.jit(prefill).lower(params, rest, tokens), "prefill", target, f"batch {B} × {T} tokens"
+  )
   cache_shardings = pre.output_shardings[1]
   _, cache_shapes = jax.eval_shape(prefill, params, rest, tokens)
   cache = jax.tree.map(
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), cache_shapes, cache_shardings
   )
   token = jax.ShapeDtypeStruct((B,), jnp.int32, sharding=su.batch_sharding((B,)))
-  dec = jax.jit(decode, donate_argnums=(3,)).lower(params, rest, token, cache).compile()
+  dec = _compile(
+    jax.jit(decode, donate_argnums=(3,)).lower(params, rest, token, cache),
+    "decode step",
+    target,
+    f"batch {B} × 1 token (after {T})",
+  )
   p_bytes = _bytes_per_device(params) + _bytes_per_device(rest)
   c_bytes = _bytes_per_device(cache)
   return (
@@ -388,14 +446,18 @@ def main(cfg, target: str, require_fit: bool = False, log=print) -> int:
   and a step does not fit, else 0."""
   import sys
 
-  try:
-    sizes = [size_train_step(cfg, target), *size_generation(cfg, target)]
-  except TargetError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  sizes = []
+  for size_steps in (lambda: [size_train_step(cfg, target)], lambda: size_generation(cfg, target)):
+    try:
+      sizes += size_steps()
+    except TargetError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+    except DoesNotFit as e:
+      sizes.append(e)
   for size in sizes:
-    log(format_report(size))
-  misfits = [s.step for s in sizes if not s.fits]
+    log(size.report() if isinstance(size, DoesNotFit) else format_report(size))
+  misfits = [s.step for s in sizes if isinstance(s, DoesNotFit) or not s.fits]
   if misfits and require_fit:
     print(f"error: {', '.join(misfits)}: do not fit {target} (--require_fit)", file=sys.stderr)
     return 4
