@@ -793,18 +793,29 @@ def run_ablations(
 def merge_results(dirs: Sequence[str | pathlib.Path], argv: Sequence[str] = ()) -> dict:
   """One suite result from the recall.json of several partial runs of the same size
   (e.g. one process per variant, run side by side); runs keep their order by source.
+  `DIR:VARIANT[,VARIANT]` takes only those variants' runs of DIR (a part that also
+  ran a variant another part supersedes).
 
   Raises:
     ValueError: a folder has no recall.json, or two parts disagree on a size field
       both use (variants and seeds may differ; a task's own fields, mqar_* or niah_*,
       count only for the parts that ran that task).
   """
-  parts = []
-  for d in dirs:
+  parts, only = [], {}
+  for spec in dirs:
+    d, _, keep = str(spec).partition(":")
     path = pathlib.Path(d) / "recall.json"
     if not path.exists():
       raise ValueError(f"--merge {d}: no recall.json there")
-    parts.append((path, json.loads(path.read_text())))
+    part = json.loads(path.read_text())
+    if keep:
+      wanted = keep.split(",")
+      ran = {run["variant"] for run in part["runs"]}
+      if not set(wanted) <= ran:
+        raise ValueError(f"--merge {spec}: {d} has no runs of {sorted(set(wanted) - ran)}")
+      part["runs"] = [run for run in part["runs"] if run["variant"] in wanted]
+      only[str(path)] = wanted
+    parts.append((path, part))
   loose = ("variants", "seeds")
   size: dict = {}
   origin: dict = {}
@@ -826,7 +837,9 @@ def merge_results(dirs: Sequence[str | pathlib.Path], argv: Sequence[str] = ()) 
     "env": environment(argv),
     "size": size,
     "runs": runs,
-    "merged_from": [{"path": str(path), "env": part["env"]} for path, part in parts],
+    "merged_from": [
+      {"path": str(path), "env": part["env"], "only": only.get(str(path))} for path, part in parts
+    ],
   }
 
 
@@ -890,8 +903,9 @@ def write_report(result: dict, out: pathlib.Path) -> None:
   ]
   for src in result.get("merged_from", []):
     e = src["env"]
+    only = f" ({', '.join(src['only'])} runs only)" if src.get("only") else ""
     lines.append(
-      f"- merged from `{src['path']}`: {e['date']}, commit {e['commit']}, `{e['command']}`"
+      f"- merged from `{src['path']}`{only}: {e['date']}, commit {e['commit']}, `{e['command']}`"
     )
   lines += [
     "",
@@ -1050,8 +1064,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     "--merge",
     nargs="+",
     default=None,
-    metavar="DIR",
-    help="instead of training: merge the recall.json of these runs into --out's report",
+    metavar="DIR[:VARIANTS]",
+    help="instead of training: merge the recall.json of these runs into --out's report "
+    "(DIR:mac,mal takes only those variants' runs of DIR)",
   )
   args = p.parse_args(argv)
   if args.merge:

@@ -175,3 +175,39 @@ def test_benchmark_smoke(tmp_path):
   (other / "recall.json").write_text(json.dumps(part))
   with pytest.raises(ValueError, match="window"):
     R.merge_results([tmp_path, other])
+
+
+def test_merge_takes_parts_and_selected_variants(tmp_path):
+  """--merge: runs of every part, in order; `DIR:VARIANT` keeps only that variant's runs
+  of DIR; a size field two parts disagree on, or a variant a part never ran, is an error."""
+  R = _recall()
+  env = {"date": "d", "commit": "c", "command": "cmd", "device": "cpu", "cpu_count": 2}
+
+  def part(name, runs, **size):
+    d = tmp_path / name
+    d.mkdir()
+    result = {
+      "env": env,
+      "size": {"name": "cpu", "dim": 32, "variants": [], "seeds": [], **size},
+      "runs": [{"task": "mqar", "variant": v, "seed": s} for v, s in runs],
+    }
+    (d / "recall.json").write_text(json.dumps(result))
+    return str(d)
+
+  a = part("a", [("swa", 0), ("mag", 0)])
+  b = part("b", [("mal", 0), ("mac", 0)])
+  c = part("c", [("mal", 0), ("mal", 1)])
+  merged = R.merge_results([a, f"{b}:mac", c])
+  assert [(r["variant"], r["seed"]) for r in merged["runs"]] == [
+    ("swa", 0),
+    ("mag", 0),
+    ("mac", 0),
+    ("mal", 0),
+    ("mal", 1),
+  ]
+  assert merged["size"]["variants"] == ["swa", "mag", "mac", "mal"]
+  assert [m["only"] for m in merged["merged_from"]] == [None, ["mac"], None]
+  with pytest.raises(ValueError, match="has no runs of"):
+    R.merge_results([f"{a}:lmm"])
+  with pytest.raises(ValueError, match="size field dim"):
+    R.merge_results([a, part("d", [("mag", 1)], dim=64)])

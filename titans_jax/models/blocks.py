@@ -6,7 +6,9 @@ Mixers (docs/spec.md §2; h = the normed block input, P = the layer's persistent
   swa — sliding-window attention over [P ‖ h] (P unrotated, always visible).
   mag — y = SWA([P ‖ h]), m = M([P ‖ h]) (the memory also reads P first);
         o = RMSNorm(y) ⊙ σ(RMSNorm(m)), then the output projection.
-  mal — y = M([P ‖ h]); o = SWA(y) with y's P-part as the persistent keys.
+  mal — y = M([P ‖ h]); o = SWA(y) with y's P-part as the persistent keys, plus y
+        itself when cfg.mal_residual (the memory then reaches the residual stream
+        directly, not only through the attention).
   lmm — the memory alone: o = M(h).
   mac — segments S_i of length S: h_i = M*_{i−1}(q(S_i)) (retrieval from the weights at
         the segment's start, no update); y_i = Attn([P ‖ h_i ‖ S_i]) with causal masking
@@ -236,7 +238,11 @@ class Block(nnx.Module):
       self._sow_stats(self._mixer_stats(self._merge(y), m[:, self._num_p :], xt, skip=self._num_p))
     if want_cache:
       cache["mem"] = mem
-    return self.attn.out(y), cache
+    return self._mal_out(y, m[:, self._num_p :]), cache
+
+  def _mal_out(self, y_BTHK, m_BTD):
+    o = self.attn.out(y_BTHK)
+    return o + m_BTD.astype(o.dtype) if self.cfg.mal_residual else o
 
   def _lmm(self, h, want_cache):
     m, mem = self.memory(h)
@@ -374,7 +380,7 @@ class Block(nnx.Module):
   def _decode_mal(self, h, cache, pos):
     m, mem = self.memory(h, cache["mem"])
     y, cache = self._decode_window(m, cache, pos)
-    return self.attn.out(y), {**cache, "mem": mem}
+    return self._mal_out(y, m), {**cache, "mem": mem}
 
   def _decode_lmm(self, h, cache, pos):
     m, mem = self.memory(h, cache["mem"])

@@ -70,6 +70,13 @@ class TitansConfig:
       when memory is given.
     memory_chunk: chunk size of the default memory (None = 4); must equal
       memory.chunk_size when memory is given.
+    mal_residual: MAL only — the memory's output also joins the residual stream
+      (o = SWA(y) + y, with y = M([P ‖ h])): the memory is a residual layer of its own
+      and the attention reads it, as in the hybrid stacks the paper likens MAL to.
+      False is the spec's o = SWA(y), where the memory reaches the stream only
+      through the attention's weight on the query's own position — on MQAR beyond the
+      window that recalled at 3 of 7 initialisations, this at every one measured
+      (docs/memory.md §6).
     memory_layers: indices of the layers that carry a memory (mac/mag/mal; lmm needs
       all); None = every layer. Layers without a memory use the variant's attention:
       MAC's segment attention over [P ‖ S_i], SWA for mag/mal.
@@ -100,6 +107,7 @@ class TitansConfig:
   memory_heads: Optional[int] = None
   memory_chunk: Optional[int] = None
   memory_layers: Optional[tuple[int, ...]] = None
+  mal_residual: bool = True
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: str = "none"

@@ -39,8 +39,34 @@ def mal_residual(self, h, want_cache):
   return self.attn.out(y) + m[:, self._num_p :], cache
 
 
-PATCHES = {f.__name__: f for f in (mal_no_attn_p, mal_no_mem_p, mal_no_p, mal_residual)}
+def mac_write_input(self, carry, x_BLD, pk, pv, with_memory):
+  """MAC whose memory stores the segment's input x (as MAG's, and titans-pytorch's MAC)
+  instead of the attention's output y: it is written with k(x), v(x) and read with q(x),
+  one representation. The output is still y ⊗ σ(M(x)) after the segment's update."""
+  from titans_jax.layers import attention as attn_lib
+
+  assert with_memory
+  S, L = self.cfg.segment_len, x_BLD.shape[1]
+  j = jnp.arange(L)
+  q, k, v = self.attn.qkv(x_BLD)
+  q, k = self._rope(q, j + S), self._rope(k, j + S)
+  mem, rconv = carry
+  hret, rconv = self._retrieve(x_BLD, mem["weights"], rconv)
+  hk, hv = self.attn.kv(hret)
+  hk = self._rope(hk, j)
+  keys, values = [pk, hk, k], [pv, hv, v]
+  mask = attn_lib.segment_mask(L, L, self._num_p, True)
+  y = attn_lib.segment_attention(q, keys, values, mask, impl=self.cfg.attn_impl)
+  y_D = self._merge(y)
+  m, mem = self.memory(x_BLD, mem)
+  o = self._gate(y_D, m)
+  return (mem, rconv), self.attn.out(self._split(o)), {"k": k, "v": v}, {}
+
+
+PATCHES = {
+  f.__name__: f for f in (mal_no_attn_p, mal_no_mem_p, mal_no_p, mal_residual, mac_write_input)
+}
 
 
 def apply(name):
-  Block._mal = PATCHES[name]
+  setattr(Block, "_mac_segment" if name.startswith("mac_") else "_mal", PATCHES[name])
