@@ -507,6 +507,16 @@ def mqar_value_positions(inputs_BT: np.ndarray, weights_BT: np.ndarray, num_pair
   return first, repeat
 
 
+# Attention statistics of `titans_jax.models.diagnostics` read at the query keys: the
+# window attention's (swa/mag/mal) and MAC's segment attention's.
+ATTENTION_STATS = (
+  "attention_self",
+  "attention_persistent",
+  "attention_retrieval",
+  "attention_retrieval_self",
+)
+
+
 def layer_diagnostics(trained: Trained, size: RecallSize, *, batch: int = 8) -> list[dict]:
   """Per layer, on held-out MQAR, from the model's own forward
   (`titans_jax.models.diagnostics`, i.e. what each block's memory really reads — for
@@ -538,9 +548,9 @@ def layer_diagnostics(trained: Trained, size: RecallSize, *, batch: int = 8) -> 
         loss = arrays["memory_loss"]
         acc.setdefault((i, "loss_first"), []).extend(loss[first[b]].tolist())
         acc.setdefault((i, "loss_repeat"), []).extend(loss[repeat[b]].tolist())
-      if "attention_self" in arrays:  # where a query key is read (its value is next)
-        queries = ex["weights"][b] > 0
-        for name in ("attention_self", "attention_persistent"):
+      queries = ex["weights"][b] > 0  # where a query key is read (its value is next)
+      for name in ATTENTION_STATS:
+        if name in arrays:
           acc.setdefault((i, name + "_queries"), []).extend(arrays[name][queries].tolist())
   out = []
   for i in sorted(kinds):
@@ -557,9 +567,9 @@ def layer_diagnostics(trained: Trained, size: RecallSize, *, batch: int = 8) -> 
       row["attention_norm"] = get("attention_norm")
     if get("gate_mean") is not None:
       row["gate_mean"] = get("gate_mean")
-    if get("attention_self_queries") is not None:
-      row["attention_self_at_queries"] = get("attention_self_queries")
-      row["attention_persistent_at_queries"] = get("attention_persistent_queries")
+    for name in ATTENTION_STATS:
+      if get(name + "_queries") is not None:
+        row[name + "_at_queries"] = get(name + "_queries")
     out.append(row)
   return out
 
@@ -790,6 +800,16 @@ def run_ablations(
   return result
 
 
+def attention_cell(layer: dict, f2) -> str:
+  if "attention_retrieval_at_queries" in layer:
+    own, total = (
+      layer["attention_retrieval_self_at_queries"],
+      layer["attention_retrieval_at_queries"],
+    )
+    return f"{f2(own)}, {f2(total)}"
+  return f2(layer.get("attention_self_at_queries"))
+
+
 def merge_results(dirs: Sequence[str | pathlib.Path], argv: Sequence[str] = ()) -> dict:
   """One suite result from the recall.json of several partial runs of the same size
   (e.g. one process per variant, run side by side); runs keep their order by source.
@@ -948,10 +968,11 @@ def write_report(result: dict, out: pathlib.Path) -> None:
         "(lower at the repeat = the memory holds the pair), θ, the memory's output norm "
         "against the attention's, the MAG/MAC gate's mean, and at the query keys the "
         "window attention's weight on the query's own position (self) and on the "
-        "persistent tokens (P).",
+        "persistent tokens (P) — for MAC, the segment attention's weight on the query's "
+        "own retrieval h_j, on all retrieved tokens h, and on P.",
         "",
         "| variant | seed | layer | inner loss, written → asked | θ mean | ‖m‖ / ‖y‖ "
-        "| gate mean | attention at queries: self / P |",
+        "| gate mean | attention at queries: self / P (MAC: h_j, all h / P) |",
         "|---|---|---|---|---|---|---|---|",
       ]
       for v, seed, layer in diag_rows:
@@ -962,8 +983,7 @@ def write_report(result: dict, out: pathlib.Path) -> None:
           f"| {v} | {seed} | {layer['layer']} | {f2(layer['inner_loss_values_first'])} → "
           f"{f2(layer['inner_loss_values_repeat'])} | {f2(layer['theta_mean'])} | "
           f"{f2(ratio)} | {f2(layer.get('gate_mean'))} | "
-          f"{f2(layer.get('attention_self_at_queries'))} / "
-          f"{f2(layer.get('attention_persistent_at_queries'))} |"
+          f"{attention_cell(layer, f2)} / {f2(layer.get('attention_persistent_at_queries'))} |"
         )
       lines.append("")
     fig, ax = plt.subplots(figsize=(5.5, 3.5))

@@ -79,6 +79,29 @@ def test_window_attention_probs_reproduce_the_attention(T, W, P):
   assert np.all(p[..., P:][..., (lag < 0) | (lag >= W)] == 0)
 
 
+def test_segment_attention_probs_reproduce_the_attention():
+  """MAC's dense weights over [P ‖ h ‖ x] against a float64 loop over queries: each
+  query's softmax over the keys its mask lets it see; weighting the values gives
+  segment_attention's output."""
+  L, P = 5, 2
+  q, k, v, pk, pv = _qkv(3, 2, L, 2, 8, P)
+  _, hk, hv, _, _ = _qkv(4, 2, L, 2, 8)
+  keys, values = [pk, hk, k], [pv, hv, v]
+  mask = A.segment_mask(L, L, P, with_memory=True)
+  p = np.asarray(A.segment_attention_probs(q, keys, mask), np.float64)  # B×H×L×(P+2L)
+  K = np.concatenate([np.asarray(x, np.float64) for x in keys], axis=1)
+  V = np.concatenate([np.asarray(x, np.float64) for x in values], axis=1)
+  m = np.asarray(mask)
+  ref = np.zeros(p.shape)
+  for i in range(L):
+    s = np.einsum("bhk,bchk->bhc", np.asarray(q, np.float64)[:, i], K[:, m[i]]) / np.sqrt(8)
+    e = np.exp(s - s.max(-1, keepdims=True))
+    ref[:, :, i, m[i]] = e / e.sum(-1, keepdims=True)
+  np.testing.assert_allclose(p, ref, atol=1e-6)
+  out = np.asarray(A.segment_attention(q, keys, values, mask, impl="xla"), np.float64)
+  np.testing.assert_allclose(np.einsum("bhqc,bchk->bqhk", p, V), out, atol=1e-5)
+
+
 def test_decode_ring_buffer_matches_naive():
   """Writing k/v at pos % W and attending over valid slots equals row `pos` of the
   naive window attention, for positions before and after the ring first wraps."""

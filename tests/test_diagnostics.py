@@ -219,6 +219,48 @@ def test_model_diagnostics_mag_layer0_by_hand():
   assert not np.allclose(layers[0]["gate_mean"], layers[1]["gate_mean"])  # not one layer twice
 
 
+def test_model_diagnostics_mac_retrieval_attention_by_hand():
+  """MAC's segment attention statistics (weight on the retrieved tokens h, on the
+  query's own h_j, on P) for layer 0's first segment, from the block's pieces: the
+  retrieval with the memory's initial weights, then the dense softmax over [P ‖ h ‖ x]."""
+  from flax import nnx
+
+  from titans_jax.layers import attention
+  from titans_jax.models import diagnostics
+
+  model = random_model(small_config("mac"))
+  tokens = jnp.asarray(np.random.default_rng(1).integers(0, 32, (2, 11)), jnp.int32)
+  layers = diagnostics(model, tokens)
+  graphdef, stacked = nnx.split(model.runs[0])
+  block = nnx.merge(graphdef, jax.tree.map(lambda a: a[0], stacked))  # layer 0
+  S = block.cfg.segment_len
+
+  @jax.jit
+  def by_hand(tokens):
+    x = block.mix_norm(model.embed(tokens))[:, :S]
+    mem0 = block.memory.init_state(2)
+    hret, _ = block._retrieve(x, mem0["weights"], mem0["conv"])
+    j = jnp.arange(S)
+    q, k, _ = block.attn.qkv(x)
+    q, k = block._rope(q, j + S), block._rope(k, j + S)
+    hk, _ = block.attn.kv(hret)
+    pk, _ = block._persistent_kv(2)
+    mask = attention.segment_mask(S, S, 2, with_memory=True)
+    p = attention.segment_attention_probs(q, [pk, block._rope(hk, j), k], mask)
+    h = p[..., 2 : 2 + S]
+    return {
+      "attention_retrieval": h.sum(-1).mean((0, 1)),
+      "attention_retrieval_self": jnp.diagonal(h, axis1=-2, axis2=-1).mean((0, 1)),
+      "attention_persistent": p[..., :2].sum(-1).mean((0, 1)),
+    }
+
+  for name, value in by_hand(tokens).items():
+    got = np.asarray(layers[0][name])
+    assert got.shape == (11,), name
+    np.testing.assert_allclose(got[:S], np.asarray(value), rtol=1e-5, atol=1e-6, err_msg=name)
+  assert np.all(layers[0]["attention_retrieval"] + layers[0]["attention_persistent"] <= 1 + 1e-6)
+
+
 @pytest.mark.parametrize("variant", ["mac", "mag", "mal", "lmm", "swa"])
 def test_model_normal_forward_unchanged(variant, monkeypatch):
   """Without a capture the statistics are never traced, and a captured call leaves the

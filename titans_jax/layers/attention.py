@@ -205,6 +205,16 @@ def window_attention_probs(q_BTHK, k_BTHK, window: int, pk_BPHK: Optional[jax.Ar
   return jax.nn.softmax(s_BHTC, axis=-1)
 
 
+def segment_attention_probs(q_BQHK, keys, mask_QC):
+  """The softmax weights of `segment_attention` as a dense B×H×Q×C array over the
+  concatenated key groups (e.g. [P ‖ h ‖ x]): for diagnostics only."""
+  f = jnp.promote_types(q_BQHK.dtype, jnp.float32)
+  k_BCHK = jnp.concatenate([k.astype(f) for k in keys], axis=1)
+  s_BHQC = jnp.einsum("BQHK,BCHK->BHQC", q_BQHK.astype(f), k_BCHK)
+  s_BHQC = jnp.where(mask_QC, s_BHQC / math.sqrt(q_BQHK.shape[-1]), jnp.finfo(f).min)
+  return jax.nn.softmax(s_BHQC, axis=-1)
+
+
 def ring_slot_positions(pos: jax.Array, window: int) -> jax.Array:
   """Absolute position held by each slot of a W-slot ring buffer after writing `pos`
   at slot pos % W (negative: slot never written)."""

@@ -161,6 +161,20 @@ class Block(nnx.Module):
       "attention_persistent": p_BHTC[..., :P].sum(-1).mean((0, 1)),
     }
 
+  def _retrieval_stats(self, q_BLHK, keys, mask_QC, L: int):
+    """Where MAC's segment attention looks, per query slot (L), averaged over batch and
+    heads: attention_retrieval, the total weight on the retrieved tokens h_≤j;
+    attention_retrieval_self, on h_j (the retrieval with the query's own token — where
+    a key's stored value comes back); attention_persistent, on the persistent tokens."""
+    p_BHQC = attn_lib.segment_attention_probs(q_BLHK, keys, mask_QC)
+    P = self._num_p
+    h_BHQL = p_BHQC[..., P : P + L]
+    return {
+      "attention_retrieval": h_BHQL.sum(-1).mean((0, 1)),
+      "attention_retrieval_self": jnp.diagonal(h_BHQL, axis1=-2, axis2=-1).mean((0, 1)),
+      "attention_persistent": p_BHQC[..., :P].sum(-1).mean((0, 1)),
+    }
+
   def _sow_stats(self, stats: dict):
     for name, value in stats.items():
       self.sow(nnx.Intermediate, name, value)
@@ -289,7 +303,10 @@ class Block(nnx.Module):
     y_D = constrain(self._merge(y), ACT_BTD)
     stats_state = mem
     m, mem = self.memory(y_D, mem)
-    stats = self._mixer_stats(y_D, m, y_D, stats_state) if capturing(self) else {}
+    stats = {}
+    if capturing(self):
+      stats = self._mixer_stats(y_D, m, y_D, stats_state)
+      stats.update(self._retrieval_stats(q, keys, mask, L))
     o = constrain(self._gate(y_D, m), ACT_BTD)
     return (mem, rconv), self.attn.out(self._split(o)), kv, stats
 
