@@ -39,13 +39,9 @@ def mal_residual(self, h, want_cache):
   return self.attn.out(y) + m[:, self._num_p :], cache
 
 
-def mac_write_input(self, carry, x_BLD, pk, pv, with_memory):
-  """MAC whose memory stores the segment's input x (as MAG's, and titans-pytorch's MAC)
-  instead of the attention's output y: it is written with k(x), v(x) and read with q(x),
-  one representation. The output is still y ⊗ σ(M(x)) after the segment's update."""
+def _mac_segment_variant(self, carry, x_BLD, pk, pv, write_input, retrieval_residual):
   from titans_jax.layers import attention as attn_lib
 
-  assert with_memory
   S, L = self.cfg.segment_len, x_BLD.shape[1]
   j = jnp.arange(L)
   q, k, v = self.attn.qkv(x_BLD)
@@ -58,9 +54,32 @@ def mac_write_input(self, carry, x_BLD, pk, pv, with_memory):
   mask = attn_lib.segment_mask(L, L, self._num_p, True)
   y = attn_lib.segment_attention(q, keys, values, mask, impl=self.cfg.attn_impl)
   y_D = self._merge(y)
-  m, mem = self.memory(x_BLD, mem)
-  o = self._gate(y_D, m)
-  return (mem, rconv), self.attn.out(self._split(o)), {"k": k, "v": v}, {}
+  m, mem = self.memory(x_BLD if write_input else y_D, mem)
+  o = self.attn.out(self._split(self._gate(y_D, m)))
+  if retrieval_residual:
+    o = o + hret.astype(o.dtype)
+  return (mem, rconv), o, {"k": k, "v": v}, {}
+
+
+def mac_write_input(self, carry, x_BLD, pk, pv, with_memory):
+  """MAC whose memory stores the segment's input x (as MAG's, and titans-pytorch's MAC)
+  instead of the attention's output y: it is written with k(x), v(x) and read with q(x),
+  one representation. The output is still y ⊗ σ(M(x)) after the segment's update."""
+  assert with_memory
+  return _mac_segment_variant(self, carry, x_BLD, pk, pv, True, False)
+
+
+def mac_retrieval_residual(self, carry, x_BLD, pk, pv, with_memory):
+  """The paper's MAC (memory written with y) whose retrieval h = M*(q(x)) also joins
+  the residual stream (o = W_o·(y ⊗ σ(M(y))) + h), as MAL's memory output does."""
+  assert with_memory
+  return _mac_segment_variant(self, carry, x_BLD, pk, pv, False, True)
+
+
+def mac_input_and_residual(self, carry, x_BLD, pk, pv, with_memory):
+  """Both: the memory stores x, and its retrieval h joins the residual stream."""
+  assert with_memory
+  return _mac_segment_variant(self, carry, x_BLD, pk, pv, True, True)
 
 
 PATCHES = {
