@@ -83,7 +83,16 @@ def mac_input_and_residual(self, carry, x_BLD, pk, pv, with_memory):
 
 
 PATCHES = {
-  f.__name__: f for f in (mal_no_attn_p, mal_no_mem_p, mal_no_p, mal_residual, mac_write_input)
+  f.__name__: f
+  for f in (
+    mal_no_attn_p,
+    mal_no_mem_p,
+    mal_no_p,
+    mal_residual,
+    mac_write_input,
+    mac_retrieval_residual,
+    mac_input_and_residual,
+  )
 }
 
 
