@@ -48,6 +48,14 @@ def cell_config(preset: str, variant: str, seq: int, chips: int):
   )
 
 
+def provenance() -> dict:
+  """When and at which commit a cell was compiled (cells of one grid may span commits)."""
+  commit = subprocess.run(
+    ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+  ).stdout.strip()
+  return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit or "unknown"}
+
+
 def run_cell(chip: str, preset: str, variant: str, seq: int) -> dict:
   """Compile one cell in this process; the JSON record of docs/tpu.md."""
   from titans_jax.training import aot
@@ -69,6 +77,7 @@ def run_cell(chip: str, preset: str, variant: str, seq: int) -> dict:
       "temp_need_bytes": e.need,
       "hbm_available_bytes": e.have,
       "compile_s": time.time() - t,
+      **provenance(),
     }
   if os.environ.get("TPU_FIT_HLO_DIR"):  # keep the program for re-analysis
     d = pathlib.Path(os.environ["TPU_FIT_HLO_DIR"])
@@ -98,6 +107,7 @@ def run_cell(chip: str, preset: str, variant: str, seq: int) -> dict:
     "mosaic_calls": size.mosaic_calls,
     "shares": aot.component_shares(size),
     "compile_s": time.time() - t,
+    **provenance(),
   }
 
 
