@@ -152,3 +152,48 @@ def test_model_config_memory_overrides():
     timing.model_config("tiny", "mag", "fp32", ["memory.commit_every=6"])
   with pytest.raises(ConfigError, match="key=value"):
     timing.model_config("tiny", "mag", "fp32", ["num_layers"])
+
+
+def test_tpu_fit_render_rows_for_compiled_refused_and_missing_cells():
+  """benchmarks/tpu_fit.py --render: a compiled cell's figures; a cell the TPU compiler
+  refused for lack of HBM (new record, or an old record holding only its message) as
+  "NO" by how much; anything else as its error; missing cells listed."""
+  import sys
+
+  sys.path.insert(0, str(ROOT))
+  tpu_fit = _load("tpu_fit")
+  G = 2**30
+  ok = {
+    "state_bytes": 0.5 * G,
+    "other_bytes": 3 * G,
+    "total_bytes": 3.5 * G,
+    "hbm_bytes_capacity": 16 * G,
+    "fits": True,
+    "flops": 7.5e12,
+    "hbm_bytes": 91e9,
+    "bound_s": 0.111,
+    "compute_s": 0.038,
+    "memory_s": 0.111,
+    "mfu_bound": 0.19,
+    "shares": {"memory scan": [0.0, 0.0], "attention": [0.09, 0.04]},
+  }
+  results = {
+    ("v5e-8", "170m", "swa", 4096): ok,
+    ("v5e-8", "170m", "mag", 4096): {
+      "temp_need_bytes": 19.69 * G,
+      "hbm_available_bytes": 15.75 * G,
+    },
+    ("v5e-8", "170m", "mal", 4096): {
+      "error": "jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: Ran out of memory on HBM, the "
+      "total memory required for HLO temporaries (22.60G) exceeds available HBM (15.75G)."
+    },
+    ("v5e-8", "170m", "lmm", 4096): {"error": "compile timed out after 900 s"},
+  }
+  table = tpu_fit.render(results)
+  row = {line.split("|")[4].strip(): line for line in table.splitlines() if "| 170m | 4K |" in line}
+  assert "| 3.50 / 16.00 | yes | 7.50 | 91 | 111 | HBM | 19% |" in row["swa"]
+  assert "NO (compiler: temporaries alone over by 3.94)" in row["mag"]
+  assert "NO (compiler: temporaries alone over by 6.85)" in row["mal"]
+  assert "compile timed out" in row["lmm"]
+  assert "mac" not in row
+  assert "4 of 120 cells compiled" in table and "v5e-8/170m/4K/mac" in table
