@@ -14,7 +14,8 @@ Mixers (docs/spec.md §2; h = the normed block input, P = the layer's persistent
         the segment's start, no update); y_i = Attn([P ‖ h_i ‖ S_i]) with causal masking
         inside the segment (query j sees h_≤j and S_≤j: h_j depends on x_≤j); the memory
         is updated with y_i and read back causally (m = M(y_i), each token reading the
-        weights after the last chunk it completes); o_i = RMSNorm(y_i) ⊙ σ(RMSNorm(m)).
+        weights after the last chunk it completes); o_i = RMSNorm(y_i) ⊙ σ(RMSNorm(m)),
+        plus h_i itself after the output projection when cfg.mac_retrieval_residual.
   seg — MAC's attention over [P ‖ S_i] for layers without a memory.
 
 Every mixer has a full-sequence form (`forward`, from position 0, optionally returning
@@ -308,7 +309,11 @@ class Block(nnx.Module):
       stats = self._mixer_stats(y_D, m, y_D, stats_state)
       stats.update(self._retrieval_stats(q, keys, mask, L))
     o = constrain(self._gate(y_D, m), ACT_BTD)
-    return (mem, rconv), self.attn.out(self._split(o)), kv, stats
+    return (mem, rconv), self._mac_out(o, hret), kv, stats
+
+  def _mac_out(self, o_BLD, hret_BLD):
+    out = self.attn.out(self._split(o_BLD))
+    return out + hret_BLD.astype(out.dtype) if self.cfg.mac_retrieval_residual else out
 
   def _mac_forward(self, h, want_cache, with_memory):
     B, T, D = h.shape
@@ -426,14 +431,14 @@ class Block(nnx.Module):
       return self.attn.out(y), cache
     y_D = self._merge(y)
     m, mem = self.memory(y_D, cache["mem"])
-    o = self._gate(y_D, m)
+    out = self._mac_out(self._gate(y_D, m), hret)
     seg_done = j == S - 1
     # The next segment retrieves from the weights this one ends with.
     seg_weights = jax.tree.map(
       lambda new_, old: jnp.where(seg_done, new_, old), mem["weights"], cache["seg_weights"]
     )
     cache.update(mem=mem, rconv=rconv, seg_weights=seg_weights)
-    return self.attn.out(self._split(o)), cache
+    return out, cache
 
   def _decode_mac(self, h, cache, pos):
     return self._decode_segment(h, cache, pos, with_memory=True)

@@ -77,6 +77,11 @@ class TitansConfig:
       through the attention's weight on the query's own position — on MQAR beyond the
       window that recalled at 3 of 7 initialisations, this at every one measured
       (docs/memory.md §6).
+    mac_retrieval_residual: MAC only — the segment's retrieval h_i = M*_{i−1}(q(S_i))
+      also joins the residual stream (o_i = W_o·(y_i ⊗ M(y_i)) + h_i), besides being
+      the attention's context. False is the paper's form, where h reaches the stream
+      only through the attention; on MQAR beyond the window that form stayed at SWA's
+      level in every run, this one recalls (docs/memory.md §6).
     memory_layers: indices of the layers that carry a memory (mac/mag/mal; lmm needs
       all); None = every layer. Layers without a memory use the variant's attention:
       MAC's segment attention over [P ‖ S_i], SWA for mag/mal.
@@ -108,6 +113,7 @@ class TitansConfig:
   memory_chunk: Optional[int] = None
   memory_layers: Optional[tuple[int, ...]] = None
   mal_residual: bool = True
+  mac_retrieval_residual: bool = True
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: str = "none"
