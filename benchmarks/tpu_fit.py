@@ -255,9 +255,13 @@ def render(results: dict) -> str:
       f"{100 * r['mfu_bound']:.0f}% | {100 * scan[0]:.0f} / {100 * attn[0]:.0f} / "
       f"{100 * rest[0]:.0f}% | {100 * scan[1]:.0f} / {100 * attn[1]:.0f} / {100 * rest[1]:.0f}% |"
     )
-  done = len(list(cells())) - len(missing)
+  records = [results[c] for c in cells() if c in results]
+  refused = sum(1 for r in records if _compiler_oom(r))
+  failed = sum(1 for r in records if "error" in r and not _compiler_oom(r))
+  compiled = len(records) - refused - failed
   lines.append(
-    f"\n{done} of {len(list(cells()))} cells compiled; not compiled: "
+    f"\n{compiled} of {len(list(cells()))} cells compiled, {refused} refused by the compiler "
+    f"for lack of HBM, {failed} failed or timed out; not yet run: "
     + (", ".join(missing) if missing else "none")
     + "."
   )
