@@ -62,17 +62,13 @@ def run_cell(chip: str, preset: str, variant: str, seq: int) -> dict:
 
   target = CHIPS[chip]
   n = len(aot.target_devices(target))
+  cell = dict(chip=chip, target=target, preset=preset, variant=variant, seq=seq, batch=n)
   t = time.time()
   try:
     size = aot.size_train_step(cell_config(preset, variant, seq, n), target)
   except aot.DoesNotFit as e:  # the compiler gave up: only its need and the chip's HBM
     return {
-      "chip": chip,
-      "target": target,
-      "preset": preset,
-      "variant": variant,
-      "seq": seq,
-      "batch": n,
+      **cell,
       "fits": False,
       "temp_need_bytes": e.need,
       "hbm_available_bytes": e.have,
@@ -84,13 +80,8 @@ def run_cell(chip: str, preset: str, variant: str, seq: int) -> dict:
     d.mkdir(parents=True, exist_ok=True)
     (d / f"{chip}_{preset}_{variant}_{seq}.hlo.txt").write_text(size.hlo_text)
   return {
-    "chip": chip,
-    "target": target,
-    "preset": preset,
-    "variant": variant,
-    "seq": seq,
+    **cell,
     "mesh": size.mesh,
-    "batch": n,
     "state_bytes": size.state_bytes,
     "other_bytes": size.other_bytes,
     "total_bytes": size.total_bytes,
@@ -220,7 +211,7 @@ def render(results: dict) -> str:
     "| bytes: scan / attn / rest |"
   )
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
-  missing = []
+  missing, refused, failed, compiled = [], 0, 0, 0
   for chip, preset, variant, seq in cells():
     r = results.get((chip, preset, variant, seq))
     mesh = "fsdp=" + str({"v5e-8": 8}.get(chip, 4))
@@ -229,6 +220,7 @@ def render(results: dict) -> str:
       continue
     oom = _compiler_oom(r)
     if oom:
+      refused += 1
       need, have = oom
       lines.append(
         f"| {chip} ({mesh}) | {preset} | {seq // 1024}K | {variant} | | > {need / 2**30:.2f} "
@@ -237,11 +229,13 @@ def render(results: dict) -> str:
       )
       continue
     if "error" in r:
+      failed += 1
       lines.append(
         f"| {chip} ({mesh}) | {preset} | {seq // 1024}K | {variant} | "
         f"{r['error'][:60]} |" + " |" * 10
       )
       continue
+    compiled += 1
     sh = r["shares"]
     scan = sh["memory scan"]
     attn = sh["attention"]
@@ -255,10 +249,6 @@ def render(results: dict) -> str:
       f"{100 * r['mfu_bound']:.0f}% | {100 * scan[0]:.0f} / {100 * attn[0]:.0f} / "
       f"{100 * rest[0]:.0f}% | {100 * scan[1]:.0f} / {100 * attn[1]:.0f} / {100 * rest[1]:.0f}% |"
     )
-  records = [results[c] for c in cells() if c in results]
-  refused = sum(1 for r in records if _compiler_oom(r))
-  failed = sum(1 for r in records if "error" in r and not _compiler_oom(r))
-  compiled = len(records) - refused - failed
   lines.append(
     f"\n{compiled} of {len(list(cells()))} cells compiled, {refused} refused by the compiler "
     f"for lack of HBM, {failed} failed or timed out; not yet run: "
