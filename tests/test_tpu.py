@@ -66,8 +66,12 @@ def _mesh(shape):
   return sharding.make_mesh(sharding.MeshConfig(*shape), aot.target_devices(TARGET))
 
 
-def _compile_train(variant, mesh_shape):
-  return aot.size_train_step(_config(variant, mesh_shape), TARGET, _mesh(mesh_shape))
+def _compile_train(variant, mesh_shape, **memory):
+  cfg = _config(variant, mesh_shape)
+  if memory:
+    model = cfg.model.replace(memory=cfg.model.memory_config.replace(**memory))
+    cfg = dataclasses.replace(cfg, model=model)
+  return aot.size_train_step(cfg, TARGET, _mesh(mesh_shape))
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +87,10 @@ def compiled():
     cfg = _config("mac", (2, 1, 2))
     out["generation"] = aot.size_generation(cfg, TARGET, _mesh((2, 1, 2)))
 
-  run_concurrently([train(("mag", (2, 1, 2))), train(("lmm", (4, 1, 1))), generation])
+  def kernel():  # the memory's Pallas scan kernel (impl="pallas") on data×tensor
+    out["kernel"] = _compile_train("mag", (2, 1, 2), impl="pallas", scan_remat_every=2)
+
+  run_concurrently([train(("mag", (2, 1, 2))), train(("lmm", (4, 1, 1))), generation, kernel])
   return out
 
 
@@ -104,6 +111,17 @@ def test_train_step_compiles_for_tpu_with_splash_on_a_sharded_mesh(train_sizes):
   assert mag.mosaic_calls == 3, mag.mosaic_calls  # fwd, dq, dkv
   assert mag.kernel_flops > 0 and mag.flops > mag.kernel_flops
   assert train_sizes[("lmm", (4, 1, 1))].mosaic_calls == 0  # no attention in LMM
+
+
+def test_memory_scan_kernel_compiles_for_tpu_on_a_sharded_mesh(train_sizes):
+  """MAG with impl="pallas": the memory's forward and backward scan kernels join the
+  three splash kernels (Mosaic, inside shard_map), their FLOPs counted from the traced
+  chunk step, and no XLA block scan is left."""
+  kernel, xla = train_sizes["kernel"], train_sizes[("mag", (2, 1, 2))]
+  assert kernel.mosaic_calls == 5, kernel.mosaic_calls
+  assert kernel.kernel_flops > xla.kernel_flops > 0
+  assert kernel.by_component["memory"]["flops"] > 0
+  assert "memory_block" not in kernel.by_component  # no XLA scan left
 
 
 @pytest.mark.slow

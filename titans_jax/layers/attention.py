@@ -37,6 +37,7 @@ from flax import nnx
 
 from titans_jax.layers.basic import Linear
 from titans_jax.sharding import rules as rules_lib
+from titans_jax.sharding.rules import target_platform
 
 IMPLS = ("auto", "xla", "dot_product", "cudnn", "splash")
 
@@ -61,15 +62,6 @@ def _notice_once(msg: str) -> None:
   if msg not in _NOTICED:
     _NOTICED.add(msg)
     _log.warning(msg)
-
-
-def target_platform() -> str:
-  """The platform being traced for: the active mesh's devices, else the default
-  backend. ("tpu" for a TPU topology's compile-only devices on a CPU host.)"""
-  mesh = rules_lib.active_mesh()
-  if mesh is not None:
-    return mesh.devices.flat[0].platform
-  return jax.default_backend()
 
 
 def _resolve_impl(impl: str, dtype) -> str:

@@ -92,7 +92,11 @@ class MemoryConfig:
       run on K×(1+O+K) coefficient vectors, retrieval as a masked attention-like
       matmul over the block's tokens; not available with spectral_norm_surprises
       (Newton–Schulz is not linear). "auto" (default): "dual" wherever it is
-      available, else "primal". Does not change the result beyond rounding.
+      available, else "primal". "pallas": the exact mode's whole chunk scan as Pallas
+      TPU kernels, W and S kept on-chip across chunks and saved for the backward only
+      every `scan_remat_every` chunks (`memory.kernel`; `kernel_unsupported` says which
+      configs it takes; off a TPU it runs in the Pallas interpreter). Does not change
+      the result beyond rounding.
   """
 
   dim: int
@@ -198,8 +202,10 @@ class MemoryConfig:
         bad(f"{name}={getattr(self, name)!r} is not one of {DTYPES}")
     if self.recurrence not in ("associative", "dense"):
       bad(f"recurrence must be 'associative' or 'dense', got {self.recurrence!r}")
-    if self.impl not in ("auto", "dual", "primal"):
-      bad(f"impl must be 'auto', 'dual' or 'primal', got {self.impl!r}")
+    if self.impl not in ("auto", "dual", "primal", "pallas"):
+      bad(f"impl must be 'auto', 'dual', 'primal' or 'pallas', got {self.impl!r}")
+    if self.impl == "pallas" and self.kernel_unsupported() is not None:
+      bad(f"impl='pallas': {self.kernel_unsupported()}; use impl='auto'")
     if self.impl == "dual" and self.spectral_norm_surprises:
       bad(
         "impl='dual' cannot express spectral_norm_surprises (Newton–Schulz is not "
@@ -246,6 +252,20 @@ class MemoryConfig:
   def commit_chunks(self) -> Optional[int]:
     """Chunks per commit block, or None when the gradient point never moves."""
     return None if self.commit_every is None else self.commit_every // self.chunk_size
+
+  def kernel_unsupported(self) -> Optional[str]:
+    """Why `impl="pallas"` (the Pallas scan kernel) cannot compute this config; None
+    when it can."""
+    if self.commit_chunks != 1:
+      return "the kernel computes the exact mode only (commit_every = chunk_size)"
+    if self.residual_norm:
+      return "residual_norm=True (the memory's LayerNorm) is not in the kernel"
+    if self.momentum and self.momentum_order > 1:
+      return "momentum_order > 1 is not in the kernel"
+    for field in ("max_grad_norm", "per_parameter_lr_modulation", "spectral_norm_surprises"):
+      if getattr(self, field):
+        return f"{field} is not in the kernel"
+    return None
 
   def fast_weight_names(self) -> tuple[str, ...]:
     """Fast-weight tensors in titans-pytorch's `named_parameters` order.

@@ -44,9 +44,11 @@ from jax.ad_checkpoint import checkpoint_name
 from titans_jax.memory.config import MemoryConfig
 from titans_jax.memory.dual import dual_block_step, use_dual
 from titans_jax.memory.inputs import check_input, chunk_gates, project
+from titans_jax.memory.kernel import chunk_scan
 from titans_jax.memory.networks import memory_forward
 from titans_jax.memory.ops import rmsnorm
 from titans_jax.memory.primal import block_step
+from titans_jax.sharding.rules import target_platform
 
 State = dict[str, Any]
 
@@ -185,6 +187,42 @@ def _scan_blocks(step, carry0, blocks, remat: bool, every: Optional[int]):
   return carry, jnp.concatenate([y_head, y_tail], axis=0)
 
 
+def _kernel_scan(cfg: MemoryConfig, state: State, blocks, B: int, N: int, inner):
+  """`kernel.chunk_scan` on the blocks of the exact mode (one chunk per block): the
+  N×B×H×1×C×… block layout to the kernel's B×H×T×… and y back."""
+  C, H = cfg.chunk_size, cfg.heads
+
+  def tokens(t):  # N×B×H×1×C×… -> B×H×(N·C)×…
+    t = jnp.moveaxis(t[:, :, :, 0], 0, 2)
+    return t.reshape((B, H, N * C) + t.shape[4:])
+
+  def per_chunk(t_NBH):  # N×B×H -> B×H×(N·C)
+    return jnp.repeat(jnp.moveaxis(t_NBH, 0, 2), C, axis=2)
+
+  one = jnp.ones((N, B, H), inner)
+  gates = jnp.stack(
+    [
+      tokens(blocks["lr"]).astype(inner),
+      per_chunk(blocks["alpha"][:, :, :, 0].astype(inner)) if cfg.forget else 0.0 * per_chunk(one),
+      per_chunk(blocks["eta"][:, :, :, 0, 0].astype(inner)) if cfg.momentum else per_chunk(one),
+      per_chunk(jnp.broadcast_to(blocks["valid"][:, :1, None], (N, B, H)).astype(inner)),
+    ],
+    axis=-1,
+  )
+  weights, momentum, y_BHTd = chunk_scan(
+    cfg,
+    state["weights"],
+    state["momentum"],
+    tokens(blocks["keys"]).astype(inner),
+    tokens(blocks["values"]).astype(inner),
+    tokens(blocks["queries"]).astype(inner),
+    gates,
+    platform=target_platform(),
+  )
+  y = jnp.moveaxis(y_BHTd.reshape(B, H, N, C, -1), 2, 0)
+  return weights, momentum, y[:, :, :, None]
+
+
 @jax.named_scope("memory")  # profiles group the layer's ops by these scopes (perf.profile)
 def apply(
   params: dict,
@@ -290,7 +328,10 @@ def apply(
   step = jax.named_scope("memory_block")(
     functools.partial(dual_block_step if dual else block_step, cfg)
   )
-  if not _carries_gradient_point(cfg):
+  if cfg.impl == "pallas":  # the exact mode's scan as one kernel (memory.kernel)
+    weights, momentum, y_blocks = _kernel_scan(cfg, state, blocks, B, num_blocks, inner)
+    grad_point = weights
+  elif not _carries_gradient_point(cfg):
     # Commit after every chunk (the paper's exact mini-batch GD): a block is one
     # chunk and W̄ = W at every block start, so the scan carries W once — one
     # weight-size carry fewer to select, stack for the backward and differentiate.

@@ -182,6 +182,16 @@ def active_mesh() -> Optional[jax.sharding.Mesh]:
   return None if ctx is None else ctx.mesh
 
 
+def target_platform() -> str:
+  """The platform being traced for: the active mesh's devices, else the default
+  backend ("tpu" for a TPU topology's compile-only devices on a CPU host). Kernel
+  choices follow it, not `jax.default_backend()`."""
+  mesh = active_mesh()
+  if mesh is not None:
+    return mesh.devices.flat[0].platform
+  return jax.default_backend()
+
+
 def active_rules() -> Mapping[str, tuple[str, ...]]:
   """The rules table of the enclosing `use_rules` (RULES outside any)."""
   ctx = _ACTIVE.get()

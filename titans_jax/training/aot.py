@@ -38,6 +38,7 @@ from flax import nnx
 from titans_jax import config as config_lib
 from titans_jax import sharding
 from titans_jax.layers import attention
+from titans_jax.memory import kernel as memory_kernel
 from titans_jax.perf import flops as flops_lib
 from titans_jax.perf import hlo_cost
 from titans_jax.sharding import hosts
@@ -145,7 +146,12 @@ def _bytes_per_device(tree) -> float:
 
 
 def _kernel_flops(text: str, operand_shapes: list[str]) -> float:
-  """FLOPs of one splash kernel call: visible blocks × block² × heads × head width."""
+  """FLOPs of one Mosaic kernel call: the memory's scan kernels register theirs
+  (`memory.kernel.KERNEL_FLOPS`, counted on the traced chunk step); a splash call is
+  visible blocks × block² × heads × head width."""
+  for name, flops in memory_kernel.KERNEL_FLOPS.items():
+    if re.search(re.escape(name) + r"(?![0-9x])", text):
+      return flops
 
   kind = next((k for k in ("dkv", "dq", "fwd") if f"splash_mha_{k}" in text), None)
   if kind is None or len(operand_shapes) < 4:

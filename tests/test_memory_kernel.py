@@ -1,0 +1,156 @@
+"""The Pallas scan kernel (`impl="pallas"`, titans_jax/memory/kernel.py) in the Pallas
+interpreter: equal to the independent float64 reference (values and final state), its
+gradients equal to the XLA path's (the primal form) — including the second-order terms
+through the inner gradient and segments that recompute their carries — streams split
+across calls, padding of the last segment, sharded under shard_map on 4 fake CPU devices,
+and the configs it refuses. (TPU compilation of the kernel: tests/test_tpu.py.)
+"""
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from titans_jax import sharding
+from titans_jax.memory import MemoryConfig, apply
+from titans_jax.memory import kernel as K
+
+from helpers import F32, apply_jit, compare, make_inputs, paper
+
+
+@pytest.fixture(autouse=True)
+def _quiet_interpreter_notice(caplog):
+  caplog.set_level(logging.ERROR, logger=K.__name__)
+
+
+CASES = {
+  # the paper preset: depth-2 GELU MLP, momentum and forgetting; segments of 2 chunks
+  # (every 2nd carry saved, the other recomputed), 19 tokens (a pending chunk at the end)
+  "paper_every2": (paper(scan_remat_every=2), 19),
+  # one carry saved per chunk; strong forgetting
+  "paper_every1": (paper(init_decay_bias=0.0), 17),
+  # 5 chunks in segments of 3: the last segment is padded with identity chunks
+  "paper_every3_padded": (paper(scan_remat_every=3), 20),
+  "no_momentum_depth3_silu": (paper(momentum=False, depth=3, activation="silu"), 19),
+  "no_forget_depth1": (paper(forget=False, depth=1, scan_remat_every=2), 16),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_kernel_matches_reference_x64(name):
+  cfg, T = CASES[name]
+  with jax.enable_x64(True):
+    compare(cfg.replace(impl="pallas"), T, rtol=1e-10, atol=1e-10)
+
+
+def test_kernel_matches_reference_fp32():
+  cfg = paper(dim=16, scan_remat_every=2, **F32).replace(impl="pallas")
+  compare(cfg, 19, rtol=1e-5, atol=1e-5)
+
+
+def _loss(params, x, r, cfg, state=None):
+  y, state = apply(params, x, cfg, state)
+  extra = sum(jnp.sum(jnp.sin(w)) for w in state["weights"].values())
+  extra += sum(jnp.sum(jnp.cos(s)) for s in state["momentum"].values())
+  return jnp.sum(y * r) + 0.1 * extra
+
+
+_value_and_grad = jax.jit(jax.value_and_grad(_loss), static_argnames="cfg")
+
+
+def _assert_trees_close(a, b, tol):
+  flat_a = jax.tree_util.tree_leaves_with_path(a)
+  flat_b = jax.tree_util.tree_leaves(b)
+  assert len(flat_a) == len(flat_b)
+  for (path, x), y in zip(flat_a, flat_b):
+    np.testing.assert_allclose(
+      np.asarray(x), np.asarray(y), rtol=tol, atol=tol, err_msg=jax.tree_util.keystr(path)
+    )
+
+
+@pytest.mark.parametrize("name", ["paper_every2", "paper_every3_padded", "no_momentum_depth3_silu"])
+def test_kernel_gradients_equal_the_xla_path_x64(name):
+  """d(loss)/d(slow parameters, x) through the kernel's backward (the vjp of one chunk's
+  step, second order through the inner gradient) equals XLA's autodiff of the primal
+  form; the loss reads y and the final W and S."""
+  cfg, T = CASES[name]
+  with jax.enable_x64(True):
+    params, x = make_inputs(cfg, T, seed=4)
+    r = jnp.asarray(np.random.default_rng(9).normal(size=x.shape), jnp.float64)
+    v_k, g_k = _value_and_grad(params, x, r, cfg.replace(impl="pallas"))
+    v_x, g_x = _value_and_grad(params, x, r, cfg.replace(impl="primal"))
+    assert float(v_k) == pytest.approx(float(v_x), rel=1e-10, abs=1e-10)
+    _assert_trees_close(g_k, g_x, 1e-9)
+    # the gradient is not trivially zero anywhere it matters
+    assert float(jnp.abs(g_k["W0"]["w0"]).max()) > 1e-6
+
+
+def test_kernel_continues_a_stream_like_one_call_x64():
+  """A stream split 7 + 1 + 11 tokens (a decode-like step in between) through the kernel
+  equals one call of the XLA path, outputs and state."""
+  cfg = paper(scan_remat_every=2)
+  with jax.enable_x64(True):
+    params, x = make_inputs(cfg, 19, seed=3)
+    y_ref, s_ref = apply_jit(params, x, cfg)
+    kcfg, state, ys = cfg.replace(impl="pallas"), None, []
+    for a, b in ((0, 7), (7, 8), (8, 19)):
+      y, state = apply_jit(params, x[:, a:b], kcfg, state)
+      ys.append(y)
+    np.testing.assert_allclose(
+      np.asarray(jnp.concatenate(ys, axis=1)), np.asarray(y_ref), rtol=1e-10, atol=1e-10
+    )
+    _assert_trees_close(state["weights"], s_ref["weights"], 1e-10)
+    _assert_trees_close(state["momentum"], s_ref["momentum"], 1e-10)
+
+
+def test_kernel_under_shard_map_equals_xla_on_a_cpu_mesh():
+  """On a data×tensor mesh of 4 CPU devices the kernel runs under shard_map (one
+  instance per device's batch rows and heads); values and gradients equal XLA's."""
+  cfg = paper(dim=16, heads=2, scan_remat_every=2, **F32)
+  params, x = make_inputs(cfg, 19, B=4, seed=5)
+  r = jnp.asarray(np.random.default_rng(2).normal(size=x.shape), jnp.float32)
+  mesh = sharding.make_mesh(sharding.MeshConfig(2, 1, 2), jax.devices("cpu")[:4])
+
+  def run(c):
+    def loss(params, x):
+      with sharding.use_rules(mesh):
+        return _loss(params, x, r, c)
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+
+  v_k, g_k = run(cfg.replace(impl="pallas"))
+  v_x, g_x = run(cfg)
+  assert float(v_k) == pytest.approx(float(v_x), rel=1e-5, abs=1e-5)
+  _assert_trees_close(g_k, g_x, 1e-4)
+
+
+def test_kernel_counts_its_flops_from_the_traced_step():
+  """The registered FLOPs (cost models of compiled programs, training.aot) are the
+  dot_general FLOPs of the chunk step: for a depth-2 memory d→h→d and C tokens, the
+  forward kernel's step is 2 forwards (retrieval, loss) + the weight gradients and the
+  hidden error: 2·C·(dh + hd)·2 + 2·C·(hd + dh) + 2·C·dh."""
+  cfg = paper(dim=8, heads=1, **F32)
+  d, h, C = cfg.head_dim, cfg.hidden_dim, cfg.chunk_size
+  fwd, bwd = K._chunk_flops(cfg, [(d, h), (h, d), (d, h), (h, d)], 2, C, d, jnp.float32)
+  assert fwd == 2 * C * (2 * d * h) * 2 + 2 * C * (2 * d * h) + 2 * C * d * h
+  assert bwd > 2 * fwd  # recompute + the vjp (which runs the step's forward again)
+
+
+def test_unsupported_configs_are_one_line_errors():
+  base = dict(dim=8, heads=2, chunk_size=4, impl="pallas")
+  for kw, field in (
+    (dict(commit_every=8), "commit_every"),
+    (dict(max_grad_norm=1.0), "max_grad_norm"),
+    (dict(momentum_order=2), "momentum_order"),
+    (dict(residual_norm=True), "residual_norm"),
+    (dict(per_parameter_lr_modulation=True), "per_parameter_lr_modulation"),
+  ):
+    with pytest.raises(ValueError) as e:
+      MemoryConfig.paper(**base, **kw)
+    msg = str(e.value)
+    assert "impl='pallas'" in msg and field in msg and "\n" not in msg, msg
+  with pytest.raises(ValueError, match="impl must be"):
+    MemoryConfig.paper(dim=8, impl="mosaic")
+  assert MemoryConfig.paper(**base).kernel_unsupported() is None
