@@ -204,3 +204,23 @@ def test_170m_count_is_plausible():
     s = F.step_flops(cfg, 1, 4096)
     six_nd = 6 * s["params"] * 4096
     assert 0.9 * six_nd < s["total"] < 2.0 * six_nd, (variant, s["total"] / six_nd)
+
+
+def test_hlo_cost_charges_an_async_slice_once_to_its_consumer():
+  """The TPU compiler prefetches tiles of a buffer into VMEM with async slices
+  (slice-start / slice-done); like copy-start / copy-done they move nothing the
+  consumer is not charged for: bytes = the negate's operand (the tile) + output, not
+  the whole 768×3392 buffer per tile."""
+  from titans_jax.perf import hlo_cost
+
+  text = """HloModule m, is_scheduled=true
+
+ENTRY %main (p0: bf16[768,3392]) -> bf16[768,848] {
+  %p0 = bf16[768,3392]{0,1} parameter(0)
+  %slice-start.1 = ((bf16[768,3392]{0,1}), bf16[768,848]{0,1:S(1)}, s32[]{:S(2)}) slice-start(%p0), slice={[0:768], [0:848]}
+  %slice-done.1 = bf16[768,848]{0,1:S(1)} slice-done(%slice-start.1)
+  ROOT %negate.1 = bf16[768,848]{0,1} negate(%slice-done.1)
+}
+"""
+  tile = 768 * 848 * 2
+  assert hlo_cost.analyse(text)["bytes"] == 2 * tile

@@ -67,6 +67,11 @@ _NO_TRAFFIC = (
   "opt-barrier",
   "copy-start",
   "copy-done",
+  # async slices (the TPU compiler's sliced prefetch of a buffer's tile into VMEM, S(1)):
+  # like copy-start/done, the consumer of the slice is charged for reading it; counting
+  # these ops' operands and outputs charged the whole sliced buffer twice per tile
+  "slice-start",
+  "slice-done",
 )
 
 
