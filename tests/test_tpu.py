@@ -360,3 +360,30 @@ def test_does_not_fit_reports_by_how_much_and_fails_only_on_request(
   assert "roofline step time" in out and "MFU ≤" in out
   assert aot.main(cfg, TARGET, require_fit=True) == 4
   assert "do not fit v5e:2x2" in capsys.readouterr().err
+
+
+def test_memory_kernel_with_long_segments_raises_its_vmem_limit():
+  """A segment of 40 chunks keeps 41 carries (d=64, h=256: 15 MiB of scratch) in VMEM
+  for the backward, over Mosaic's 16 MiB default with the tiles: the kernel asks for
+  what it needs and the train-time pair (forward + backward) compiles for a v5e chip."""
+  from titans_jax.memory import MemoryConfig
+  from titans_jax.memory import kernel as K
+
+  cfg = MemoryConfig.paper(64, heads=1, chunk_size=16, impl="pallas", scan_remat_every=40)
+  wshapes = [(64, 256), (256, 64)] * 2
+  assert K.vmem_bytes(40, 16, 64, wshapes, backward=True) > K.DEFAULT_SCOPED_VMEM
+  mesh = jax.sharding.Mesh(np.array(aot.target_devices(TARGET)[:1]), ("x",))
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  T = 40 * 16
+  spec = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=rep)
+  weights = {"w0": spec(1, 1, 64, 256), "w1": spec(1, 1, 256, 64)}
+  momentum = {"w0": spec(1, 1, 1, 64, 256), "w1": spec(1, 1, 1, 256, 64)}
+  tokens, gates = spec(1, 1, T, 64), spec(1, 1, T, 4)
+
+  def loss(weights, momentum, k, v, q, g):
+    w, s, y = K.chunk_scan(cfg, weights, momentum, k, v, q, g, platform="tpu")
+    return jnp.sum(y) + sum(jnp.sum(x) for x in jax.tree.leaves((w, s)))
+
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4, 5)))
+  text = grad.lower(weights, momentum, tokens, tokens, tokens, gates).compile().as_text()
+  assert text.count("titans_memory_scan_bwd") >= 1 and text.count("titans_memory_scan_fwd") >= 1

@@ -249,9 +249,33 @@ def _specs(T, n, C, reverse: bool):
   return S, per_head, tokens, ckpt
 
 
-def _params(interpret):
+DEFAULT_SCOPED_VMEM = 16 * 2**20  # Mosaic's scoped VMEM limit when none is given
+
+
+def _tile_bytes(shape, itemsize: int = 4) -> int:
+  """VMEM bytes of a tile: the last two axes padded to (8, 128)."""
+  *lead, rows, cols = shape
+  return math.prod(lead) * (-(-rows // 8) * 8) * (-(-cols // 128) * 128) * itemsize
+
+
+def vmem_bytes(n: int, C: int, d: int, wshapes, backward: bool) -> int:
+  """What one kernel instance holds in VMEM: every block double-buffered (token tiles
+  of a segment, the per-head weight tiles) and the scratch (the backward's n saved
+  carries and its (dW, dS); the forward's (W, S))."""
+  weights = sum(_tile_bytes(s) for s in wshapes)
+  token_tiles = (9 if backward else 5) * _tile_bytes((n * C, max(d, len(GATE_COLUMNS))))
+  scratch = (n + 1) * weights if backward else weights
+  return 2 * (token_tiles + 3 * weights) + scratch
+
+
+def _params(interpret, vmem: int):
+  """Sequential over segments; VMEM raised above the default only when the tiles need
+  it (a segment of many chunks keeps all its carries for the backward)."""
+  limit = None if vmem <= DEFAULT_SCOPED_VMEM * 3 // 4 else int(vmem * 1.25) + 2**20
   return dict(
-    compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
+    compiler_params=pltpu.CompilerParams(
+      dimension_semantics=("parallel", "parallel", "arbitrary"), vmem_limit_bytes=limit
+    ),
     interpret=interpret,
   )
 
@@ -278,7 +302,7 @@ def _forward_call(cfg, n, interpret, ws, ss, k, v, q, g):
     out_specs=[tokens(d)] + [ckpt(s) for s in wshapes] + [per_head(s) for s in wshapes],
     out_shape=out_shape,
     scratch_shapes=[pltpu.VMEM(s, dt) for s in wshapes],
-    **_params(interpret),
+    **_params(interpret, vmem_bytes(n, C, d, wshapes, backward=False)),
   )(*ws, *ss, k, v, q, g)
   y, ck, last = outs[0], outs[1 : 1 + L + M], outs[1 + L + M :]
   return y, ck, last
@@ -311,7 +335,7 @@ def _backward_call(cfg, n, interpret, ck, k, v, q, g, dy, dlast):
     out_shape=out_shape,
     scratch_shapes=[pltpu.VMEM((n,) + s, dt) for s in wshapes]
     + [pltpu.VMEM(s, dt) for s in wshapes],
-    **_params(interpret),
+    **_params(interpret, vmem_bytes(n, C, d, wshapes, backward=True)),
   )(*ck, k, v, q, g, dy, *dlast)
   return outs[:4], outs[4:]
 
