@@ -58,6 +58,7 @@ def provenance() -> dict:
 
 def run_cell(chip: str, preset: str, variant: str, seq: int) -> dict:
   """Compile one cell in this process; the JSON record of docs/tpu.md."""
+  from titans_jax.perf import hlo_cost
   from titans_jax.training import aot
 
   target = CHIPS[chip]
@@ -97,6 +98,7 @@ def run_cell(chip: str, preset: str, variant: str, seq: int) -> dict:
     "mfu_bound": size.mfu_bound,
     "mosaic_calls": size.mosaic_calls,
     "shares": aot.component_shares(size),
+    "byte_count": hlo_cost.BYTE_COUNT,
     "compile_s": time.time() - t,
     **provenance(),
   }
@@ -168,6 +170,7 @@ def reanalyse(record: dict, hlo_text: str) -> dict:
     "bound_s": size.bound_s,
     "mfu_bound": size.mfu_bound,
     "shares": aot.component_shares(size),
+    "byte_count": hlo_cost.BYTE_COUNT,
   }
 
 
@@ -211,7 +214,9 @@ def render(results: dict) -> str:
     "| bytes: scan / attn / rest |"
   )
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
-  missing, refused, failed, compiled = [], 0, 0, 0
+  from titans_jax.perf import hlo_cost
+
+  missing, refused, failed, compiled, stale = [], 0, 0, 0, 0
   for chip, preset, variant, seq in cells():
     r = results.get((chip, preset, variant, seq))
     mesh = "fsdp=" + str({"v5e-8": 8}.get(chip, 4))
@@ -236,6 +241,9 @@ def render(results: dict) -> str:
       )
       continue
     compiled += 1
+    # records whose bytes came from an older count (perf/hlo_cost.BYTE_COUNT) are marked
+    dag = "" if r.get("byte_count", 1) >= hlo_cost.BYTE_COUNT else "†"
+    stale += bool(dag)
     sh = r["shares"]
     scan = sh["memory scan"]
     attn = sh["attention"]
@@ -244,16 +252,23 @@ def render(results: dict) -> str:
     lines.append(
       f"| {chip} ({mesh}) | {preset} | {seq // 1024}K | {variant} | {gib(r['state_bytes'])} | "
       f"{gib(r['other_bytes'])} | {gib(r['total_bytes'])} / {gib(r['hbm_bytes_capacity'])} | "
-      f"{'yes' if r['fits'] else 'NO'} | {r['flops'] / 1e12:.2f} | {r['hbm_bytes'] / 1e9:.0f} | "
-      f"{r['bound_s'] * 1e3:.0f} | {'compute' if r['compute_s'] >= r['memory_s'] else 'HBM'} | "
-      f"{100 * r['mfu_bound']:.0f}% | {100 * scan[0]:.0f} / {100 * attn[0]:.0f} / "
-      f"{100 * rest[0]:.0f}% | {100 * scan[1]:.0f} / {100 * attn[1]:.0f} / {100 * rest[1]:.0f}% |"
+      f"{'yes' if r['fits'] else 'NO'} | {r['flops'] / 1e12:.2f} | {r['hbm_bytes'] / 1e9:.0f}{dag} | "
+      f"{r['bound_s'] * 1e3:.0f}{dag} | {'compute' if r['compute_s'] >= r['memory_s'] else 'HBM'}{dag} | "
+      f"{100 * r['mfu_bound']:.0f}%{dag} | {100 * scan[0]:.0f} / {100 * attn[0]:.0f} / "
+      f"{100 * rest[0]:.0f}% | {100 * scan[1]:.0f} / {100 * attn[1]:.0f} / {100 * rest[1]:.0f}%{dag} |"
     )
   lines.append(
     f"\n{compiled} of {len(list(cells()))} cells compiled, {refused} refused by the compiler "
     f"for lack of HBM, {failed} failed or timed out; not yet run: "
     + (", ".join(missing) if missing else "none")
     + "."
+    + (
+      f" † {stale} cells' bytes (and the bound, limit and MFU from them) were counted before "
+      "async slices were charged once (perf/hlo_cost.BYTE_COUNT): too high; recompile them "
+      "to update."
+      if stale
+      else ""
+    )
   )
   return "\n".join(lines)
 

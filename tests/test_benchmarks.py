@@ -176,9 +176,12 @@ def test_tpu_fit_render_rows_for_compiled_refused_and_missing_cells():
     "memory_s": 0.111,
     "mfu_bound": 0.19,
     "shares": {"memory scan": [0.0, 0.0], "attention": [0.09, 0.04]},
+    "byte_count": 2,
   }
+  old_count = {k: v for k, v in ok.items() if k != "byte_count"}
   results = {
     ("v5e-8", "170m", "swa", 4096): ok,
+    ("v5p-8", "170m", "swa", 4096): old_count,
     ("v5e-8", "170m", "mag", 4096): {
       "temp_need_bytes": 19.69 * G,
       "hbm_available_bytes": 15.75 * G,
@@ -190,11 +193,21 @@ def test_tpu_fit_render_rows_for_compiled_refused_and_missing_cells():
     ("v5e-8", "170m", "lmm", 4096): {"error": "compile timed out after 900 s"},
   }
   table = tpu_fit.render(results)
-  row = {line.split("|")[4].strip(): line for line in table.splitlines() if "| 170m | 4K |" in line}
+  row = {
+    line.split("|")[4].strip(): line
+    for line in table.splitlines()
+    if line.startswith("| v5e-8") and "| 170m | 4K |" in line
+  }
   assert "| 3.50 / 16.00 | yes | 7.50 | 91 | 111 | HBM | 19% |" in row["swa"]
   assert "NO (compiler: temporaries alone over by 3.94)" in row["mag"]
   assert "NO (compiler: temporaries alone over by 6.85)" in row["mal"]
   assert "compile timed out" in row["lmm"]
+  # bytes from before the async-slice fix are marked, and counted under the table
+  v5p = next(
+    line for line in table.splitlines() if line.startswith("| v5p-8 (fsdp=4) | 170m | 4K | swa")
+  )
+  assert "| 91† | 111† | HBM† | 19%† |" in v5p and "† 1 cells' bytes" in table
+  assert "†" not in row["swa"]
   assert "mac" not in row
-  assert "1 of 120 cells compiled, 2 refused by the compiler for lack of HBM, 1 failed" in table
+  assert "2 of 120 cells compiled, 2 refused by the compiler for lack of HBM, 1 failed" in table
   assert "v5e-8/170m/4K/mac" in table

@@ -51,6 +51,9 @@ _DTYPE_BYTES = {
   "s4": 1,
   "u4": 1,
 }
+#: Version of the byte count, recorded with results computed from it (benchmarks/tpu_fit.py
+#: marks older records): 2 = async slices charged once, to their consumer.
+BYTE_COUNT = 2
 _ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16|c64|c128|f8e4m3fn|f8e5m2)\[([\d,]*)\]")
 _NO_TRAFFIC = (
   "parameter",
