@@ -199,12 +199,12 @@ def _kernel_scan(cfg: MemoryConfig, state: State, blocks, B: int, N: int, inner)
   def per_chunk(t_NBH):  # N×B×H -> B×H×(N·C)
     return jnp.repeat(jnp.moveaxis(t_NBH, 0, 2), C, axis=2)
 
-  one = jnp.ones((N, B, H), inner)
+  ones = jnp.ones((B, H, N * C), inner)  # no forgetting: α = 0; no momentum: η = 1
   gates = jnp.stack(
     [
       tokens(blocks["lr"]).astype(inner),
-      per_chunk(blocks["alpha"][:, :, :, 0].astype(inner)) if cfg.forget else 0.0 * per_chunk(one),
-      per_chunk(blocks["eta"][:, :, :, 0, 0].astype(inner)) if cfg.momentum else per_chunk(one),
+      per_chunk(blocks["alpha"][:, :, :, 0].astype(inner)) if cfg.forget else 0.0 * ones,
+      per_chunk(blocks["eta"][:, :, :, 0, 0].astype(inner)) if cfg.momentum else ones,
       per_chunk(jnp.broadcast_to(blocks["valid"][:, :1, None], (N, B, H)).astype(inner)),
     ],
     axis=-1,

@@ -1,5 +1,5 @@
 """The exact chunk scan (`commit_every = chunk_size`) as Pallas TPU kernels (`impl="pallas"`,
-docs/memory.md §7): the fast weights W and momentum S stay on-chip across the chunks.
+docs/memory.md §8): the fast weights W and momentum S stay on-chip across the chunks.
 
 The XLA paths (`primal`, `dual`) carry (W, S) through a `lax.scan` whose every step reads
 and writes them in HBM, and the backward stores one (W, S) per chunk. Here one kernel
@@ -124,7 +124,13 @@ def _dot_flops(jaxpr) -> float:
 
 def _chunk_flops(cfg: MemoryConfig, wshapes, M: int, C: int, d: int, dtype):
   """MXU FLOPs per chunk of (the forward kernel, the backward kernel), counted on the
-  traced step: the backward recomputes the step and runs its vjp."""
+  traced step (once per config and shape): the backward recomputes the step and runs
+  its vjp."""
+  return _traced_chunk_flops(cfg, tuple(map(tuple, wshapes)), M, C, d, jnp.dtype(dtype))
+
+
+@functools.cache
+def _traced_chunk_flops(cfg: MemoryConfig, wshapes: tuple, M: int, C: int, d: int, dtype):
   ws = [jnp.zeros(s, dtype) for s in wshapes[: len(wshapes) - M]]
   ss = [jnp.zeros(s, dtype) for s in wshapes[len(wshapes) - M :]]
   tok, col, one = jnp.zeros((C, d), dtype), jnp.zeros((C, 1), dtype), jnp.zeros((1, 1), dtype)
@@ -280,6 +286,13 @@ def _params(interpret, vmem: int):
   )
 
 
+def _kernel_name(direction: str, B, H, T, d, wshapes) -> str:
+  """The kernel's name in the compiled program, the key of its KERNEL_FLOPS entry: the
+  shapes its FLOPs depend on (two memories of one width but other depths differ)."""
+  fast = sum(math.prod(s) for s in wshapes)
+  return f"titans_memory_scan_{direction}_{B}x{H}x{T}x{d}_w{fast}"
+
+
 def _forward_call(cfg, n, interpret, ws, ss, k, v, q, g):
   B, H, T, d = k.shape
   C, L, M = cfg.chunk_size, len(ws), len(ss)
@@ -292,7 +305,7 @@ def _forward_call(cfg, n, interpret, ws, ss, k, v, q, g):
     + [jax.ShapeDtypeStruct((B, H, S) + s, dt) for s in wshapes]
     + [jax.ShapeDtypeStruct((B, H) + s, dt) for s in wshapes]
   )
-  name = f"titans_memory_scan_fwd_{B}x{H}x{T}x{d}"
+  name = _kernel_name("fwd", B, H, T, d, wshapes)
   KERNEL_FLOPS[name] = B * H * (T // C) * _chunk_flops(cfg, wshapes, M, C, d, dt)[0]
   outs = pl.pallas_call(
     functools.partial(_forward_kernel, cfg, n, C, L, M),
@@ -321,7 +334,7 @@ def _backward_call(cfg, n, interpret, ck, k, v, q, g, dy, dlast):
     + [jax.ShapeDtypeStruct((B, H, T, len(GATE_COLUMNS)), dt)]
     + [jax.ShapeDtypeStruct((B, H) + s, dt) for s in wshapes]
   )
-  name = f"titans_memory_scan_bwd_{B}x{H}x{T}x{d}"
+  name = _kernel_name("bwd", B, H, T, d, wshapes)
   KERNEL_FLOPS[name] = B * H * (T // C) * _chunk_flops(cfg, wshapes, M, C, d, dt)[1]
   outs = pl.pallas_call(
     functools.partial(_backward_kernel, cfg, n, C, L, M),
@@ -361,8 +374,7 @@ def _scan_bwd(cfg, n, interpret, residuals, cotangents):
   (dk, dv, dq, dg), dcarry = _backward_call(
     cfg, n, interpret, ck, k, v, q, g, dy.astype(k.dtype), list(dws) + list(dss)
   )
-  L = len(dws)
-  dg = dg.at[..., GATE_COLUMNS.index("valid")].set(0.0)  # a mask, not a parameter
+  L = len(dws)  # dg's "valid" column is 0: the kernel writes no cotangent for a mask
   return (list(dcarry[:L]), list(dcarry[L:])), dk, dv, dq, dg
 
 
