@@ -70,11 +70,14 @@ def model_config(
   parsed = apply_model_overrides(base, [o for o in overrides if o not in memory])
   # Changed model fields go through the preset again, so that at the paper scales the
   # SwiGLU width is re-solved for the changed shape (as the preset documents).
+  # A field named in an override is kept even where it equals the preset's value
+  # (`ffn_hidden=2176` at num_layers=1 must not be re-solved away).
+  named = {o.split("=", 1)[0].strip() for o in overrides if o not in memory}
   kw.update(
     {
       f.name: getattr(parsed, f.name)
       for f in dataclasses.fields(parsed)
-      if getattr(parsed, f.name) != getattr(base, f.name)
+      if f.name in named or getattr(parsed, f.name) != getattr(base, f.name)
     }
   )
   return apply_model_overrides(TitansConfig.preset(preset, **kw), memory)

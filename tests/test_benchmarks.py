@@ -148,6 +148,12 @@ def test_model_config_memory_overrides():
   assert cfg.memory_config.commit_every == 64 and cfg.memory_config.impl == "primal"
   preset = timing.TitansConfig.preset("tiny", variant="mag")
   assert cfg.memory_config.chunk_size == preset.memory_chunk  # the rest of the preset kept
+  # An override equal to the preset's value is still an override: at the paper scales
+  # a changed depth re-solves the SwiGLU width unless ffn_hidden is named.
+  solved = timing.TitansConfig.preset("170m", variant="mag").ffn_hidden
+  one_layer = timing.model_config("170m", "mag", "fp32", ["num_layers=1", f"ffn_hidden={solved}"])
+  assert (one_layer.num_layers, one_layer.ffn_hidden) == (1, solved)
+  assert timing.model_config("170m", "mag", "fp32", ["num_layers=1"]).ffn_hidden != solved
   with pytest.raises(ConfigError, match="not a multiple"):
     timing.model_config("tiny", "mag", "fp32", ["memory.commit_every=6"])
   with pytest.raises(ConfigError, match="key=value"):
