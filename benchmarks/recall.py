@@ -574,6 +574,63 @@ def layer_diagnostics(trained: Trained, size: RecallSize, *, batch: int = 8) -> 
   return out
 
 
+def niah_layer_diagnostics(
+  trained: Trained, size: RecallSize, task: str, *, samples: int = 4
+) -> list[dict]:
+  """Per layer, length and depth of the S-NIAH grid: does the memory still hold the
+  needle when the question asks for it? From the model's own forward
+  (`titans_jax.models.diagnostics`) on `samples` held-out examples per cell: the
+  memory's inner loss on the answer bytes where the needle writes them and where the
+  (teacher-forced) answer repeats them after the question — the first byte of each is
+  left out, so that both keys see the same preceding bytes through the q/k/v conv —
+  and the MAG/MAC gate's mean at the answer. A loss at the answer near the loss at the
+  needle means the memory no longer holds what it wrote there."""
+  model = nnx.merge(trained.graphdef, trained.params, trained.rest)
+  acc: dict[tuple, list] = {}
+  kinds = {}
+  for length in [size.niah_len * s for s in size.niah_scales]:
+    for depth in size.niah_depths:
+      cell = [niah_lib.EVAL_SEED, synthetic.NIAH_TASKS.index(task), length, int(depth * 1e6)]
+      for i in range(samples):
+        ex = synthetic.niah_example(np.random.default_rng(cell + [i, 1]), task, length, depth)
+        tokens = ex["tokens"]
+        n = int(ex["weights"].sum())
+        answer = bytes(tokens[-n:].astype(np.uint8))
+        at = bytes(tokens[: length + 1 - n].astype(np.uint8)).find(answer)
+        if at < 0:
+          raise ValueError(f"needle answer not found in the {task!r} example")
+        written = np.arange(at + 1, at + n - 1)  # answer bytes 1 … n−2 in the needle
+        asked = np.arange(length + 2 - n, length)  # the same bytes after the question
+        for layer in model_diagnostics(model, jnp.asarray(tokens[None, :-1])):
+          li = layer["layer"]
+          kinds[li] = layer["kind"]
+          key = (li, length, depth)
+          if "memory_loss" in layer:
+            loss = np.asarray(layer["memory_loss"])
+            acc.setdefault(key + ("written",), []).extend(loss[written].tolist())
+            acc.setdefault(key + ("asked",), []).extend(loss[asked].tolist())
+          if "gate_mean" in layer:
+            acc.setdefault(key + ("gate",), []).extend(
+              np.asarray(layer["gate_mean"])[asked].tolist()
+            )
+  rows = []
+  for li in sorted(kinds):
+    for length in [size.niah_len * s for s in size.niah_scales]:
+      for depth in size.niah_depths:
+        get = lambda name: (
+          float(np.mean(acc[(li, length, depth, name)]))
+          if (li, length, depth, name) in acc
+          else None
+        )
+        row = {"layer": li, "kind": kinds[li], "length": length, "depth": depth}
+        if get("written") is not None:
+          row.update(inner_loss_needle=get("written"), inner_loss_answer=get("asked"))
+        if get("gate") is not None:
+          row["gate_mean_at_answer"] = get("gate")
+        rows.append(row)
+  return rows
+
+
 # ------------------------------------------------------------------ memorisation ---
 
 
@@ -720,6 +777,7 @@ def run_suite(
           else:
             grid = score_niah(trained, size, sub)
             run["score"] = grid
+            run["layers"] = niah_layer_diagnostics(trained, size, sub)
             niah_lib.write_grid(
               grid,
               out / f"niah_{variant}_s{seed}",
@@ -1020,7 +1078,38 @@ def write_report(result: dict, out: pathlib.Path) -> None:
         f"| {v} | {row['seeds']} | " + " | ".join(_pct(row["by_length"][L]) for L in lengths) + " |"
       )
     lines.append("")
+    lines += _niah_diagnostics_table(result, task)
   (out / "recall.md").write_text("\n".join(lines))
+
+
+def _niah_diagnostics_table(result: dict, task: str) -> list[str]:
+  """Markdown of `niah_layer_diagnostics` of every S-NIAH run of `task` (none: [])."""
+  rows = [
+    (run["variant"], run["seed"], layer)
+    for run in result["runs"]
+    if run["task"] == "niah" and run["subtask"] == task
+    for layer in run.get("layers", [])
+    if "inner_loss_needle" in layer
+  ]
+  if not rows:
+    return []
+  f2 = lambda x: "–" if x is None else f"{x:.2f}"
+  lines = [
+    f"Per-layer S-NIAH {task} diagnostics (`niah_layer_diagnostics`): the memory's inner "
+    "loss on the answer bytes where the needle writes them → where the answer repeats "
+    "them after the question (lower at the answer = the memory holds the needle), and "
+    "the MAG/MAC gate's mean at the answer.",
+    "",
+    "| variant | seed | layer | length | depth | inner loss, needle → answer | gate at answer |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for v, seed, r in rows:
+    lines.append(
+      f"| {v} | {seed} | {r['layer']} | {r['length']} | {r['depth']:g} | "
+      f"{f2(r['inner_loss_needle'])} → {f2(r['inner_loss_answer'])} | "
+      f"{f2(r.get('gate_mean_at_answer'))} |"
+    )
+  return lines + [""]
 
 
 def _plot_curves(result: dict, path: pathlib.Path, plt) -> None:

@@ -157,6 +157,14 @@ def test_benchmark_smoke(tmp_path):
   assert [layer["kind"] for layer in layers] == ["lmm"] * size.layers
   assert all(np.isfinite(layer["inner_loss_values_repeat"]) for layer in layers)
   assert "inner loss, written → asked" in md
+  niah_layers = next(r for r in saved["runs"] if r["task"] == "niah" and r["variant"] == "lmm")
+  niah_layers = niah_layers["layers"]
+  cells = len(size.niah_scales) * len(size.niah_depths)
+  assert len(niah_layers) == size.layers * cells
+  assert all(
+    np.isfinite(r["inner_loss_needle"]) and np.isfinite(r["inner_loss_answer"]) for r in niah_layers
+  )
+  assert "inner loss, needle → answer" in md
 
   # --merge: two partial runs (here the same one under another seed) make one report;
   # a part of another size is refused with the differing field named.
