@@ -1078,8 +1078,38 @@ def write_report(result: dict, out: pathlib.Path) -> None:
         f"| {v} | {row['seeds']} | " + " | ".join(_pct(row["by_length"][L]) for L in lengths) + " |"
       )
     lines.append("")
+    lines += _niah_misses_table(result, task)
     lines += _niah_diagnostics_table(result, task)
   (out / "recall.md").write_text("\n".join(lines))
+
+
+def _niah_misses_table(result: dict, task: str) -> list[str]:
+  """Markdown of every S-NIAH cell of `task` below 100 %, with the accuracy of each
+  answer byte given the true prefix (`niah_cell_detail`; runs without it: skipped)."""
+  rows = []
+  for run in result["runs"]:
+    grid = run["score"]
+    if run["task"] != "niah" or run["subtask"] != task or "byte_accuracy" not in grid:
+      continue
+    for d, depth in enumerate(grid["depths"]):
+      for i, length in enumerate(grid["lengths"]):
+        if grid["accuracy"][d][i] < 1.0:
+          per_byte = " / ".join(f"{100 * b:.0f}" for b in grid["byte_accuracy"][d][i])
+          rows.append(
+            f"| {run['variant']} | {run['seed']} | {length} | {depth:g} | "
+            f"{_pct(grid['accuracy'][d][i])} | {per_byte} |"
+          )
+  if not rows:
+    return []
+  return [
+    f"S-NIAH {task} cells below 100 %: exact match and the accuracy (%) of each answer "
+    "byte given the true prefix, first byte (predicted at the end of the question) first.",
+    "",
+    "| variant | seed | length | depth | exact match | per answer byte |",
+    "|---|---|---|---|---|---|",
+    *rows,
+    "",
+  ]
 
 
 def _niah_diagnostics_table(result: dict, task: str) -> list[str]:

@@ -43,6 +43,12 @@ def test_niah_cell_counts_exact_matches(monkeypatch):
   wrong, state2 = _oracle(wrong_after=150)
   state2["last"] = state["last"]
   assert niah.niah_cell(wrong, None, None, "passkey", 160, 0.5, samples=5, batch_size=2) == 0.0
+  # the oracle is wrong only at the last position: the answer's last byte
+  acc, per_byte = niah.niah_cell_detail(
+    wrong, None, None, "passkey", 160, 0.5, samples=5, batch_size=2
+  )
+  assert acc == 0.0 and per_byte[-1] == 0.0 and per_byte[:-1] == [1.0] * (len(per_byte) - 1)
+  assert len(per_byte) >= 2  # a passkey answer is several bytes
 
 
 def test_niah_cells_are_reproducible():

@@ -147,6 +147,10 @@ def test_benchmark_smoke(tmp_path):
         len(size.niah_depths),
         len(size.niah_scales),
       )
+      per_byte = run["score"]["byte_accuracy"]
+      assert len(per_byte) == len(size.niah_depths) and len(per_byte[0]) == len(size.niah_scales)
+      assert all(0.0 <= b <= 1.0 for row in per_byte for cell in row for b in cell)
+      assert all(len(cell) >= 2 for row in per_byte for cell in row)
       assert (tmp_path / f"niah_{run['variant']}_s0" / "niah_passkey.png").stat().st_size > 0
   assert set(saved["summary"]["mqar"]) == set(size.variants)
   assert (tmp_path / "recall_mqar.png").stat().st_size > 0
@@ -165,6 +169,14 @@ def test_benchmark_smoke(tmp_path):
     np.isfinite(r["inner_loss_needle"]) and np.isfinite(r["inner_loss_answer"]) for r in niah_layers
   )
   assert "inner loss, needle → answer" in md
+  missed = any(
+    a < 1
+    for r in saved["runs"]
+    if r["task"] == "niah"
+    for row in r["score"]["accuracy"]
+    for a in row
+  )
+  assert ("per answer byte" in md) == missed
 
   # --merge: two partial runs (here the same one under another seed) make one report;
   # a part of another size is refused with the differing field named.

@@ -33,6 +33,53 @@ def make_predict(graphdef):
   return jax.jit(predict)
 
 
+def niah_cell_detail(
+  predict,
+  params,
+  rest,
+  task: str,
+  length: int,
+  depth: float,
+  samples: int,
+  batch_size: int,
+  seed: int = EVAL_SEED,
+) -> tuple[float, list[float]]:
+  """Exact-match accuracy of `samples` examples at one (length, depth), and the
+  accuracy of each answer byte given the true prefix (index 0 = the byte predicted at
+  the end of the question; an answer shorter than the longest counts only for the
+  bytes it has). The per-byte figure says *where* a miss is: a wrong first byte with
+  the rest right is a retrieval that fails to start; errors spread over the answer are
+  a needle held only in part."""
+  # A per-cell stream that is the same in every process (no Python hash randomisation).
+  cell = [seed, synthetic.NIAH_TASKS.index(task), length, int(round(depth * 1e6))]
+  examples = [
+    synthetic.niah_example(np.random.default_rng(cell + [i]), task, length, depth)
+    for i in range(samples)
+  ]
+  correct = 0
+  byte_right, byte_seen = [], []
+  for start in range(0, samples, batch_size):
+    chunk = examples[start : start + batch_size]
+    n = len(chunk)
+    pad = batch_size - n  # keep one shape per length (one compilation)
+    chunk = chunk + [chunk[-1]] * pad
+    tokens = np.stack([e["tokens"] for e in chunk])
+    weights = np.stack([e["weights"] for e in chunk])
+    pred = np.asarray(predict(params, rest, jnp.asarray(tokens[:, :-1])))
+    hit = pred == tokens[:, 1:]
+    ok = np.all(hit | (weights == 0), axis=1)
+    correct += int(ok[:n].sum())
+    for row in range(n):
+      answer = np.flatnonzero(weights[row])  # the answer is the contiguous tail
+      for i, pos in enumerate(answer):
+        if i == len(byte_seen):
+          byte_right.append(0)
+          byte_seen.append(0)
+        byte_right[i] += int(hit[row, pos])
+        byte_seen[i] += 1
+  return correct / samples, [r / s for r, s in zip(byte_right, byte_seen)]
+
+
 def niah_cell(
   predict,
   params,
@@ -45,24 +92,7 @@ def niah_cell(
   seed: int = EVAL_SEED,
 ) -> float:
   """Exact-match accuracy of `samples` examples at one (length, depth)."""
-  # A per-cell stream that is the same in every process (no Python hash randomisation).
-  cell = [seed, synthetic.NIAH_TASKS.index(task), length, int(round(depth * 1e6))]
-  examples = [
-    synthetic.niah_example(np.random.default_rng(cell + [i]), task, length, depth)
-    for i in range(samples)
-  ]
-  correct = 0
-  for start in range(0, samples, batch_size):
-    chunk = examples[start : start + batch_size]
-    n = len(chunk)
-    pad = batch_size - n  # keep one shape per length (one compilation)
-    chunk = chunk + [chunk[-1]] * pad
-    tokens = np.stack([e["tokens"] for e in chunk])
-    weights = np.stack([e["weights"] for e in chunk])
-    pred = np.asarray(predict(params, rest, jnp.asarray(tokens[:, :-1])))
-    ok = np.all((pred == tokens[:, 1:]) | (weights == 0), axis=1)
-    correct += int(ok[:n].sum())
-  return correct / samples
+  return niah_cell_detail(predict, params, rest, task, length, depth, samples, batch_size, seed)[0]
 
 
 def niah_grid(
@@ -76,11 +106,13 @@ def niah_grid(
   samples: int,
   batch_size: int,
 ) -> dict:
-  """{"task", "lengths", "depths", "samples", "accuracy": [depth][length]}."""
-  acc = [
-    [niah_cell(predict, params, rest, task, L, d, samples, batch_size) for L in lengths]
+  """{"task", "lengths", "depths", "samples", "accuracy": [depth][length],
+  "byte_accuracy": [depth][length][answer byte]} (`niah_cell_detail`)."""
+  cells = [
+    [niah_cell_detail(predict, params, rest, task, L, d, samples, batch_size) for L in lengths]
     for d in depths
   ]
+  acc = [[c[0] for c in row] for row in cells]
   return {
     "task": task,
     "lengths": list(lengths),
@@ -88,6 +120,7 @@ def niah_grid(
     "samples": samples,
     "accuracy": acc,
     "mean_accuracy": float(np.mean(acc)) if acc else float("nan"),
+    "byte_accuracy": [[c[1] for c in row] for row in cells],
   }
 
 
