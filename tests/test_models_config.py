@@ -6,6 +6,7 @@ import math
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from absl.testing import parameterized
 from flax import nnx
@@ -128,6 +129,29 @@ def test_remat_policies_give_the_same_gradients(variant, policy):
   chex.assert_trees_all_close(
     _remat_grads(variant, policy), _REMAT_REFERENCE[variant], atol=1e-6, rtol=1e-6
   )
+
+
+def test_mac_segment_remat_gives_the_same_loss_and_gradients():
+  # 14 tokens in segments of 4: three scanned segments and a partial one after them
+  tokens = jax.random.randint(jax.random.key(1), (2, 14), 0, 256)
+
+  def loss_and_grads(segment_remat):
+    cfg = TitansConfig.preset(
+      "tiny",
+      variant="mac",
+      num_layers=1,
+      window=4,
+      segment_len=4,
+      mac_segment_remat=segment_remat,
+    )
+    graphdef, params = nnx.split(Titans(cfg, rngs=nnx.Rngs(0)))
+    loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(tokens).astype(jnp.float32) ** 2)
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  (l_on, g_on), (l_off, g_off) = loss_and_grads(True), loss_and_grads(False)
+  np.testing.assert_allclose(l_on, l_off, rtol=1e-6)
+  chex.assert_trees_all_close(g_on, g_off, atol=1e-6, rtol=1e-6)
+  assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(g_on))
 
 
 class ModelShapesTest(chex.TestCase):

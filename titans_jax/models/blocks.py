@@ -333,6 +333,10 @@ class Block(nnx.Module):
         return c, (o, st)
 
       xs = jnp.moveaxis(h[:, : n * S].reshape(B, n, S, D), 1, 0)
+      if self.cfg.mac_segment_remat:
+        # keep only the carry per segment: the memory's per-chunk weights of every
+        # segment cost more to stack and reload than to recompute
+        step = jax.checkpoint(step, prevent_cse=False)
       carry, (o_NBSD, st_NS) = lax.scan(step, carry, xs)
       outs.append(jnp.moveaxis(o_NBSD, 0, 1).reshape(B, n * S, D))
       stats.append({k: v.reshape(n * S) for k, v in st_NS.items()})

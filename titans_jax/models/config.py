@@ -82,6 +82,12 @@ class TitansConfig:
       the attention's context. False is the paper's form, where h reaches the stream
       only through the attention; on MQAR beyond the window that form stayed at SWA's
       level in every run, this one recalls (docs/memory.md §6).
+    mac_segment_remat: MAC only — rematerialise each segment of the segment scan in
+      the backward pass: the scan keeps the carried memory state per segment and the
+      backward recomputes the segment (retrieval, attention, memory block) from it,
+      instead of keeping every intermediate of every segment (among them the memory's
+      per-chunk fast weights, stacked once per segment). Does not change the result;
+      on the CPU a MAC train step is 1.6–1.8× faster with it (benchmarks/RESULTS.md §5).
     memory_layers: indices of the layers that carry a memory (mac/mag/mal; lmm needs
       all); None = every layer. Layers without a memory use the variant's attention:
       MAC's segment attention over [P ‖ S_i], SWA for mag/mal.
@@ -114,6 +120,7 @@ class TitansConfig:
   memory_layers: Optional[tuple[int, ...]] = None
   mal_residual: bool = True
   mac_retrieval_residual: bool = True
+  mac_segment_remat: bool = True
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: str = "none"
