@@ -227,6 +227,10 @@ def model_config(
     memory=mem,
     memory_heads=size.memory_heads,
     memory_chunk=size.memory_chunk,
+    # A layer scan stacks every layer's residuals (the memory's per-chunk weights among
+    # them) into one buffer per step; at these 1–2 layers the unrolled program is no
+    # bigger and its train step 1.25–1.4× faster on the CPU (RESULTS.md §5). Same maths.
+    scan_layers=size.layers > 4,
   )
   kw.update(model_overrides or {})
   return TitansConfig.preset("tiny", **kw)
