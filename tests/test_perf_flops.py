@@ -49,6 +49,7 @@ def _cfg(variant):
     variant=variant,
     scan_layers=False,
     remat="none",
+    mac_segment_remat=False,  # model FLOPs: nothing recomputed
     dim=128,
     heads=4,
     ffn_hidden=256,
