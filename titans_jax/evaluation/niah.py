@@ -80,19 +80,10 @@ def niah_cell_detail(
   return correct / samples, [r / s for r, s in zip(byte_right, byte_seen)]
 
 
-def niah_cell(
-  predict,
-  params,
-  rest,
-  task: str,
-  length: int,
-  depth: float,
-  samples: int,
-  batch_size: int,
-  seed: int = EVAL_SEED,
-) -> float:
-  """Exact-match accuracy of `samples` examples at one (length, depth)."""
-  return niah_cell_detail(predict, params, rest, task, length, depth, samples, batch_size, seed)[0]
+def niah_cell(*args, **kwargs) -> float:
+  """Exact-match accuracy of one (length, depth) cell: `niah_cell_detail`'s first value
+  (same arguments)."""
+  return niah_cell_detail(*args, **kwargs)[0]
 
 
 def niah_grid(
