@@ -227,10 +227,10 @@ def model_config(
     memory=mem,
     memory_heads=size.memory_heads,
     memory_chunk=size.memory_chunk,
-    # A layer scan stacks every layer's residuals (the memory's per-chunk weights among
-    # them) into one buffer per step; at these 1–2 layers the unrolled program is no
-    # bigger and its train step 1.25–1.4× faster on the CPU (RESULTS.md §5). Same maths.
-    scan_layers=size.layers > 4,
+    # scan_layers stays on (the default): unscanned layers draw their initial weights
+    # from another split of the seed, so a seed here would no longer be the same model
+    # as train.py's with configs/recall_*.py (unrolled: 1.25–1.4× faster CPU step, but
+    # MAC's seed 0 then failed to learn MQAR in 1000 steps; RESULTS.md §5).
   )
   kw.update(model_overrides or {})
   return TitansConfig.preset("tiny", **kw)
