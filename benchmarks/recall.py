@@ -151,7 +151,7 @@ SIZES = {
   # the CPU size: 1000 MQAR steps, the budget MAG needs (its loss takes off at ~200–400
   # steps; at 300 it had not), and 2000 S-NIAH steps (at 1000, 2× the training length
   # reached 81 %, at 2000 100 %; RESULTS.md §5). A run takes 0.5–17 min on an idle
-  # 2-core CPU (MAC ~2× MAG), the whole size ~71 min; under load, run parts side by
+  # 2-core CPU (MAC 1.5–2× MAG), the whole size ~71 min; under load, run parts side by
   # side, then --merge
   "cpu": RecallSize(
     name="cpu",
