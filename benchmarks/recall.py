@@ -151,7 +151,7 @@ SIZES = {
   # the CPU size: 1000 MQAR steps, the budget MAG needs (its loss takes off at ~200–400
   # steps; at 300 it had not), and 2000 S-NIAH steps (at 1000, 2× the training length
   # reached 81 %, at 2000 100 %; RESULTS.md §5). A run takes 0.5–17 min on an idle
-  # 2-core CPU (MAC 1.5–2× MAG), the whole size ~71 min; under load, run parts side by
+  # 2-core CPU (MAC 1.5–2× MAG), the whole size ~60 min; under load, run parts side by
   # side, then --merge
   "cpu": RecallSize(
     name="cpu",
@@ -228,10 +228,11 @@ def model_config(
     memory=mem,
     memory_heads=size.memory_heads,
     memory_chunk=size.memory_chunk,
-    # scan_layers stays on (the default): unscanned layers draw their initial weights
-    # from another split of the seed, so a seed here would no longer be the same model
-    # as train.py's with configs/recall_*.py (unrolled: 1.25–1.4× faster CPU step, but
-    # MAC's seed 0 then failed to learn MQAR in 1000 steps; RESULTS.md §5).
+    # A layer scan stacks every layer's residuals (the memory's per-chunk weights among
+    # them) into one buffer per step; at these 1–2 layers the unrolled program is no
+    # bigger and its CPU train step 1.25–1.4× faster (RESULTS.md §5). Same weights for a
+    # seed either way (the model cuts unrolled layers from the scanned build).
+    scan_layers=size.layers > 4,
   )
   kw.update(model_overrides or {})
   return TitansConfig.preset("tiny", **kw)

@@ -154,6 +154,27 @@ def test_mac_segment_remat_gives_the_same_loss_and_gradients():
   assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(g_on))
 
 
+@pytest.mark.parametrize("variant", ["mag", "mac"])
+def test_scan_layers_changes_how_layers_run_not_their_weights(variant):
+  # layer 1 without memory: the scanned build has three runs of one kind each side
+  cfg = TitansConfig.preset(
+    "tiny", variant=variant, num_layers=4, window=4, segment_len=4, memory_layers=(0, 2, 3)
+  )
+  tokens = jax.random.randint(jax.random.key(2), (2, 10), 0, 256)
+  scanned = Titans(cfg, rngs=nnx.Rngs(3))
+  unrolled = Titans(cfg.replace(scan_layers=False), rngs=nnx.Rngs(3))
+  assert len(scanned.runs) == 3 and len(unrolled.runs) == 4
+  # the unrolled layers are the scanned stacks' slices, in order
+  per_layer = lambda m: [
+    jax.tree.map(lambda a, i=i: a[i], nnx.state(run, nnx.Param))
+    for run in m.runs
+    for i in range(jax.tree.leaves(nnx.state(run, nnx.Param))[0].shape[0])
+  ]
+  for a, b in zip(per_layer(scanned), per_layer(unrolled), strict=True):
+    chex.assert_trees_all_equal(a, b)
+  np.testing.assert_array_equal(scanned(tokens), unrolled(tokens))
+
+
 class ModelShapesTest(chex.TestCase):
   """Shapes, dtypes and finiteness of the forward, jitted and eager (1-layer tiny)."""
 

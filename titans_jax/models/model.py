@@ -47,6 +47,25 @@ def _stacked_blocks(cfg: TitansConfig, kind: str, count: int, rngs: nnx.Rngs) ->
   return make(rngs)
 
 
+def _layer_runs(cfg: TitansConfig, rngs: nnx.Rngs) -> list[Block]:
+  """The stacked blocks of `cfg.layer_runs()`. Unscanned layers are cut from the scanned
+  build (each a stack of one), so a seed gives the same weights either way and
+  `scan_layers` only decides how the layers run."""
+  scanned = [
+    _stacked_blocks(cfg, k, n, rngs) for k, n in cfg.replace(scan_layers=True).layer_runs()
+  ]
+  if cfg.scan_layers:
+    return scanned
+  singles = []
+  for block in scanned:
+    graphdef, state = nnx.split(block)
+    count = jax.tree.leaves(state)[0].shape[0]
+    singles += [
+      nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i : i + 1], state)) for i in range(count)
+    ]
+  return singles
+
+
 class Titans(nnx.Module):
   """A Titans language model (variant from `cfg.variant`): tokens B×T → logits B×T×V."""
 
@@ -60,7 +79,7 @@ class Titans(nnx.Module):
     self.cfg = cfg
     dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     self.embed = Embed(cfg.vocab_size, cfg.dim, dtype=dt, param_dtype=pdt, rngs=rngs)
-    self.runs = nnx.List([_stacked_blocks(cfg, kind, n, rngs) for kind, n in cfg.layer_runs()])
+    self.runs = nnx.List(_layer_runs(cfg, rngs))
     self.final_norm = RMSNorm(cfg.dim, param_dtype=pdt, eps=cfg.norm_eps)
     if not cfg.tie_embeddings:
       self.head = Linear(
