@@ -99,7 +99,8 @@ class TitansConfig:
     remat: rematerialisation policy of each scanned block in the backward pass:
       "none", "full" (save nothing), "dots" (save matmul outputs), "dots_no_batch"
       (save matmuls without batch dims), "save_nothing" (= full).
-    scan_layers: stack identical consecutive blocks and run them with lax.scan.
+    scan_layers: stack identical consecutive blocks and run them with lax.scan (off:
+      each layer inlined). The initial weights of a seed are the same either way.
     attn_impl: attention kernel (titans_jax.layers.attention): "auto", "xla",
       "dot_product", "cudnn" or "splash".
     rope_base: RoPE base (> 0).
