@@ -51,15 +51,13 @@ def _layer_runs(cfg: TitansConfig, rngs: nnx.Rngs) -> list[Block]:
   """The stacked blocks of `cfg.layer_runs()`. Unscanned layers are cut from the scanned
   build (each a stack of one), so a seed gives the same weights either way and
   `scan_layers` only decides how the layers run."""
-  scanned = [
-    _stacked_blocks(cfg, k, n, rngs) for k, n in cfg.replace(scan_layers=True).layer_runs()
-  ]
+  runs = cfg.replace(scan_layers=True).layer_runs()
+  scanned = [_stacked_blocks(cfg, kind, count, rngs) for kind, count in runs]
   if cfg.scan_layers:
     return scanned
   singles = []
-  for block in scanned:
+  for block, (_, count) in zip(scanned, runs):
     graphdef, state = nnx.split(block)
-    count = jax.tree.leaves(state)[0].shape[0]
     singles += [
       nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i : i + 1], state)) for i in range(count)
     ]
