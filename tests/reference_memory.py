@@ -166,6 +166,12 @@ def soft_clamp(g, max_norm):
   return g * (clamped / n)
 
 
+def hard_clip(g, max_norm):
+  """g · min(1, m / ‖g‖) on one tensor of one chunk."""
+  n = math.sqrt(float(np.sum(g * g)))
+  return g * (max_norm / n) if n > max_norm else g
+
+
 def newton_schulz(G):
   """Newton–Schulz orthogonalisation of one matrix (titans-pytorch newtonschulz5)."""
   G = np.asarray(G, np.float64)
@@ -356,6 +362,8 @@ def reference_apply(params, x, cfg, rms_eps=None, record=None):
           grad = {n: soft_clamp(grad[n], cfg.max_grad_norm) for n in names}
         if cfg.per_parameter_lr_modulation:
           grad = {n: grad[n] * g["lr_mod"][p] for p, n in enumerate(names)}
+        if getattr(cfg, "max_surprise_norm", None) is not None:
+          grad = {n: hard_clip(grad[n], cfg.max_surprise_norm) for n in names}
         u = {n: -grad[n] for n in names}
         if cfg.momentum:
           prev_order = u

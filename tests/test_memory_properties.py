@@ -274,6 +274,9 @@ def test_bad_configs_raise():
     MemoryConfig(dim=8, chunk_size=4, commit_every=0)
   with pytest.raises(ValueError, match="depth"):
     MemoryConfig(dim=8, depth=0)
+  for m in (0.0, -1.0, float("nan")):
+    with pytest.raises(ValueError, match="max_surprise_norm"):
+      MemoryConfig(dim=8, max_surprise_norm=m)
 
 
 def test_bad_inputs_raise():

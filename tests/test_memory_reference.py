@@ -40,6 +40,10 @@ X64_CASES = {
     19,
   ),
   "max_grad_norm": (tp(max_grad_norm=0.05, commit_every=8), 19),
+  # the hard clip of each chunk's surprise; bounds chosen so that some chunks clip and
+  # some do not (test_surprise_clip_is_exact_below_its_bound_and_acts_above_it checks)
+  "max_surprise_norm": (tp(max_surprise_norm=5.0, commit_every=8), 19),
+  "paper_max_surprise_norm": (paper(max_surprise_norm=0.03), 19),
   "spectral_norm_surprises": (tp(spectral_norm_surprises=True, commit_every=8), 19),
   "momentum_order2": (tp(momentum_order=2, commit_every=8), 19),
   "momentum_order3_learned_combine": (
@@ -113,6 +117,8 @@ if "impl" in MemoryConfig.__dataclass_fields__:
     "depth3",
     "per_parameter_lr_modulation",
     "max_grad_norm",
+    "max_surprise_norm",
+    "paper_max_surprise_norm",
     "momentum_order2",
     "momentum_order3_learned_combine",
     "momentum_off",
@@ -138,6 +144,20 @@ def test_fast_path_matches_reference_x64(name):
   cfg, T = X64_CASES[name]
   with jax.enable_x64(True):
     compare(cfg, T, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["max_surprise_norm", "paper_max_surprise_norm"])
+def test_surprise_clip_is_exact_below_its_bound_and_acts_above_it(name):
+  """The clip changes nothing while every chunk's surprise is within the bound (the same
+  floats as no clip) and changes the memory at the bound of the x64 case."""
+  cfg, T = X64_CASES[name]
+  with jax.enable_x64(True):
+    params, x = make_inputs(cfg, T, 2, 0)
+    y_off = apply_jit(params, x, cfg.replace(max_surprise_norm=None))[0]
+    y_far = apply_jit(params, x, cfg.replace(max_surprise_norm=1e9))[0]
+    y_on = apply_jit(params, x, cfg)[0]
+  np.testing.assert_array_equal(np.asarray(y_far), np.asarray(y_off))
+  assert float(jnp.abs(y_on - y_off).max()) > 1e-6
 
 
 # fp32: moderate inner learning rates keep the memory dynamics well conditioned (with

@@ -23,6 +23,12 @@ PAPER_LR_PER_DIM = 16.0  # max_lr ≤ head width / 16: θ ≤ 1/16 of the paper'
 PAPER_STEP_PER_DIM = 0.5
 PAPER_INIT_LR_BIAS = 0.0  # θ = max_lr / 2 at init, the sigmoid's steepest point
 PAPER_INIT_DECAY_BIAS = -6.0  # α = sigmoid(−6) ≈ 0.0025 per chunk at init: retain
+# ‖u‖ ≤ head width / 4 per chunk and fast-weight tensor: the MLP memory's curvature grows
+# with its own weights, which the outer loop is free to grow, so no bound on θ alone keeps
+# the inner loop stable; a chunk whose step diverged went NaN within ~8 chunks and the
+# guard then skipped every batch holding such a sequence (docs/memory.md §6). The bound sits
+# above the surprises of healthy sequences (d = 32: median 0.55, 99th percentile 8).
+PAPER_SURPRISE_PER_DIM = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +72,11 @@ class MemoryConfig:
       of the gradient in (0, max_mem_layer_modulation).
     max_mem_layer_modulation: upper bound of that scale (> 0).
     max_grad_norm: titans-pytorch's soft clamp of each chunk's gradient norm.
+    max_surprise_norm: a hard clip of each chunk's surprise, per fast-weight tensor:
+      u · min(1, m / ‖u‖) after the soft clamp and the lr modulation. Exact (the
+      update unchanged) for every chunk with ‖u‖ ≤ m; it bounds how far one chunk can
+      move the fast weights where the inner loop would otherwise diverge (docs/memory.md
+      §6, "Inner-loop divergence").
     spectral_norm_surprises: Newton–Schulz orthogonalisation of matrix updates.
     init_lr_bias: if set, the θ gate starts with zero weight and this bias.
     init_momentum_bias: if set, the η gate starts with zero weight and this bias.
@@ -129,6 +140,7 @@ class MemoryConfig:
   per_parameter_lr_modulation: bool = False
   max_mem_layer_modulation: float = 1.0
   max_grad_norm: Optional[float] = None
+  max_surprise_norm: Optional[float] = None
   spectral_norm_surprises: bool = False
   init_lr_bias: Optional[float] = None
   init_momentum_bias: Optional[float] = None
@@ -193,6 +205,8 @@ class MemoryConfig:
       bad("learned_combine_include_zeroth needs learned_momentum_combine=True")
     if self.max_grad_norm is not None and self.max_grad_norm <= 0:
       bad(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
+    if self.max_surprise_norm is not None and not self.max_surprise_norm > 0:
+      bad(f"max_surprise_norm must be > 0 or None, got {self.max_surprise_norm!r}")
     if self.max_lr <= 0:
       bad(f"max_lr must be > 0, got {self.max_lr!r}")
     if self.max_mem_layer_modulation <= 0:
@@ -305,7 +319,8 @@ class MemoryConfig:
     the step where the inner loop diverges; at init θ = max_lr / 2 for every
     token (init_lr_bias 0), α = sigmoid(−6) ≈ 0.0025 per chunk (the memory retains
     what it writes for hundreds of chunks; init_decay_bias −6) and η keeps the
-    random init (≈ 0.5).
+    random init (≈ 0.5). Each chunk's surprise is clipped to norm d / 4 per tensor
+    (`max_surprise_norm`): exact below it, it keeps a diverging inner loop finite.
     """
     d = overrides.get("dim_head") or dim // heads
     per_commit = overrides.get("commit_every", chunk_size) or chunk_size
@@ -331,6 +346,7 @@ class MemoryConfig:
       forget=True,
       init_lr_bias=PAPER_INIT_LR_BIAS,
       init_decay_bias=PAPER_INIT_DECAY_BIAS,
+      max_surprise_norm=d * PAPER_SURPRISE_PER_DIM,
     )
     kw.update(overrides)
     return cls(**kw)

@@ -45,7 +45,7 @@ from titans_jax.memory import core
 from titans_jax.memory.config import MemoryConfig
 from titans_jax.memory.inputs import check_input, chunk_gates, project
 from titans_jax.memory.networks import chunk_loss
-from titans_jax.memory.ops import rmsnorm, softclamp_grad_norm
+from titans_jax.memory.ops import clip_surprise_norm, rmsnorm, softclamp_grad_norm
 from titans_jax.memory.primal import block_step
 
 
@@ -61,7 +61,7 @@ def _token_losses(weights, keys_BHCd, values_BHCd, cfg: MemoryConfig):
 
 
 def _surprise(grad_point, keys_BHCd, values_BHCd, lr_BHC, lr_mod_BHP, cfg: MemoryConfig):
-  """u = −(chunk gradient at W̄ after the soft clamp and lr modulation), per tensor."""
+  """u = −(chunk gradient at W̄ after the soft clamp, lr modulation and clip), per tensor."""
   loss_grad = jax.grad(functools.partial(chunk_loss, cfg=cfg))
   grads = jax.vmap(jax.vmap(loss_grad))(grad_point, keys_BHCd, values_BHCd, lr_BHC)
   out = {}
@@ -72,6 +72,8 @@ def _surprise(grad_point, keys_BHCd, values_BHCd, lr_BHC, lr_mod_BHP, cfg: Memor
     if cfg.per_parameter_lr_modulation:
       mod = lr_mod_BHP[..., i]
       g = g * mod.reshape(mod.shape + (1,) * (g.ndim - 2))
+    if cfg.max_surprise_norm is not None:
+      g = clip_surprise_norm(g, cfg.max_surprise_norm)
     out[name] = -g[:, :, 0]
   return out
 

@@ -36,7 +36,12 @@ import jax.numpy as jnp
 
 from titans_jax.memory.config import MemoryConfig
 from titans_jax.memory.networks import activation_fn, layernorm_noaffine
-from titans_jax.memory.ops import forgetting_recurrence, momentum_recurrence, softclamp_scale
+from titans_jax.memory.ops import (
+  clip_scale,
+  forgetting_recurrence,
+  momentum_recurrence,
+  softclamp_scale,
+)
 
 
 def supports_dual(cfg: MemoryConfig) -> bool:
@@ -175,12 +180,17 @@ def token_terms(cfg: MemoryConfig, grad_point, block):
   # Per-chunk, per-tensor scale of the raw gradient (surprise = −scale · G).
   names = cfg.fast_weight_names()
   scale = {n: jnp.ones((B, H, K), inner) for n in names}
+  need_norms = cfg.max_grad_norm is not None or cfg.max_surprise_norm is not None
+  sq_norms = _grad_sq_norms(cfg, zs, deltas, g_gamma, K) if need_norms else {}
   if cfg.max_grad_norm is not None:
-    for n, sq in _grad_sq_norms(cfg, zs, deltas, g_gamma, K).items():
+    for n, sq in sq_norms.items():
       scale[n] = softclamp_scale(sq, cfg.max_grad_norm)
   if cfg.per_parameter_lr_modulation:
     for i, n in enumerate(names):
       scale[n] = scale[n] * block["lr_mod"][..., i]
+  if cfg.max_surprise_norm is not None:  # ‖u‖² = scale² · ‖G‖²
+    for n, sq in sq_norms.items():
+      scale[n] = scale[n] * clip_scale(jnp.square(scale[n]) * sq, cfg.max_surprise_norm)
 
   lagged, end_rows = _coefficients(cfg, block)
   return {

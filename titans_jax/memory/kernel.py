@@ -19,7 +19,7 @@ the kernel to them, forward and gradients, in the Pallas interpreter).
 
 What it takes (`MemoryConfig.kernel_unsupported`): the paper's exact mode (commit_every = chunk_size),
 an MLP memory of any depth without the residual LayerNorm, momentum of order ≤ 1 (or
-none), forgetting on or off; not the soft clamp, lr modulation, learned momentum mix or
+none), forgetting on or off, the surprise clip (`max_surprise_norm`); not the soft clamp, lr modulation, learned momentum mix or
 Newton–Schulz (the XLA paths serve those).
 
 Off a TPU the kernels run in the Pallas interpreter (exact, slow; a one-line notice says
@@ -95,6 +95,11 @@ def _chunk_step(cfg: MemoryConfig, ws, ss, k_Cd, v_Cd, q_Cd, lr_C1, a_11, e_11, 
   decay = valid_11 * (1.0 - a_11) + keep if cfg.forget else None
   new_ws, new_ss = [], []
   for i, (w, g) in enumerate(zip(ws, grads)):
+    if cfg.max_surprise_norm is not None:  # ops.clip_scale on this head's 2-D tile
+      m = cfg.max_surprise_norm
+      sq_11 = jnp.sum(jnp.sum(g * g, axis=1, keepdims=True), axis=0, keepdims=True)
+      big = sq_11 > m * m
+      g = g * jnp.where(big, m * lax.rsqrt(jnp.where(big, sq_11, 1.0)), 1.0)
     update = -g * valid_11
     if cfg.momentum:
       s = (valid_11 * e_11 + keep) * ss[i] + update

@@ -75,6 +75,19 @@ def softclamp_scale(sq_norm, max_norm):
   return jnp.where(nonzero, factor, 0.0)
 
 
+def clip_scale(sq_norm, max_norm):
+  """The hard clip min(1, m / ‖u‖) as the factor a surprise u is multiplied by, from
+  ‖u‖²: exactly 1 wherever ‖u‖ ≤ m. The rsqrt only ever sees ‖u‖² > m², so value and
+  gradient stay finite at u = 0."""
+  big = sq_norm > max_norm * max_norm
+  return jnp.where(big, max_norm * lax.rsqrt(jnp.where(big, sq_norm, 1.0)), 1.0)
+
+
+def clip_surprise_norm(g, max_norm):
+  """`clip_scale` applied to each chunk's g (B×H×K×param, norm over the param axes)."""
+  return g * clip_scale(jnp.square(g).sum(tuple(range(3, g.ndim)), keepdims=True), max_norm)
+
+
 def softclamp_grad_norm(g, max_norm):
   """titans-pytorch's soft clamp of each chunk's gradient g (B×H×K×param, norm over the
   param axes): g · (tanh(‖g‖/(m/2))·m/2 + m/2) / ‖g‖. (A zero gradient, where torch would

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from titans_jax.memory.config import MemoryConfig
 from titans_jax.memory.networks import chunk_loss, memory_forward
 from titans_jax.memory.ops import (
+  clip_surprise_norm,
   forgetting_recurrence,
   momentum_recurrence,
   newton_schulz,
@@ -45,6 +46,8 @@ def block_step(cfg: MemoryConfig, carry, block):
       g = softclamp_grad_norm(g, cfg.max_grad_norm)
     if cfg.per_parameter_lr_modulation:
       g = g * trail(block["lr_mod"][..., i], g.ndim)  # B×H×K
+    if cfg.max_surprise_norm is not None:
+      g = clip_surprise_norm(g, cfg.max_surprise_norm)
     update, momentum_ends = momentum_recurrence(cfg, block, -g, momentum.get(name))
     if momentum_ends:
       new_momentum[name] = jnp.stack(momentum_ends)
