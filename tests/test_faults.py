@@ -39,6 +39,9 @@ TINY = str(ROOT / "configs" / "tiny.py")
 # lr=10 reached over 120 warmup steps: finite for a few steps, then the weights blow up.
 OVERRIDES = [
   "model.num_layers=1",
+  # lr 10 drives the memory's inner loop to diverge; without the paper preset's surprise
+  # clip that gives the non-finite loss these tests need (with it the loss stays finite)
+  "model.memory.max_surprise_norm=none",
   "train.steps=1000",
   "train.lr=10",
   "train.warmup_steps=120",
