@@ -332,8 +332,11 @@ class Trained:
   rest: object
   curve: list[dict]  # [{"step", "loss", "accuracy"}] every `log_every` steps
   wall_s: float
-  diverged: bool  # any step non-finite (its update skipped by the step's guard)
-  nonfinite_steps: int = 0  # how many
+  nonfinite_steps: int  # steps whose update the train step's guard skipped
+
+  @property
+  def diverged(self) -> bool:
+    return self.nonfinite_steps > 0
 
 
 def train_variant(
@@ -374,9 +377,8 @@ def train_variant(
           f"  step {step:5d} loss {float(m['loss']):.3f} acc {float(m['accuracy']):.3f}"
           f" ({time.perf_counter() - t0:.0f}s)"
         )
-  bad = int(nonfinite)
   return Trained(
-    model_cfg, graphdef, state.params, state.rest, curve, time.perf_counter() - t0, bad > 0, bad
+    model_cfg, graphdef, state.params, state.rest, curve, time.perf_counter() - t0, int(nonfinite)
   )
 
 

@@ -17,10 +17,10 @@ One chunk's step (`_chunk_step`) is written here again, for one head and 2-D til
 purpose: the XLA paths stay the independent reference (tests/test_memory_kernel.py holds
 the kernel to them, forward and gradients, in the Pallas interpreter).
 
-What it takes (`MemoryConfig.kernel_unsupported`): the paper's exact mode (commit_every = chunk_size),
-an MLP memory of any depth without the residual LayerNorm, momentum of order ≤ 1 (or
-none), forgetting on or off, the surprise clip (`max_surprise_norm`); not the soft clamp, lr modulation, learned momentum mix or
-Newton–Schulz (the XLA paths serve those).
+What it takes (`MemoryConfig.kernel_unsupported`): the paper's exact mode (commit_every =
+chunk_size), an MLP memory of any depth without the residual LayerNorm, momentum of order
+≤ 1 (or none), forgetting on or off, the surprise clip (`max_surprise_norm`); not the soft
+clamp, lr modulation, learned momentum mix or Newton–Schulz (the XLA paths serve those).
 
 Off a TPU the kernels run in the Pallas interpreter (exact, slow; a one-line notice says
 so once). On a mesh they run under `shard_map`, one instance per device's rows and heads
@@ -44,6 +44,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from titans_jax.memory.config import MemoryConfig
 from titans_jax.memory.networks import activation_fn
+from titans_jax.memory.ops import clip_scale
 from titans_jax.sharding import rules as rules_lib
 
 _log = logging.getLogger(__name__)
@@ -95,11 +96,9 @@ def _chunk_step(cfg: MemoryConfig, ws, ss, k_Cd, v_Cd, q_Cd, lr_C1, a_11, e_11, 
   decay = valid_11 * (1.0 - a_11) + keep if cfg.forget else None
   new_ws, new_ss = [], []
   for i, (w, g) in enumerate(zip(ws, grads)):
-    if cfg.max_surprise_norm is not None:  # ops.clip_scale on this head's 2-D tile
-      m = cfg.max_surprise_norm
+    if cfg.max_surprise_norm is not None:  # ‖g‖² of this head's 2-D tile, kept 1×1
       sq_11 = jnp.sum(jnp.sum(g * g, axis=1, keepdims=True), axis=0, keepdims=True)
-      big = sq_11 > m * m
-      g = g * jnp.where(big, m * lax.rsqrt(jnp.where(big, sq_11, 1.0)), 1.0)
+      g = g * clip_scale(sq_11, cfg.max_surprise_norm)
     update = -g * valid_11
     if cfg.momentum:
       s = (valid_11 * e_11 + keep) * ss[i] + update
