@@ -1,9 +1,10 @@
 """The S-NIAH recipe at the CPU size of benchmarks/recall.py (issue 14): the MAG of
 configs/recall_mqar_mag.py (width 32, 2 layers, window 8 — shorter than the 39-byte
 question, so the needle is always beyond it) on the byte-level passkey task at 128
-bytes, 2000 steps. Measured (benchmarks/RESULTS.md §5, seeds 0 / 1 / 2 / 3): exact match
-100 % at 128 bytes, 100 / 79 / 88 / 100 % at 256 (2× the training length), 67 / 71 / 71 /
-58 % at 512; what is missed is the needle furthest back. SWA of the same size: 0 %.
+bytes, 2000 steps. Measured with the surprise clip (the paper preset's default;
+benchmarks/RESULTS.md §5, seeds 0 / 1 / 2): exact match 100 % at 128 bytes, 96 / 83 / 92 %
+at 256 (2× the training length; mean 90 %), 42 / 54 / 75 % at 512; what is missed is the
+needle furthest back. SWA of the same size: 0 %.
 
   python train.py --config configs/recall_niah_mag.py --workdir runs/recall_niah_mag
   python eval.py --workdir runs/recall_niah_mag      # S-NIAH grid at 128 / 256 / 512

@@ -223,6 +223,47 @@ def test_scan_remat_every_same_values_and_gradients(mode, impl, every, remat, T)
     assert_trees_close(g_r, g, 1e-12, f"scan_remat_every={every} gradients")
 
 
+@pytest.mark.parametrize(
+  "mode,n,every,T",
+  [("paper_conv", 2, 3, GRAD_T), ("commit_2chunks", 2, None, 11)],
+)
+def test_remat_blocks_same_values_and_gradients(mode, n, every, T):
+  """Several blocks to a checkpoint changes no value and no gradient: a group of n and
+  the blocks left over, inside the two-level remat's groups (4 one-chunk blocks at T = 7:
+  a group of 3 = 2 + 1, and 1) and alone (3 two-chunk blocks at T = 11: 2, and 1)."""
+  cfg = GRAD_MODES[mode].replace(remat=True, scan_remat_every=every)
+  cfg_r = cfg.replace(remat_blocks=n)
+  with jax.enable_x64(True):
+    params, x = make_inputs(cfg, T, B=1, seed=11)
+    r = jnp.asarray(np.random.default_rng(12).normal(size=(1, T, cfg.dim)), jnp.float64)
+    (v, y), g = value_and_grad_fast(params, x, r, cfg)
+    (v_r, y_r), g_r = value_and_grad_fast(params, x, r, cfg_r)
+    assert float(v_r) == pytest.approx(float(v), rel=1e-12, abs=1e-12)
+    np.testing.assert_allclose(np.asarray(y_r), np.asarray(y), rtol=1e-12, atol=1e-12)
+    assert_trees_close(g_r, g, 1e-12, f"remat_blocks={n} gradients")
+
+
+def test_remat_blocks_saves_one_carry_per_group():
+  """What the option is for: the backward keeps the carried fast weights once per
+  group of n blocks — counted on the residuals of the call's vjp."""
+  from titans_jax.memory import core
+
+  cfg = GRAD_MODES["paper_conv"].replace(remat=True)
+  T = 32  # 16 one-chunk blocks
+
+  def saved_weight_carries(n):
+    c = cfg.replace(remat_blocks=n)
+    params, x = make_inputs(c, T, B=1, seed=3)
+    _, vjp = jax.vjp(lambda p: core.apply(p, x, c)[0].sum(), params)
+    w = params["W0"]["w0"].shape  # H×i×o; the scan stacks N×B×H×i×o
+    stacked = [a.shape[0] for a in jax.tree.leaves(vjp) if a.ndim == 5 and a.shape[2:] == w]
+    assert stacked, "no stacked carry among the residuals"
+    return sum(stacked)
+
+  assert saved_weight_carries(1) == 16
+  assert saved_weight_carries(5) == 3 + 1  # three groups, and the block left over
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("impl", ["dual", "primal"])
 def test_tied_gradient_point_equals_carried(impl, monkeypatch):

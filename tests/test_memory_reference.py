@@ -138,6 +138,15 @@ if "scan_remat_every" in MemoryConfig.__dataclass_fields__:
     _cfg, _T = X64_CASES[_name]
     X64_CASES[f"{_name}_scan_remat_every{_every}"] = (_cfg.replace(scan_remat_every=_every), _T)
 
+# Several blocks to a checkpoint (remat_blocks): groups of n and the N mod n left over,
+# alone and inside the two-level remat's groups.
+for _name, _n, _every in (("paper", 3, 4), ("commit_chunk_primal", 2, None)):
+  _cfg, _T = X64_CASES[_name]
+  X64_CASES[f"{_name}_remat_blocks{_n}" + (f"_every{_every}" if _every else "")] = (
+    _cfg.replace(remat=True, remat_blocks=_n, scan_remat_every=_every),
+    _T,
+  )
+
 
 @pytest.mark.parametrize("name", list(X64_CASES))
 def test_fast_path_matches_reference_x64(name):

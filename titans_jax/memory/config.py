@@ -96,6 +96,11 @@ class MemoryConfig:
       (W, S) for the backward only every this many blocks, and recompute the blocks in
       between from there (saved carries: N/n + n instead of N for N blocks). None (or
       1, or n ≥ N): off. Does not change the result (docs/memory.md §7).
+    remat_blocks: with `remat`, the scan steps over this many blocks at a time under
+      one checkpoint (their step unrolled): the backward keeps the carried (W, S) once
+      per group instead of once per block and recomputes each block once, as remat
+      per block does. Fewer weight-size carries written and read back; the same
+      compute. Does not change the result (docs/memory.md §7).
     impl: how a commit block is computed (docs/memory.md). "primal": per-chunk
       gradients, recurrences over the per-chunk weight tensors and retrieval from K
       materialised weight sets. "dual": the same maths with no per-chunk weights —
@@ -153,6 +158,7 @@ class MemoryConfig:
   recurrence: str = "associative"
   remat: Optional[bool] = None
   scan_remat_every: Optional[int] = None
+  remat_blocks: int = 1
   impl: str = "auto"
 
   def __post_init__(self):
@@ -229,6 +235,8 @@ class MemoryConfig:
       isinstance(self.scan_remat_every, int) and self.scan_remat_every > 0
     ):
       bad(f"scan_remat_every must be a positive int or None, got {self.scan_remat_every!r}")
+    if not (isinstance(self.remat_blocks, int) and self.remat_blocks > 0):
+      bad(f"remat_blocks must be a positive int, got {self.remat_blocks!r}")
     if self.chunks_per_block is not None:
       if not (isinstance(self.chunks_per_block, int) and self.chunks_per_block > 0):
         bad(f"chunks_per_block must be a positive int or None, got {self.chunks_per_block!r}")

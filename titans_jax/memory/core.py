@@ -155,12 +155,49 @@ def _maybe_remat(step, remat: bool):
   return jax.checkpoint(step) if remat else step
 
 
+def _unrolled(step, n: int):
+  """n scan steps as one: the carry threads through n blocks (leading axis n of the
+  blocks), their outputs stacked."""
+
+  def steps(carry, blocks_n):
+    ys = []
+    for i in range(n):
+      carry, y = step(carry, jax.tree.map(lambda b: b[i], blocks_n))
+      ys.append(y)
+    return carry, jnp.stack(ys)
+
+  return steps
+
+
+def _scan_remat_groups(step, carry0, blocks, remat: bool, per_checkpoint: int):
+  """`lax.scan(step, carry0, blocks)` where, with `remat`, each scan step runs
+  `per_checkpoint` blocks under one checkpoint: the backward keeps the carry only at
+  the start of each group and recomputes the group's blocks once — the recomputation
+  of remat per block, with 1/per_checkpoint of the saved carries (each a weight-size
+  write in the forward and a read in the backward). The N mod n blocks left over run
+  one per checkpoint. Same values."""
+  num_blocks = jax.tree.leaves(blocks)[0].shape[0]
+  n = min(per_checkpoint, num_blocks) if remat else 1
+  if n <= 1:
+    return lax.scan(_maybe_remat(step, remat), carry0, blocks)
+  groups, rest = divmod(num_blocks, n)
+  head = jax.tree.map(lambda b: b[: groups * n].reshape((groups, n) + b.shape[1:]), blocks)
+  carry, y_head = lax.scan(jax.checkpoint(_unrolled(step, n)), carry0, head)
+  y_head = y_head.reshape((groups * n,) + y_head.shape[2:])
+  if not rest:
+    return carry, y_head
+  tail = jax.tree.map(lambda b: b[groups * n :], blocks)
+  carry, y_tail = lax.scan(jax.checkpoint(step), carry, tail)
+  return carry, jnp.concatenate([y_head, y_tail], axis=0)
+
+
 SCAN_CARRY_NAME = "memory_scan_carry"  # the carries the two-level scan saves (a remat name)
 
 
-def _scan_blocks(step, carry0, blocks, remat: bool, every: Optional[int]):
+def _scan_blocks(step, carry0, blocks, remat: bool, every: Optional[int], per_checkpoint: int = 1):
   """`lax.scan(step, carry0, blocks)` over the leading (block) axis, with the backward's
-  memory chosen by `remat` (each step recomputed from its carry) and `every`.
+  memory chosen by `remat` (each step recomputed from its carry; `per_checkpoint`
+  blocks to a checkpoint, `_scan_remat_groups`) and `every`.
 
   every = n: two-level rematerialisation. The blocks run in groups of n, each group a
   checkpointed inner scan, so the forward keeps one carry per group (named
@@ -168,22 +205,25 @@ def _scan_blocks(step, carry0, blocks, remat: bool, every: Optional[int]):
   recomputes one group's n carries at a time: N/n + n saved carries instead of N. The
   N mod n blocks left over run in a plain scan after the groups. Same values.
   """
-  inner = _maybe_remat(step, remat)
   num_blocks = jax.tree.leaves(blocks)[0].shape[0]
+
+  def scan(carry, blocks):
+    return _scan_remat_groups(step, carry, blocks, remat, per_checkpoint)
+
   if every is None or every >= num_blocks or every == 1:
-    return lax.scan(inner, carry0, blocks)
+    return scan(carry0, blocks)
   groups, rest = divmod(num_blocks, every)
 
   def group(carry, group_blocks):
     carry = checkpoint_name(carry, SCAN_CARRY_NAME)
-    return lax.scan(inner, carry, group_blocks)
+    return scan(carry, group_blocks)
 
   head = jax.tree.map(lambda b: b[: groups * every].reshape((groups, every) + b.shape[1:]), blocks)
   carry, y_head = lax.scan(jax.checkpoint(group), carry0, head)
   y_head = y_head.reshape((groups * every,) + y_head.shape[2:])
   if not rest:
     return carry, y_head
-  carry, y_tail = lax.scan(inner, carry, jax.tree.map(lambda b: b[groups * every :], blocks))
+  carry, y_tail = scan(carry, jax.tree.map(lambda b: b[groups * every :], blocks))
   return carry, jnp.concatenate([y_head, y_tail], axis=0)
 
 
@@ -341,12 +381,13 @@ def apply(
       blocks,
       remat,
       cfg.scan_remat_every,
+      cfg.remat_blocks,
     )
     grad_point = weights
   else:
     carry0 = (state["weights"], state["momentum"], state["grad_point"])
     (weights, momentum, grad_point), y_blocks = _scan_blocks(
-      step, carry0, blocks, remat, cfg.scan_remat_every
+      step, carry0, blocks, remat, cfg.scan_remat_every, cfg.remat_blocks
     )
 
   # N×B×H×K×C×d -> B×L×H×d (shifted by one token), then the last token with final W.
