@@ -213,6 +213,11 @@ def test_scan_remat_every_same_values_and_gradients(mode, impl, every, remat, T)
   cfg = GRAD_MODES[mode].replace(impl=impl)
   cfg_r = cfg.replace(scan_remat_every=every, remat=remat)
   assert core.buffer_tokens(cfg, T, True) // (cfg.commit_chunks * cfg.chunk_size) == every + 1
+  _assert_same_values_and_gradients(cfg, cfg_r, T, f"scan_remat_every={every}")
+
+
+def _assert_same_values_and_gradients(cfg, cfg_r, T, what):
+  """Value, output and gradients of the two configs equal at 1e-12 in float64."""
   with jax.enable_x64(True):
     params, x = make_inputs(cfg, T, B=1, seed=11)
     r = jnp.asarray(np.random.default_rng(12).normal(size=(1, T, cfg.dim)), jnp.float64)
@@ -220,7 +225,7 @@ def test_scan_remat_every_same_values_and_gradients(mode, impl, every, remat, T)
     (v_r, y_r), g_r = value_and_grad_fast(params, x, r, cfg_r)
     assert float(v_r) == pytest.approx(float(v), rel=1e-12, abs=1e-12)
     np.testing.assert_allclose(np.asarray(y_r), np.asarray(y), rtol=1e-12, atol=1e-12)
-    assert_trees_close(g_r, g, 1e-12, f"scan_remat_every={every} gradients")
+    assert_trees_close(g_r, g, 1e-12, f"{what} gradients")
 
 
 @pytest.mark.parametrize(
@@ -232,15 +237,7 @@ def test_remat_blocks_same_values_and_gradients(mode, n, every, T):
   the blocks left over, inside the two-level remat's groups (4 one-chunk blocks at T = 7:
   a group of 3 = 2 + 1, and 1) and alone (3 two-chunk blocks at T = 11: 2, and 1)."""
   cfg = GRAD_MODES[mode].replace(remat=True, scan_remat_every=every)
-  cfg_r = cfg.replace(remat_blocks=n)
-  with jax.enable_x64(True):
-    params, x = make_inputs(cfg, T, B=1, seed=11)
-    r = jnp.asarray(np.random.default_rng(12).normal(size=(1, T, cfg.dim)), jnp.float64)
-    (v, y), g = value_and_grad_fast(params, x, r, cfg)
-    (v_r, y_r), g_r = value_and_grad_fast(params, x, r, cfg_r)
-    assert float(v_r) == pytest.approx(float(v), rel=1e-12, abs=1e-12)
-    np.testing.assert_allclose(np.asarray(y_r), np.asarray(y), rtol=1e-12, atol=1e-12)
-    assert_trees_close(g_r, g, 1e-12, f"remat_blocks={n} gradients")
+  _assert_same_values_and_gradients(cfg, cfg.replace(remat_blocks=n), T, f"remat_blocks={n}")
 
 
 def test_remat_blocks_saves_one_carry_per_group():
