@@ -169,6 +169,21 @@ def _unrolled(step, n: int):
   return steps
 
 
+def _scan_in_groups(group_step, rest_scan, carry0, blocks, n: int):
+  """`group_step` scanned over the N blocks (leading axis) in groups of n, each scan
+  step given n blocks (leading axis n), then `rest_scan(carry, rest)` over the N mod n
+  blocks left over; the outputs are back in block order (leading axis N)."""
+  num_blocks = jax.tree.leaves(blocks)[0].shape[0]
+  groups, rest = divmod(num_blocks, n)
+  head = jax.tree.map(lambda b: b[: groups * n].reshape((groups, n) + b.shape[1:]), blocks)
+  carry, y_head = lax.scan(group_step, carry0, head)
+  y_head = y_head.reshape((groups * n,) + y_head.shape[2:])
+  if not rest:
+    return carry, y_head
+  carry, y_tail = rest_scan(carry, jax.tree.map(lambda b: b[groups * n :], blocks))
+  return carry, jnp.concatenate([y_head, y_tail], axis=0)
+
+
 def _scan_remat_groups(step, carry0, blocks, remat: bool, per_checkpoint: int):
   """`lax.scan(step, carry0, blocks)` where, with `remat`, each scan step runs
   `per_checkpoint` blocks under one checkpoint: the backward keeps the carry only at
@@ -180,15 +195,13 @@ def _scan_remat_groups(step, carry0, blocks, remat: bool, per_checkpoint: int):
   n = min(per_checkpoint, num_blocks) if remat else 1
   if n <= 1:
     return lax.scan(_maybe_remat(step, remat), carry0, blocks)
-  groups, rest = divmod(num_blocks, n)
-  head = jax.tree.map(lambda b: b[: groups * n].reshape((groups, n) + b.shape[1:]), blocks)
-  carry, y_head = lax.scan(jax.checkpoint(_unrolled(step, n)), carry0, head)
-  y_head = y_head.reshape((groups * n,) + y_head.shape[2:])
-  if not rest:
-    return carry, y_head
-  tail = jax.tree.map(lambda b: b[groups * n :], blocks)
-  carry, y_tail = lax.scan(jax.checkpoint(step), carry, tail)
-  return carry, jnp.concatenate([y_head, y_tail], axis=0)
+  return _scan_in_groups(
+    jax.checkpoint(_unrolled(step, n)),
+    lambda carry, rest: lax.scan(jax.checkpoint(step), carry, rest),
+    carry0,
+    blocks,
+    n,
+  )
 
 
 SCAN_CARRY_NAME = "memory_scan_carry"  # the carries the two-level scan saves (a remat name)
@@ -212,19 +225,12 @@ def _scan_blocks(step, carry0, blocks, remat: bool, every: Optional[int], per_ch
 
   if every is None or every >= num_blocks or every == 1:
     return scan(carry0, blocks)
-  groups, rest = divmod(num_blocks, every)
 
   def group(carry, group_blocks):
     carry = checkpoint_name(carry, SCAN_CARRY_NAME)
     return scan(carry, group_blocks)
 
-  head = jax.tree.map(lambda b: b[: groups * every].reshape((groups, every) + b.shape[1:]), blocks)
-  carry, y_head = lax.scan(jax.checkpoint(group), carry0, head)
-  y_head = y_head.reshape((groups * every,) + y_head.shape[2:])
-  if not rest:
-    return carry, y_head
-  carry, y_tail = scan(carry, jax.tree.map(lambda b: b[groups * every :], blocks))
-  return carry, jnp.concatenate([y_head, y_tail], axis=0)
+  return _scan_in_groups(jax.checkpoint(group), scan, carry0, blocks, every)
 
 
 def _kernel_scan(cfg: MemoryConfig, state: State, blocks, B: int, N: int, inner):
