@@ -251,7 +251,8 @@ def test_remat_blocks_saves_one_carry_per_group():
   def saved_weight_carries(n):
     c = cfg.replace(remat_blocks=n)
     params, x = make_inputs(c, T, B=1, seed=3)
-    _, vjp = jax.vjp(lambda p: core.apply(p, x, c)[0].sum(), params)
+    # traced, not run: the vjp closure's residuals as shapes
+    vjp = jax.eval_shape(lambda p: jax.vjp(lambda q: core.apply(q, x, c)[0].sum(), p)[1], params)
     w = params["W0"]["w0"].shape  # H×i×o; the scan stacks N×B×H×i×o
     stacked = [a.shape[0] for a in jax.tree.leaves(vjp) if a.ndim == 5 and a.shape[2:] == w]
     assert stacked, "no stacked carry among the residuals"
