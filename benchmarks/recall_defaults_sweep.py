@@ -4,6 +4,7 @@ under four settings of max_lr and the initial θ/α biases; one JSON line per
 (setting, variant, seed) on stdout.
 
   python benchmarks/recall_defaults_sweep.py A,B,C,D lmm,mag 0,1
+  python benchmarks/recall_defaults_sweep.py mild_retain_decay_b-3,max8 lmm 0   # one-seed variations
   python benchmarks/recall_defaults_sweep.py probe     # does θ diverge at init? (below)
   python benchmarks/recall_defaults_sweep.py model_check  # B and C in a whole model, d=64 chunk 16
   python benchmarks/recall_defaults_sweep.py summary DIR  # DIR/*.jsonl -> DIR/summary.json + table
@@ -30,6 +31,12 @@ SETTINGS = {
   "B": {},
   "C": {"max_lr": D_HEAD / 4, "init_lr_bias": 0.0, "init_decay_bias": -6.0},
   "D": {"max_lr": D_HEAD / 4, "init_lr_bias": 0.0, "init_decay_bias": None},
+  # the earlier one-seed variations (lmm, seed 0; docs/memory.md §6), each over the preset
+  "no_retain_bias": {"init_decay_bias": None},
+  "theta_small_max1_b3": {"max_lr": 1.0, "init_lr_bias": 3.0},
+  "sum_loss_equiv_max32": {"max_lr": 32.0},
+  "max8": {"max_lr": 8.0},
+  "mild_retain_decay_b-3": {"init_decay_bias": -3.0},
 }
 
 # (head width d, chunk, max_lr) for the memorisation probe: B and C at the paper's
