@@ -5,8 +5,8 @@ bytes, 2000 steps. Measured with the surprise clip (the paper preset's default;
 benchmarks/RESULTS.md §5, seeds 0 / 1 / 2): exact match 100 % at 128 bytes, 96 / 83 / 92 %
 at 256 (2× the training length; mean 90 %), 42 / 54 / 75 % at 512; what is missed is the
 needle furthest back. SWA of the same size: 0 %. With 3000 steps (`--set train.steps=3000`)
-seed 1 reaches 100 % at 256, and MAL (`--set model.variant=mal`) 100 / 92 / 100 % (seeds
-0 / 1 / 2; 86 % mean at 2000 steps).
+MAG gives 83 / 100 / 83 % at 256 (mean 89 %: more steps only move it between seeds), and
+MAL (`--set model.variant=mal`) 100 / 92 / 100 % (86 % mean at 2000 steps).
 
   python train.py --config configs/recall_niah_mag.py --workdir runs/recall_niah_mag
   python eval.py --workdir runs/recall_niah_mag      # S-NIAH grid at 128 / 256 / 512
