@@ -121,3 +121,14 @@ def test_schedule_and_decay_mask():
   assert float(short(5)) < float(short(4)) < 4e-4
   mask = opt_lib._decay_mask({"w": jnp.ones((3, 3)), "b": jnp.ones((3,))})
   assert mask == {"w": True, "b": False}
+
+
+def test_compiler_options_fast_compile_only_when_asked(monkeypatch):
+  """Steps compile with XLA's defaults; FAST_COMPILE (CPU backend level 0: slower steps)
+  only with TITANS_JAX_FAST_COMPILE=1, as the suite's conftest sets it."""
+  monkeypatch.delenv(ts.FAST_COMPILE_ENV, raising=False)
+  assert ts.compiler_options() is None
+  monkeypatch.setenv(ts.FAST_COMPILE_ENV, "0")
+  assert ts.compiler_options() is None
+  monkeypatch.setenv(ts.FAST_COMPILE_ENV, "1")
+  assert ts.compiler_options() == ts.FAST_COMPILE  # the suite runs on CPU
