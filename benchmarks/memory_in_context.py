@@ -48,7 +48,8 @@ def _identity_memory(self, x, state=None):
 
 
 def train_step_program(cfg, batch: int, seq: int, ablate_memory: bool):
-  """A compiled train step and a function that runs it once (its state carried)."""
+  """A function that runs a compiled train step once (its state carried), and the
+  compiled step."""
   tcfg = TrainConfig(steps=100, batch_size=batch, warmup_steps=1)
   tx = opt_lib.make_optimizer(tcfg)
   patch = (
@@ -68,7 +69,7 @@ def train_step_program(cfg, batch: int, seq: int, ablate_memory: bool):
     box[0], metrics = compiled(box[0], data)
     jax.block_until_ready((box[0], metrics))
 
-  return run
+  return run, compiled
 
 
 def memory_alone_program(cfg, batch: int, seq: int):
@@ -99,8 +100,8 @@ def main(argv=None) -> int:
   cfg = timing.model_config(args.preset, args.variant, args.dtype, args.set)
   programs = {}
   for name, make in (
-    ("model", lambda: train_step_program(cfg, args.batch, args.seq, False)),
-    ("ablated", lambda: train_step_program(cfg, args.batch, args.seq, True)),
+    ("model", lambda: train_step_program(cfg, args.batch, args.seq, False)[0]),
+    ("ablated", lambda: train_step_program(cfg, args.batch, args.seq, True)[0]),
     ("alone", lambda: memory_alone_program(cfg, args.batch, args.seq)),
   ):
     t = time.perf_counter()

@@ -1,7 +1,7 @@
 """Smoke runs of benchmarks/model_bench.py and benchmarks/seq_sweep.py on the tiny
 preset (one layer, short sequences, one timed step): valid JSON with the fields the
 GPU suite reads, the SWA ratio, and the plot; and of benchmarks/memory_profile.py on a
-small memory layer."""
+small memory layer; and benchmarks/memory_in_context.py's ablation."""
 
 import importlib.util
 import json
@@ -68,6 +68,19 @@ def test_model_bench_smoke(tmp_path, capsys):
   )
   assert res["device"]["backend"] == "cpu" and len(res["device"]["loadavg"]) == 3
   assert "| lmm | 1×16 |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_memory_in_context_ablates_only_the_memory():
+  """The ablated step has no memory scan left (a cached trace of the real step would
+  time the same program twice) and the real one has; both run."""
+  bench = _load("memory_in_context")
+  cfg = bench.timing.model_config("tiny", "mag", "fp32", ["num_layers=1"])
+  run_real, real = bench.train_step_program(cfg, 1, 16, ablate_memory=False)
+  run_ablated, ablated = bench.train_step_program(cfg, 1, 16, ablate_memory=True)
+  assert "memory_block" in real.as_text() and "memory_block" not in ablated.as_text()
+  run_real()
+  run_ablated()
 
 
 @pytest.mark.slow
