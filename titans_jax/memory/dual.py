@@ -56,30 +56,40 @@ def use_dual(cfg: MemoryConfig) -> bool:
   return supports_dual(cfg)
 
 
-def _factors(cfg: MemoryConfig, wbar, keys_BHNd, values_BHNd, lr_BHN, K: int):
-  """Per-token layer inputs z^l and output errors δ^l of the block's loss at W̄, and
-  the per-chunk gradient of γ (B×H×K×d) when the memory has the residual norm."""
+def _factors(cfg: MemoryConfig, wbar, keys_BHNd, values_BHNd, lr_BHN, K: int, queries_BHNd=None):
+  """Per-token layer inputs z^l and output errors δ^l of the block's loss at W̄, the
+  per-chunk gradient of γ (B×H×K×d) when the memory has the residual norm, and — given
+  `queries_BHNd` — the MLP's output for the queries at W̄ (before the residual norm).
+
+  The queries ride along the keys' forward (tokens concatenated: one matmul per layer
+  instead of two, and in the backward one weight-size gradient instead of two summed);
+  they do not enter the loss, so z and δ are the keys' alone."""
   act = activation_fn(cfg.activation)
   B, H, N, d = keys_BHNd.shape
   C = N // K
+  x = keys_BHNd if queries_BHNd is None else jnp.concatenate([keys_BHNd, queries_BHNd], axis=2)
   eps = [jnp.zeros((B, H, N, wbar[f"w{l}"].shape[-1]), keys_BHNd.dtype) for l in range(cfg.depth)]
   gamma_K = jnp.broadcast_to(wbar["gamma"][:, :, None], (B, H, K, d)) if cfg.residual_norm else None
 
   def loss(eps, gamma_K):
-    h, zs = keys_BHNd, []
+    h, zs = x, []
     for l in range(cfg.depth):
       z = h if l == 0 else act(h)
-      zs.append(z)
-      h = jnp.einsum("bhni,bhio->bhno", z, wbar[f"w{l}"]) + eps[l]
+      zs.append(z[:, :, :N])
+      h = jnp.einsum("bhni,bhio->bhno", z, wbar[f"w{l}"])
+      h = h + (
+        eps[l] if queries_BHNd is None else jnp.pad(eps[l], ((0, 0), (0, 0), (0, N), (0, 0)))
+      )
+    h, h_queries = h[:, :, :N], h[:, :, N:]
     if cfg.residual_norm:
       gam = jnp.repeat(gamma_K, C, axis=2) + 1.0
       h = layernorm_noaffine(h) * gam + keys_BHNd
     per_token = jnp.square(h - values_BHNd).mean(-1)
-    return jnp.sum(per_token * lr_BHN), zs
+    return jnp.sum(per_token * lr_BHN), (zs, h_queries)
 
-  _, vjp, zs = jax.vjp(loss, eps, gamma_K, has_aux=True)
+  _, vjp, (zs, h_queries) = jax.vjp(loss, eps, gamma_K, has_aux=True)
   deltas, g_gamma = vjp(jnp.ones((), keys_BHNd.dtype))
-  return zs, deltas, g_gamma
+  return zs, deltas, g_gamma, (h_queries if queries_BHNd is not None else None)
 
 
 def _grad_sq_norms(cfg: MemoryConfig, zs, deltas, g_gamma, K: int):
@@ -175,7 +185,12 @@ def token_terms(cfg: MemoryConfig, grad_point, block):
   keys, values, q = tokens(block["keys"]), tokens(block["values"]), tokens(block["queries"])
   lr = tokens(block["lr"])
 
-  zs, deltas, g_gamma = _factors(cfg, grad_point, keys, values, lr, K)
+  # Exact mode (a commit every chunk): a block is one chunk and W̄ = W at its start
+  # (core._carries_gradient_point), so its retrieval is the MLP at W̄ — run with the keys.
+  fused = cfg.commit_chunks == 1 and K == 1
+  zs, deltas, g_gamma, h_queries = _factors(
+    cfg, grad_point, keys, values, lr, K, queries_BHNd=q if fused else None
+  )
 
   # Per-chunk, per-tensor scale of the raw gradient (surprise = −scale · G).
   names = cfg.fast_weight_names()
@@ -195,6 +210,7 @@ def token_terms(cfg: MemoryConfig, grad_point, block):
   lagged, end_rows = _coefficients(cfg, block)
   return {
     "q": q,
+    "h_queries": h_queries,  # the MLP at W̄ for the queries (exact mode), or None
     "zs": zs,
     "deltas": deltas,
     "g_gamma": g_gamma,
@@ -223,7 +239,7 @@ def retrieve_block(cfg: MemoryConfig, weights, momentum, terms):
     return [weights[n]] + [momentum[n][o] for o in range(O)]
 
   h = q
-  for l in range(cfg.depth):
+  for l in range(cfg.depth if terms["h_queries"] is None else 0):
     n = f"w{l}"
     z = h if l == 0 else act(h)
     if K == 1:  # one group: it reads W_start exactly (lagged row 0 is e_0)
@@ -236,6 +252,8 @@ def retrieve_block(cfg: MemoryConfig, weights, momentum, terms):
     coef_tok = jnp.repeat(jnp.repeat(grad_coef(n), C, axis=2), C, axis=3)  # B×H×N×N
     scores = jnp.einsum("bhni,bhmi->bhnm", z, zs[l]) * coef_tok
     h = out + jnp.einsum("bhnm,bhmo->bhno", scores, deltas[l])
+  if terms["h_queries"] is not None:  # exact mode: computed with the keys at W̄ = W_start
+    h = terms["h_queries"]
   if cfg.residual_norm and K == 1:
     h = layernorm_noaffine(h) * (weights["gamma"][:, :, None] + 1.0) + q
   elif cfg.residual_norm:
