@@ -35,12 +35,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from benchmarks import timing
-from titans_jax.config import TrainConfig
+from benchmarks import step_race, timing
 from titans_jax.memory.module import NeuralMemory
-from titans_jax.runtime import build
-from titans_jax.runtime import optimizer as opt_lib
-from titans_jax.runtime import steps as ts
 
 
 def _identity_memory(self, x, state=None):
@@ -48,10 +44,8 @@ def _identity_memory(self, x, state=None):
 
 
 def train_step_program(cfg, batch: int, seq: int, ablate_memory: bool):
-  """A function that runs a compiled train step once (its state carried), and the
-  compiled step."""
-  tcfg = TrainConfig(steps=100, batch_size=batch, warmup_steps=1)
-  tx = opt_lib.make_optimizer(tcfg)
+  """`step_race.step_runner` of `cfg`, traced with the memory ablated or not: a function
+  that runs the compiled train step once, and the compiled step."""
   patch = (
     mock.patch.object(NeuralMemory, "__call__", _identity_memory)
     if ablate_memory
@@ -59,17 +53,7 @@ def train_step_program(cfg, batch: int, seq: int, ablate_memory: bool):
   )
   with patch:  # the patch only matters while the step is traced
     jax.clear_caches()  # jit reuses a trace of the same function: force a fresh one
-    graphdef, state = ts.create_train_state(build.build_model(cfg, 0), tx)
-    step = ts.make_train_step(graphdef, tx, opt_lib.lr_schedule(tcfg), 1, donate=True)
-    data = timing.random_batch(batch, seq, cfg.vocab_size, 0)
-    compiled = step.lower(state, data).compile()
-  box = [state]
-
-  def run():
-    box[0], metrics = compiled(box[0], data)
-    jax.block_until_ready((box[0], metrics))
-
-  return run, compiled
+    return step_race.step_runner(cfg, batch, seq)
 
 
 def memory_alone_program(cfg, batch: int, seq: int):

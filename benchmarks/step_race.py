@@ -41,7 +41,8 @@ def parse_entry(entry: str, shared: list[str]) -> tuple[str, list[str]]:
 
 
 def step_runner(cfg, batch: int, seq: int):
-  """A function that runs `cfg`'s compiled train step once (state carried)."""
+  """A function that runs `cfg`'s compiled train step once (state carried), and the
+  compiled step."""
   tcfg = TrainConfig(steps=100, batch_size=batch, warmup_steps=1)
   tx = opt_lib.make_optimizer(tcfg)
   graphdef, state = ts.create_train_state(build.build_model(cfg, 0), tx)
@@ -54,7 +55,7 @@ def step_runner(cfg, batch: int, seq: int):
     box[0], metrics = compiled(box[0], data)
     jax.block_until_ready((box[0], metrics))
 
-  return run
+  return run, compiled
 
 
 def main(argv=None) -> int:
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
   for name, (variant, overrides) in zip(args.entries, entries):
     cfg = timing.model_config(args.preset, variant, args.dtype, overrides)
     t = time.perf_counter()
-    runners[name] = step_runner(cfg, args.batch, args.seq)
+    runners[name] = step_runner(cfg, args.batch, args.seq)[0]
     runners[name]()  # warm-up
     print(f"{name}: compiled and warmed up in {time.perf_counter() - t:.1f} s", flush=True)
   times = {name: [] for name in runners}
