@@ -262,6 +262,53 @@ def test_remat_blocks_saves_one_carry_per_group():
   assert saved_weight_carries(5) == 3 + 1  # three groups, and the block left over
 
 
+@pytest.mark.parametrize(
+  "mode,extra,dtype,lo,hi",
+  [
+    # float64 carries saved as float32: gradients off by float32 rounding, no more
+    ("paper_conv", {}, "float32", 1e-12, 1e-5),
+    ("paper_conv", {"remat_blocks": 2, "impl": "primal"}, "float32", 1e-12, 1e-5),
+    ("commit_2chunks", {}, "float32", 1e-12, 1e-5),
+    # as bfloat16: 8 mantissa bits
+    ("paper_conv", {}, "bfloat16", 1e-5, 5e-2),
+  ],
+)
+def test_saved_carry_dtype_exact_forward_rounded_backward(mode, extra, dtype, lo, hi):
+  """`saved_carry_dtype` keeps the backward's per-block carries in a narrower dtype: the
+  forward (value, output) is the exact one bit for bit; the gradients are those of the
+  blocks recomputed from rounded carries — off from the exact ones (float64) by the
+  rounding of that dtype, not more, and not by nothing (the option is in effect)."""
+  cfg = GRAD_MODES[mode].replace(remat=True, **extra)
+  with jax.enable_x64(True):
+    params, x, r = grad_inputs(cfg)
+    (v, y), g = value_and_grad_fast(params, x, r, cfg)
+    (v_n, y_n), g_n = value_and_grad_fast(params, x, r, cfg.replace(saved_carry_dtype=dtype))
+    assert float(v_n) == float(v)
+    np.testing.assert_array_equal(np.asarray(y_n), np.asarray(y))
+    scale = max(float(jnp.abs(a).max()) for a in jax.tree.leaves(g))
+    err = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g_n), jax.tree.leaves(g)))
+    assert lo * scale < err < hi * scale, (err, scale)
+
+
+def test_saved_carry_dtype_is_the_dtype_of_the_saved_carries():
+  """What the option is for, counted on the residuals of the call's vjp: the 16 stacked
+  weight carries are kept in bfloat16, not in the inner float32."""
+  from titans_jax.memory import core
+
+  cfg = paper(dim=4, heads=2, chunk_size=2, expansion=2.0, **F32).replace(remat=True)
+  T = 32  # 16 one-chunk blocks
+
+  def saved_weight_carries(c):
+    params, x = make_inputs(c, T, B=1, seed=3)
+    vjp = jax.eval_shape(lambda p: jax.vjp(lambda q: core.apply(q, x, c)[0].sum(), p)[1], params)
+    w = params["W0"]["w0"].shape  # H×i×o; the scan stacks N×B×H×i×o
+    return [(a.shape[0], a.dtype) for a in jax.tree.leaves(vjp) if a.ndim == 5 and a.shape[2:] == w]
+
+  assert (16, jnp.float32) in saved_weight_carries(cfg)
+  narrow = saved_weight_carries(cfg.replace(saved_carry_dtype="bfloat16"))
+  assert (16, jnp.bfloat16) in narrow and (16, jnp.float32) not in narrow, narrow
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("impl", ["dual", "primal"])
 def test_tied_gradient_point_equals_carried(impl, monkeypatch):
@@ -316,6 +363,12 @@ def test_bad_configs_raise():
   for m in (0.0, -1.0, float("nan")):
     with pytest.raises(ValueError, match="max_surprise_norm"):
       MemoryConfig(dim=8, max_surprise_norm=m)
+  with pytest.raises(ValueError, match="saved_carry_dtype='int8'"):
+    MemoryConfig(dim=8, saved_carry_dtype="int8")
+  with pytest.raises(ValueError, match="saved_carry_dtype needs .* remat=False"):
+    MemoryConfig(dim=8, remat=False, saved_carry_dtype="bfloat16")
+  with pytest.raises(ValueError, match="saved_carry_dtype: impl='pallas'"):
+    MemoryConfig.paper(dim=8, chunk_size=4, impl="pallas", saved_carry_dtype="bfloat16")
 
 
 def test_bad_inputs_raise():

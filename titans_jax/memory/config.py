@@ -101,6 +101,12 @@ class MemoryConfig:
       per group instead of once per block and recomputes each block once, as remat
       per block does. Fewer weight-size carries written and read back; the same
       compute. Does not change the result (docs/memory.md §7).
+    saved_carry_dtype: the dtype in which the backward keeps each block's carried
+      (W, S) (the per-block checkpoints; turns `remat` on). None (default): the inner
+      dtype — exact. A narrower one ("bfloat16") halves those saved carries; the
+      forward is unchanged, but the backward recomputes each block from the rounded
+      carry, so the gradients are approximate (docs/memory.md §7). Not with
+      impl="pallas" (the kernel keeps its own checkpoints) or remat=False.
     impl: how a commit block is computed (docs/memory.md). "primal": per-chunk
       gradients, recurrences over the per-chunk weight tensors and retrieval from K
       materialised weight sets. "dual": the same maths with no per-chunk weights —
@@ -159,6 +165,7 @@ class MemoryConfig:
   remat: Optional[bool] = None
   scan_remat_every: Optional[int] = None
   remat_blocks: int = 1
+  saved_carry_dtype: Optional[str] = None
   impl: str = "auto"
 
   def __post_init__(self):
@@ -237,6 +244,13 @@ class MemoryConfig:
       bad(f"scan_remat_every must be a positive int or None, got {self.scan_remat_every!r}")
     if not (isinstance(self.remat_blocks, int) and self.remat_blocks > 0):
       bad(f"remat_blocks must be a positive int, got {self.remat_blocks!r}")
+    if self.saved_carry_dtype is not None:
+      if self.saved_carry_dtype not in DTYPES:
+        bad(f"saved_carry_dtype={self.saved_carry_dtype!r} is not one of {DTYPES} or None")
+      if self.remat is False:
+        bad("saved_carry_dtype needs the per-block checkpoints: remat=False turns them off")
+      if self.impl == "pallas":
+        bad("saved_carry_dtype: impl='pallas' keeps its own checkpoints (in the inner dtype)")
     if self.chunks_per_block is not None:
       if not (isinstance(self.chunks_per_block, int) and self.chunks_per_block > 0):
         bad(f"chunks_per_block must be a positive int or None, got {self.chunks_per_block!r}")

@@ -151,8 +151,41 @@ def _tied_gradient_point(step):
   return tied
 
 
-def _maybe_remat(step, remat: bool):
-  return jax.checkpoint(step) if remat else step
+def _checkpoint_saving(step, saved_dtype: Optional[str]):
+  """`jax.checkpoint(step)` for a scan step `(carry, blocks) -> (carry, y)`; with
+  `saved_dtype`, the carry kept for the backward is stored in that dtype instead. The
+  forward is unchanged (it runs on the full carry); the backward recomputes the step
+  from the rounded carry, so its gradients are approximate (MemoryConfig.saved_carry_dtype)."""
+  if saved_dtype is None:
+    return jax.checkpoint(step)
+  narrow = jnp.dtype(saved_dtype)
+
+  @jax.custom_vjp
+  def checkpointed(carry, blocks):
+    return step(carry, blocks)
+
+  def floating(x):
+    return jnp.issubdtype(x.dtype, jnp.floating)
+
+  def forward(carry, blocks):
+    saved = jax.tree.map(lambda c: c.astype(narrow) if floating(c) else c, carry)
+    return step(carry, blocks), (saved, blocks)
+
+  def backward(residuals, cotangents):
+    saved, blocks = residuals
+    # a float carry's cotangent has the carry's own dtype
+    carry = jax.tree.map(
+      lambda s, ct: s.astype(ct.dtype) if floating(s) else s, saved, cotangents[0]
+    )
+    _, vjp = jax.vjp(step, carry, blocks)
+    return vjp(cotangents)
+
+  checkpointed.defvjp(forward, backward)
+  return checkpointed
+
+
+def _maybe_remat(step, remat: bool, saved_dtype: Optional[str] = None):
+  return _checkpoint_saving(step, saved_dtype) if remat else step
 
 
 def _unrolled(step, n: int):
@@ -184,20 +217,22 @@ def _scan_in_groups(group_step, rest_scan, carry0, blocks, n: int):
   return carry, jnp.concatenate([y_head, y_tail], axis=0)
 
 
-def _scan_remat_groups(step, carry0, blocks, remat: bool, per_checkpoint: int):
+def _scan_remat_groups(
+  step, carry0, blocks, remat: bool, per_checkpoint: int, saved_dtype: Optional[str] = None
+):
   """`lax.scan(step, carry0, blocks)` where, with `remat`, each scan step runs
   `per_checkpoint` blocks under one checkpoint: the backward keeps the carry only at
   the start of each group and recomputes the group's blocks once — the recomputation
   of remat per block, with 1/per_checkpoint of the saved carries (each a weight-size
   write in the forward and a read in the backward). The N mod n blocks left over run
-  one per checkpoint. Same values."""
+  one per checkpoint. Same values (`saved_dtype`: `_checkpoint_saving`)."""
   num_blocks = jax.tree.leaves(blocks)[0].shape[0]
   n = min(per_checkpoint, num_blocks) if remat else 1
   if n <= 1:
-    return lax.scan(_maybe_remat(step, remat), carry0, blocks)
+    return lax.scan(_maybe_remat(step, remat, saved_dtype), carry0, blocks)
   return _scan_in_groups(
-    jax.checkpoint(_unrolled(step, n)),
-    lambda carry, rest: lax.scan(jax.checkpoint(step), carry, rest),
+    _checkpoint_saving(_unrolled(step, n), saved_dtype),
+    lambda carry, rest: lax.scan(_checkpoint_saving(step, saved_dtype), carry, rest),
     carry0,
     blocks,
     n,
@@ -207,7 +242,15 @@ def _scan_remat_groups(step, carry0, blocks, remat: bool, per_checkpoint: int):
 SCAN_CARRY_NAME = "memory_scan_carry"  # the carries the two-level scan saves (a remat name)
 
 
-def _scan_blocks(step, carry0, blocks, remat: bool, every: Optional[int], per_checkpoint: int = 1):
+def _scan_blocks(
+  step,
+  carry0,
+  blocks,
+  remat: bool,
+  every: Optional[int],
+  per_checkpoint: int = 1,
+  saved_dtype: Optional[str] = None,
+):
   """`lax.scan(step, carry0, blocks)` over the leading (block) axis, with the backward's
   memory chosen by `remat` (each step recomputed from its carry; `per_checkpoint`
   blocks to a checkpoint, `_scan_remat_groups`) and `every`.
@@ -221,7 +264,7 @@ def _scan_blocks(step, carry0, blocks, remat: bool, every: Optional[int], per_ch
   num_blocks = jax.tree.leaves(blocks)[0].shape[0]
 
   def scan(carry, blocks):
-    return _scan_remat_groups(step, carry, blocks, remat, per_checkpoint)
+    return _scan_remat_groups(step, carry, blocks, remat, per_checkpoint, saved_dtype)
 
   if every is None or every >= num_blocks or every == 1:
     return scan(carry0, blocks)
@@ -370,7 +413,8 @@ def apply(
       blocks[name] = chunks_to_blocks(gates[name])
 
   dual = use_dual(cfg)
-  remat = cfg.remat if cfg.remat is not None else dual
+  # saved_carry_dtype acts on the per-block checkpoints: it turns remat on
+  remat = cfg.remat if cfg.remat is not None else (dual or cfg.saved_carry_dtype is not None)
   step = jax.named_scope("memory_block")(
     functools.partial(dual_block_step if dual else block_step, cfg)
   )
@@ -388,12 +432,19 @@ def apply(
       remat,
       cfg.scan_remat_every,
       cfg.remat_blocks,
+      cfg.saved_carry_dtype,
     )
     grad_point = weights
   else:
     carry0 = (state["weights"], state["momentum"], state["grad_point"])
     (weights, momentum, grad_point), y_blocks = _scan_blocks(
-      step, carry0, blocks, remat, cfg.scan_remat_every, cfg.remat_blocks
+      step,
+      carry0,
+      blocks,
+      remat,
+      cfg.scan_remat_every,
+      cfg.remat_blocks,
+      cfg.saved_carry_dtype,
     )
 
   # N×B×H×K×C×d -> B×L×H×d (shifted by one token), then the last token with final W.
