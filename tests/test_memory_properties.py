@@ -240,26 +240,28 @@ def test_remat_blocks_same_values_and_gradients(mode, n, every, T):
   _assert_same_values_and_gradients(cfg, cfg.replace(remat_blocks=n), T, f"remat_blocks={n}")
 
 
+def _saved_weight_carries(cfg, T: int = 32) -> list[tuple[int, jnp.dtype]]:
+  """(blocks, dtype) of each stack of carried fast weights among the residuals of the
+  call's vjp — traced, not run (T = 32: 16 one-chunk blocks at chunk 2)."""
+  from titans_jax.memory import core
+
+  params, x = make_inputs(cfg, T, B=1, seed=3)
+  vjp = jax.eval_shape(lambda p: jax.vjp(lambda q: core.apply(q, x, cfg)[0].sum(), p)[1], params)
+  w = params["W0"]["w0"].shape  # H×i×o; the scan stacks N×B×H×i×o
+  stacked = [
+    (a.shape[0], a.dtype) for a in jax.tree.leaves(vjp) if a.ndim == 5 and a.shape[2:] == w
+  ]
+  assert stacked, "no stacked carry among the residuals"
+  return stacked
+
+
 def test_remat_blocks_saves_one_carry_per_group():
   """What the option is for: the backward keeps the carried fast weights once per
   group of n blocks — counted on the residuals of the call's vjp."""
-  from titans_jax.memory import core
-
   cfg = GRAD_MODES["paper_conv"].replace(remat=True)
-  T = 32  # 16 one-chunk blocks
-
-  def saved_weight_carries(n):
-    c = cfg.replace(remat_blocks=n)
-    params, x = make_inputs(c, T, B=1, seed=3)
-    # traced, not run: the vjp closure's residuals as shapes
-    vjp = jax.eval_shape(lambda p: jax.vjp(lambda q: core.apply(q, x, c)[0].sum(), p)[1], params)
-    w = params["W0"]["w0"].shape  # H×i×o; the scan stacks N×B×H×i×o
-    stacked = [a.shape[0] for a in jax.tree.leaves(vjp) if a.ndim == 5 and a.shape[2:] == w]
-    assert stacked, "no stacked carry among the residuals"
-    return sum(stacked)
-
-  assert saved_weight_carries(1) == 16
-  assert saved_weight_carries(5) == 3 + 1  # three groups, and the block left over
+  blocks = lambda n: sum(count for count, _ in _saved_weight_carries(cfg.replace(remat_blocks=n)))
+  assert blocks(1) == 16
+  assert blocks(5) == 3 + 1  # three groups, and the block left over
 
 
 @pytest.mark.parametrize(
@@ -293,19 +295,9 @@ def test_saved_carry_dtype_exact_forward_rounded_backward(mode, extra, dtype, lo
 def test_saved_carry_dtype_is_the_dtype_of_the_saved_carries():
   """What the option is for, counted on the residuals of the call's vjp: the 16 stacked
   weight carries are kept in bfloat16, not in the inner float32."""
-  from titans_jax.memory import core
-
   cfg = paper(dim=4, heads=2, chunk_size=2, expansion=2.0, **F32).replace(remat=True)
-  T = 32  # 16 one-chunk blocks
-
-  def saved_weight_carries(c):
-    params, x = make_inputs(c, T, B=1, seed=3)
-    vjp = jax.eval_shape(lambda p: jax.vjp(lambda q: core.apply(q, x, c)[0].sum(), p)[1], params)
-    w = params["W0"]["w0"].shape  # H×i×o; the scan stacks N×B×H×i×o
-    return [(a.shape[0], a.dtype) for a in jax.tree.leaves(vjp) if a.ndim == 5 and a.shape[2:] == w]
-
-  assert (16, jnp.float32) in saved_weight_carries(cfg)
-  narrow = saved_weight_carries(cfg.replace(saved_carry_dtype="bfloat16"))
+  assert (16, jnp.float32) in _saved_weight_carries(cfg)
+  narrow = _saved_weight_carries(cfg.replace(saved_carry_dtype="bfloat16"))
   assert (16, jnp.bfloat16) in narrow and (16, jnp.float32) not in narrow, narrow
 
 
