@@ -238,8 +238,10 @@ def retrieve_block(cfg: MemoryConfig, weights, momentum, terms):
   def start_list(n):  # [W_start, S_start^0, …], each B×H×...
     return [weights[n]] + [momentum[n][o] for o in range(O)]
 
-  h = q
-  for l in range(cfg.depth if terms["h_queries"] is None else 0):
+  # Exact mode: the MLP at W̄ = W_start ran with the keys (token_terms); no layer here.
+  fused = terms["h_queries"] is not None
+  h = terms["h_queries"] if fused else q
+  for l in () if fused else range(cfg.depth):
     n = f"w{l}"
     z = h if l == 0 else act(h)
     if K == 1:  # one group: it reads W_start exactly (lagged row 0 is e_0)
@@ -252,8 +254,6 @@ def retrieve_block(cfg: MemoryConfig, weights, momentum, terms):
     coef_tok = jnp.repeat(jnp.repeat(grad_coef(n), C, axis=2), C, axis=3)  # B×H×N×N
     scores = jnp.einsum("bhni,bhmi->bhnm", z, zs[l]) * coef_tok
     h = out + jnp.einsum("bhnm,bhmo->bhno", scores, deltas[l])
-  if terms["h_queries"] is not None:  # exact mode: computed with the keys at W̄ = W_start
-    h = terms["h_queries"]
   if cfg.residual_norm and K == 1:
     h = layernorm_noaffine(h) * (weights["gamma"][:, :, None] + 1.0) + q
   elif cfg.residual_norm:
