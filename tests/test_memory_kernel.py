@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from titans_jax import sharding
-from titans_jax.memory import MemoryConfig, apply
+from titans_jax.memory import MemoryConfig, apply, init_state
 from titans_jax.memory import kernel as K
 
-from helpers import F32, apply_jit, compare, make_inputs, paper
+from helpers import F32, apply_jit, compare, make_inputs, make_params, paper
 
 
 @pytest.fixture(autouse=True)
@@ -107,6 +107,55 @@ def test_kernel_continues_a_stream_like_one_call_x64():
     )
     _assert_trees_close(state["weights"], s_ref["weights"], 1e-10)
     _assert_trees_close(state["momentum"], s_ref["momentum"], 1e-10)
+
+
+def _pallas_operand_dtypes(jaxpr) -> list:
+  """Operand dtypes of every pallas_call in a jaxpr, nested jaxprs included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "pallas_call":
+      found += [x.aval.dtype for x in eqn.invars]
+    for value in eqn.params.values():
+      inner = getattr(value, "jaxpr", value)  # ClosedJaxpr -> Jaxpr
+      if hasattr(inner, "eqns"):
+        found += _pallas_operand_dtypes(inner)
+  return found
+
+
+def test_kernel_reads_bfloat16_tokens_and_returns_what_casting_first_gave():
+  """bfloat16 k, v, q go into the kernel as they are (half the HBM reads of float32
+  copies) and are widened on chip: y, the final state and the cotangents of k, v, q and
+  the gates are bit for bit those of widening them before the call (what `core` did)."""
+  cfg = paper(dim=16, chunk_size=16, scan_remat_every=2, **F32)
+  B, T, H, d = 1, 48, cfg.heads, cfg.head_dim
+  state = init_state(make_params(cfg, 3), cfg, B)
+  rng = np.random.default_rng(6)
+  k, v, q = (jnp.asarray(rng.normal(size=(B, H, T, d)), jnp.bfloat16) for _ in range(3))
+  gate_cols = [rng.uniform(0.0, 0.5, (B, H, T))] + [
+    np.repeat(rng.uniform(lo, hi, (B, H, T // 16)), 16, axis=2) for lo, hi in ((0, 0.1), (0.5, 1))
+  ]
+  gates = jnp.asarray(np.stack(gate_cols + [np.ones((B, H, T))], axis=-1), jnp.float32)
+
+  def scan(widen_first):
+    def f(ws, ss, k, v, q, g):
+      if widen_first:
+        k, v, q = (t.astype(jnp.float32) for t in (k, v, q))
+      return K.chunk_scan(cfg, ws, ss, k, v, q, g, platform="cpu", interpret=True)
+
+    args = (state["weights"], state["momentum"], k, v, q, gates)
+    out, vjp = jax.vjp(f, *args)
+    cot = jax.tree.map(lambda t: jnp.asarray(rng.normal(size=t.shape), t.dtype), out)
+    return out, vjp(cot), _pallas_operand_dtypes(jax.make_jaxpr(f)(*args).jaxpr)
+
+  rng_state = rng.bit_generator.state
+  out_n, cot_n, dtypes_n = scan(widen_first=False)
+  rng.bit_generator.state = rng_state  # the same output cotangents for both
+  out_w, cot_w, dtypes_w = scan(widen_first=True)
+  assert jnp.bfloat16 in dtypes_n and jnp.bfloat16 not in dtypes_w
+  for a, b in zip(jax.tree.leaves((out_n, cot_n)), jax.tree.leaves((out_w, cot_w))):
+    assert a.dtype == b.dtype
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+  assert cot_n[2].dtype == jnp.bfloat16 and float(jnp.abs(cot_n[2]).max()) > 0
 
 
 def test_kernel_under_shard_map_equals_xla_on_a_cpu_mesh():

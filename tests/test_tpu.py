@@ -389,3 +389,31 @@ def test_memory_kernel_with_long_segments_raises_its_vmem_limit():
   grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4, 5)))
   text = grad.lower(weights, momentum, tokens, tokens, tokens, gates).compile().as_text()
   assert text.count("titans_memory_scan_bwd") >= 1 and text.count("titans_memory_scan_fwd") >= 1
+
+
+def test_memory_kernel_takes_bfloat16_tokens_on_tpu():
+  """bfloat16 k, v, q (the activations of a bf16 model; chunks of 16 rows fill the packed
+  16×128 tiles) go into the forward and backward kernels as they are, and the backward
+  returns their cotangents in bfloat16: Mosaic compiles the narrow tiles for v5e."""
+  from titans_jax.memory import MemoryConfig
+  from titans_jax.memory import kernel as K
+
+  cfg = MemoryConfig.paper(64, heads=1, chunk_size=16, impl="pallas", scan_remat_every=2)
+  mesh = jax.sharding.Mesh(np.array(aot.target_devices(TARGET)[:1]), ("x",))
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  T = 4 * 16
+  spec = lambda *shape, dt=jnp.float32: jax.ShapeDtypeStruct(shape, dt, sharding=rep)
+  weights = {"w0": spec(1, 1, 64, 256), "w1": spec(1, 1, 256, 64)}
+  momentum = {"w0": spec(1, 1, 1, 64, 256), "w1": spec(1, 1, 1, 256, 64)}
+  tokens, gates = spec(1, 1, T, 64, dt=jnp.bfloat16), spec(1, 1, T, 4)
+
+  def loss(weights, momentum, k, v, q, g):
+    w, s, y = K.chunk_scan(cfg, weights, momentum, k, v, q, g, platform="tpu")
+    return jnp.sum(y) + sum(jnp.sum(x) for x in jax.tree.leaves((w, s)))
+
+  grad = jax.jit(jax.grad(loss, argnums=(2, 3, 4)))
+  text = grad.lower(weights, momentum, tokens, tokens, tokens, gates).compile().as_text()
+  calls = [line for line in text.splitlines() if MOSAIC in line]
+  assert len(calls) == 2, len(calls)  # forward, backward
+  for line in calls:  # k, v, q in; the backward's dk, dv, dq out
+    assert line.count("bf16[1,1,64,64]") >= 3, line[:300]

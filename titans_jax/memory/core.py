@@ -302,9 +302,9 @@ def _kernel_scan(cfg: MemoryConfig, state: State, blocks, B: int, N: int, inner)
     cfg,
     state["weights"],
     state["momentum"],
-    tokens(blocks["keys"]).astype(inner),
-    tokens(blocks["values"]).astype(inner),
-    tokens(blocks["queries"]).astype(inner),
+    tokens(blocks["keys"]),  # in the activation dtype: the kernel widens them on chip
+    tokens(blocks["values"]),
+    tokens(blocks["queries"]),
     gates,
     platform=target_platform(),
   )

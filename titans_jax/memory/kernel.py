@@ -150,12 +150,15 @@ def _traced_chunk_flops(cfg: MemoryConfig, wshapes: tuple, M: int, C: int, d: in
 
 
 def _chunk_inputs(k_ref, v_ref, q_ref, g_ref, c, C):
+  """Chunk c's tokens and gates, the tokens widened on chip to the gates' (the fast
+  weights') dtype: k, v, q may arrive narrower (`chunk_scan`), which halves their HBM
+  reads and leaves every value the step sees as it was."""
   rows = pl.ds(pl.multiple_of(c * C, C), C)
   g = g_ref[rows, :]
   return (
-    k_ref[rows, :],
-    v_ref[rows, :],
-    q_ref[rows, :],
+    k_ref[rows, :].astype(g.dtype),
+    v_ref[rows, :].astype(g.dtype),
+    q_ref[rows, :].astype(g.dtype),
     g[:, 0:1],
     g[0:1, 1:2],
     g[0:1, 2:3],
@@ -334,7 +337,7 @@ def _backward_call(cfg, n, interpret, ck, k, v, q, g, dy, dlast):
   S, per_head, tokens, ckpt = _specs(T, n, C, reverse=True)
   dt = ck[0].dtype
   out_shape = (
-    [jax.ShapeDtypeStruct((B, H, T, d), dt)] * 3
+    [jax.ShapeDtypeStruct((B, H, T, d), k.dtype)] * 3  # cotangents in the tokens' dtype
     + [jax.ShapeDtypeStruct((B, H, T, len(GATE_COLUMNS)), dt)]
     + [jax.ShapeDtypeStruct((B, H) + s, dt) for s in wshapes]
   )
@@ -376,7 +379,7 @@ def _scan_bwd(cfg, n, interpret, residuals, cotangents):
   ck, k, v, q, g = residuals
   (dws, dss), dy = cotangents
   (dk, dv, dq, dg), dcarry = _backward_call(
-    cfg, n, interpret, ck, k, v, q, g, dy.astype(k.dtype), list(dws) + list(dss)
+    cfg, n, interpret, ck, k, v, q, g, dy.astype(ck[0].dtype), list(dws) + list(dss)
   )
   L = len(dws)  # dg's "valid" column is 0: the kernel writes no cotangent for a mask
   return (list(dcarry[:L]), list(dcarry[L:])), dk, dv, dq, dg
@@ -404,9 +407,11 @@ def chunk_scan(
 
   weights: {"w0": B×H×i×o, …}; momentum: {"w0": O×B×H×i×o, …} (O ≤ 1; {} without
   momentum); keys, values, queries (shifted one token right, as `core.apply` lays them
-  out): B×H×T×d in the inner dtype, T a multiple of the chunk size; gates: B×H×T×4
-  (θ per token; α, η and valid per chunk, repeated over its tokens). Returns
-  (weights, momentum, y B×H×T×d) — y_t read from the weights before t's chunk.
+  out): B×H×T×d in any float dtype (the activations'; the kernel widens them to the
+  inner dtype on chip and returns their cotangents in their own dtype), T a multiple of
+  the chunk size; gates: B×H×T×4 in the inner dtype (θ per token; α, η and valid per
+  chunk, repeated over its tokens). Returns (weights, momentum, y B×H×T×d in the inner
+  dtype) — y_t read from the weights before t's chunk.
   """
   reason = cfg.kernel_unsupported()
   if reason is not None:
@@ -423,6 +428,8 @@ def chunk_scan(
   B, H, T, d = keys.shape
   chunks = T // C
   n = min(n, chunks)
+  if C % (32 // jnp.dtype(keys.dtype).itemsize):  # a chunk must fill whole packed row tiles
+    keys, values, queries = (t.astype(gates.dtype) for t in (keys, values, queries))
   pad = (-chunks % n) * C  # identity chunks (valid = 0) to fill the last segment
   if pad:
     widen = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0)))
