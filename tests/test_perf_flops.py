@@ -225,3 +225,28 @@ ENTRY %main (p0: bf16[768,3392]) -> bf16[768,848] {
 """
   tile = 768 * 848 * 2
   assert hlo_cost.analyse(text)["bytes"] == 2 * tile
+
+
+def test_hlo_cost_charges_nothing_for_concat_bitcast_and_allocate_buffer():
+  """The memory-space assignment joins a sliced prefetch's side-by-side slices with a
+  ConcatBitcast custom call (no data moves) and allocates a loop's stack with
+  AllocateBuffer (uninitialised): only the consumer's read of the joined tile (and its
+  output) is charged, not the slices and the join again, nor the allocation."""
+  from titans_jax.perf import hlo_cost
+
+  text = """HloModule m, is_scheduled=true
+
+ENTRY %main (p0: f32[256,128]) -> (f32[256,128], f32[64,128]) {
+  %p0 = f32[256,128]{1,0} parameter(0)
+  %slice-start.1 = ((f32[256,128]{1,0}), f32[128,128]{1,0:S(1)}, s32[]{:S(2)}) slice-start(%p0), slice={[0:128], [0:128]}
+  %slice-start.2 = ((f32[256,128]{1,0}), f32[128,128]{1,0:S(1)}, s32[]{:S(2)}) slice-start(%p0), slice={[128:256], [0:128]}
+  %slice-done.1 = f32[128,128]{1,0:S(1)} slice-done(%slice-start.1)
+  %slice-done.2 = f32[128,128]{1,0:S(1)} slice-done(%slice-start.2)
+  %custom-call.1 = f32[256,128]{1,0:S(1)} custom-call(%slice-done.1, %slice-done.2), custom_call_target="ConcatBitcast"
+  %custom-call.2 = f32[64,128]{1,0} custom-call(), custom_call_target="AllocateBuffer"
+  %negate.1 = f32[256,128]{1,0} negate(%custom-call.1)
+  ROOT %tuple.1 = (f32[256,128]{1,0}, f32[64,128]{1,0}) tuple(%negate.1, %custom-call.2)
+}
+"""
+  buffer = 256 * 128 * 4
+  assert hlo_cost.analyse(text)["bytes"] == 2 * buffer  # the negate's read and write

@@ -52,8 +52,9 @@ _DTYPE_BYTES = {
   "u4": 1,
 }
 #: Version of the byte count, recorded with results computed from it (benchmarks/tpu_fit.py
-#: marks older records): 2 = async slices charged once, to their consumer.
-BYTE_COUNT = 2
+#: marks older records): 2 = async slices charged once, to their consumer; 3 = the
+#: memory-space assignment's ConcatBitcast and AllocateBuffer custom calls move nothing.
+BYTE_COUNT = 3
 _ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16|c64|c128|f8e4m3fn|f8e5m2)\[([\d,]*)\]")
 _NO_TRAFFIC = (
   "parameter",
@@ -75,6 +76,14 @@ _NO_TRAFFIC = (
   # these ops' operands and outputs charged the whole sliced buffer twice per tile
   "slice-start",
   "slice-done",
+)
+#: Custom calls that move no bytes: the TPU memory-space assignment lays a sliced
+#: prefetch's slices side by side and joins them with a ConcatBitcast (a bitcast: the
+#: consumer is charged for reading the result, as for the slices above); AllocateBuffer
+#: is an uninitialised buffer (a loop's stack, written by its in-place updates).
+_NO_TRAFFIC_CUSTOM_CALLS = (
+  'custom_call_target="ConcatBitcast"',
+  'custom_call_target="AllocateBuffer"',
 )
 
 
@@ -211,6 +220,8 @@ def _traffic(text: str, shapes: dict[str, str], computations) -> float:
   in-place update writes only the update (dynamic-update-slice: a loop stacking its
   outputs would otherwise count the whole stack every iteration)."""
   op = profile.opcode(text)
+  if op == "custom-call" and any(target in text for target in _NO_TRAFFIC_CUSTOM_CALLS):
+    return 0.0
   ops = _operands(text)
   out = _bytes(profile.shape_of(text))
   if op == "dynamic-slice":
