@@ -6,6 +6,7 @@ call's operands + outputs: W and S stay on chip), the roofline bound on step tim
 each figure as a ratio to SWA's.
 
   python benchmarks/memory_kernel_tpu.py            # 170m, 4K, batch 1, one v5e chip
+  python benchmarks/memory_kernel_tpu.py --every auto 8   # the kernel's segment lengths
   python benchmarks/memory_kernel_tpu.py --preset 340m --target v5p:1x1x1 --batch 4
 
 Writes --out (JSON: rows, device, date, commit, command) and prints the markdown table
@@ -77,7 +78,8 @@ def render(rows: list[dict]) -> str:
   for r in rows:
     scan = "—" if r["variant"] == "swa" else r["impl"]
     if r["impl"] == "pallas":
-      scan += f", carries every {r['scan_remat_every'] or 1} chunks"
+      every = r["scan_remat_every"]
+      scan += f", segments ≤ {every} chunks" if every else ", segments auto"
     if "error" in r:
       lines.append(f"| {r['variant']} | {scan} | did not compile: {r['error'][:120]} |" + " |" * 7)
       continue
@@ -99,7 +101,11 @@ def main(argv=None) -> int:
   ap.add_argument("--target", default="v5e:1x1", help="a TPU topology (one chip: v5e:1x1)")
   ap.add_argument("--variants", nargs="+", default=["mag", "mal", "mac"])
   ap.add_argument(
-    "--every", nargs="+", type=int, default=[8], help="the kernel's scan_remat_every values"
+    "--every",
+    nargs="+",
+    type=lambda s: None if s == "auto" else int(s),
+    default=[None],
+    help="the kernel's scan_remat_every values (auto: None, the kernel picks)",
   )
   ap.add_argument("--out", default=None, help="JSON (default: benchmarks/results/…)")
   args = ap.parse_args(argv)

@@ -30,9 +30,11 @@ CASES = {
   # (every 2nd carry saved, the other recomputed), 19 tokens (a pending chunk at the end)
   "paper_every2": (paper(scan_remat_every=2), 19),
   # one carry saved per chunk; strong forgetting
-  "paper_every1": (paper(init_decay_bias=0.0), 17),
-  # 5 chunks in segments of 3: the last segment is padded with identity chunks
-  "paper_every3_padded": (paper(scan_remat_every=3), 20),
+  "paper_every1": (paper(init_decay_bias=0.0, scan_remat_every=1), 17),
+  # scan_remat_every=None: the kernel picks its segments (here one of all 5 chunks)
+  "paper_auto_segments": (paper(), 17),
+  # 4 chunks + the idle one in segments of 3: the last is padded with identity chunks
+  "paper_every3_padded": (paper(scan_remat_every=3), 16),
   "no_momentum_depth3_silu": (paper(momentum=False, depth=3, activation="silu"), 19),
   "no_forget_depth1": (paper(forget=False, depth=1, scan_remat_every=2), 16),
   # the surprise clip, at a bound some chunks exceed (tests/test_memory_reference.py)
@@ -189,6 +191,25 @@ def test_kernel_counts_its_flops_from_the_traced_step():
   fwd, bwd = K._chunk_flops(cfg, [(d, h), (h, d), (d, h), (h, d)], 2, C, d, jnp.float32)
   assert fwd == 2 * C * (2 * d * h) * 2 + 2 * C * (2 * d * h) + 2 * C * d * h
   assert bwd > 2 * fwd  # recompute + the vjp (which runs the step's forward again)
+
+
+def test_segments_are_as_long_as_vmem_allows_and_split_evenly():
+  """scan_remat_every=None: the longest segment up to AUTO_SEGMENT_CHUNKS whose backward
+  fits AUTO_SEGMENT_VMEM (170m's 64×256 memory: 32; a 128×512 one: fewer); a cap keeps
+  its number of segments but spreads the chunks evenly over them (least padding)."""
+  small = [(64, 256), (256, 64)] * 2
+  big = [(128, 512), (512, 128)] * 2
+  cfg = MemoryConfig.paper(64, chunk_size=16, impl="pallas")
+  assert K.segment_chunks(cfg, 1024, 64, small) == K.AUTO_SEGMENT_CHUNKS
+  n_big = K.segment_chunks(cfg, 1024, 128, big)
+  assert 1 < n_big < K.AUTO_SEGMENT_CHUNKS
+  assert K.vmem_bytes(n_big, 16, 128, big, backward=True) <= K.AUTO_SEGMENT_VMEM
+  assert K.vmem_bytes(n_big + 1, 16, 128, big, backward=True) > K.AUTO_SEGMENT_VMEM
+  # 4K tokens + 16 persistent + the idle chunk = 258 chunks: 9 segments of 29, not of 32
+  # (3 padding chunks instead of 30); a cap of 8 keeps 8 (33 segments, 6 padding)
+  assert K.segment_chunks(cfg, 258, 64, small) == 29
+  assert K.segment_chunks(cfg.replace(scan_remat_every=8), 258, 64, small) == 8
+  assert K.segment_chunks(cfg.replace(scan_remat_every=8), 5, 64, small) == 5
 
 
 def test_unsupported_configs_are_one_line_errors():

@@ -276,25 +276,37 @@ def _scan_blocks(
   return _scan_in_groups(jax.checkpoint(group), scan, carry0, blocks, every)
 
 
-def _kernel_scan(cfg: MemoryConfig, state: State, blocks, B: int, N: int, inner):
+def _kernel_scan(cfg: MemoryConfig, state: State, blocks, q_last_BHd, B: int, N: int, inner):
   """`kernel.chunk_scan` on the blocks of the exact mode (one chunk per block): the
-  N×B×H×1×C×… block layout to the kernel's B×H×T×… and y back."""
+  N×B×H×1×C×… block layout to the kernel's B×H×T×…, and y_buf B×H×(N·C)×d back, heads
+  first as the kernel writes it (`_finish_output` reads either layout).
+
+  The kernel reads each query with the weights before the chunk of the token after it
+  (the queries are shifted one token right). One more chunk, an identity (valid = 0),
+  carries the buffer's last query, so the kernel also reads it with the final weights:
+  y_buf is the kernel's y from the second token on, with no concatenation after it."""
   C, H = cfg.chunk_size, cfg.heads
 
-  def tokens(t):  # N×B×H×1×C×… -> B×H×(N·C)×…
+  def tokens(t, first_of_idle_chunk=None):  # N×B×H×1×C×… -> B×H×((N+1)·C)×…
     t = jnp.moveaxis(t[:, :, :, 0], 0, 2)
-    return t.reshape((B, H, N * C) + t.shape[4:])
+    t = t.reshape((B, H, N * C) + t.shape[4:])
+    idle = jnp.zeros(t.shape[:2] + (C,) + t.shape[3:], t.dtype)
+    if first_of_idle_chunk is not None:
+      idle = idle.at[:, :, 0].set(first_of_idle_chunk.astype(t.dtype))
+    return jnp.concatenate([t, idle], axis=2)
 
-  def per_chunk(t_NBH):  # N×B×H -> B×H×(N·C)
-    return jnp.repeat(jnp.moveaxis(t_NBH, 0, 2), C, axis=2)
+  def per_chunk(t_NBH):  # N×B×H -> B×H×((N+1)·C), the idle chunk's entries 0
+    t = jnp.concatenate([t_NBH, jnp.zeros_like(t_NBH[:1])], axis=0)
+    return jnp.repeat(jnp.moveaxis(t, 0, 2), C, axis=2)
 
-  ones = jnp.ones((B, H, N * C), inner)  # no forgetting: α = 0; no momentum: η = 1
+  ones = jnp.ones((B, H, (N + 1) * C), inner)  # no forgetting: α = 0; no momentum: η = 1
+  valid_NBH = jnp.broadcast_to(blocks["valid"][:, :1, None], (N, B, H))
   gates = jnp.stack(
     [
       tokens(blocks["lr"]).astype(inner),
       per_chunk(blocks["alpha"][:, :, :, 0].astype(inner)) if cfg.forget else 0.0 * ones,
       per_chunk(blocks["eta"][:, :, :, 0, 0].astype(inner)) if cfg.momentum else ones,
-      per_chunk(jnp.broadcast_to(blocks["valid"][:, :1, None], (N, B, H)).astype(inner)),
+      per_chunk(valid_NBH.astype(inner)),
     ],
     axis=-1,
   )
@@ -304,12 +316,11 @@ def _kernel_scan(cfg: MemoryConfig, state: State, blocks, B: int, N: int, inner)
     state["momentum"],
     tokens(blocks["keys"]),  # in the activation dtype: the kernel widens them on chip
     tokens(blocks["values"]),
-    tokens(blocks["queries"]),
+    tokens(blocks["queries"], first_of_idle_chunk=q_last_BHd),
     gates,
     platform=target_platform(),
   )
-  y = jnp.moveaxis(y_BHTd.reshape(B, H, N, C, -1), 2, 0)
-  return weights, momentum, y[:, :, :, None]
+  return weights, momentum, y_BHTd[:, :, 1 : N * C + 1]
 
 
 @jax.named_scope("memory")  # profiles group the layer's ops by these scopes (perf.profile)
@@ -419,7 +430,9 @@ def apply(
     functools.partial(dual_block_step if dual else block_step, cfg)
   )
   if cfg.impl == "pallas":  # the exact mode's scan as one kernel (memory.kernel)
-    weights, momentum, y_blocks = _kernel_scan(cfg, state, blocks, B, num_blocks, inner)
+    weights, momentum, y_buf_BHLd = _kernel_scan(
+      cfg, state, blocks, q_buf[:, -1], B, num_blocks, inner
+    )
     grad_point = weights
   elif not _carries_gradient_point(cfg):
     # Commit after every chunk (the paper's exact mini-batch GD): a block is one
@@ -447,16 +460,19 @@ def apply(
       cfg.saved_carry_dtype,
     )
 
-  # N×B×H×K×C×d -> B×L×H×d (shifted by one token), then the last token with final W.
-  y_shift = jnp.moveaxis(y_blocks, 0, 1).reshape(B, num_blocks, H, kb, C, d)
-  y_shift = jnp.moveaxis(y_shift, 2, 4).reshape(B, L, H, d)
-  last = jax.vmap(jax.vmap(functools.partial(memory_forward, cfg=cfg)))(
-    weights, q_buf[:, -1].astype(inner)
-  )
-  y_buf = jnp.concatenate([y_shift[:, 1:], last[:, None]], axis=1)
-  y = lax.dynamic_slice_in_dim(y_buf, new_start, T, axis=1)  # B×T×H×d
-
-  y = _finish_output(params, y, xr, cfg).astype(act_dtype)
+  if cfg.impl == "pallas":  # heads first, as the kernel wrote it: no layout change of y
+    y = lax.dynamic_slice_in_dim(y_buf_BHLd, new_start, T, axis=2)  # B×H×T×d
+    y = _finish_output(params, y, xr, cfg, heads_first=True).astype(act_dtype)
+  else:
+    # N×B×H×K×C×d -> B×L×H×d (shifted by one token), then the last token with final W.
+    last = jax.vmap(jax.vmap(functools.partial(memory_forward, cfg=cfg)))(
+      weights, q_buf[:, -1].astype(inner)
+    )
+    y_shift = jnp.moveaxis(y_blocks, 0, 1).reshape(B, num_blocks, H, kb, C, d)
+    y_shift = jnp.moveaxis(y_shift, 2, 4).reshape(B, L, H, d)
+    y_buf = jnp.concatenate([y_shift[:, 1:], last[:, None]], axis=1)
+    y = lax.dynamic_slice_in_dim(y_buf, new_start, T, axis=1)  # B×T×H×d
+    y = _finish_output(params, y, xr, cfg).astype(act_dtype)
 
   # ---- next state ----
   new_pos = pos + T
@@ -484,18 +500,22 @@ def apply(
   return y, new_state
 
 
-def _finish_output(params, y_BTHd, xr_BTD, cfg: MemoryConfig):
-  """Post-norm, per-head gate, head merge and output projection."""
-  inner = y_BTHd.dtype
+def _finish_output(params, y, xr_BTD, cfg: MemoryConfig, heads_first: bool = False):
+  """Post-norm, per-head gate, head merge and output projection of y B×T×H×d (or
+  B×H×T×d with `heads_first`: the same values, no transpose before the projection)."""
+  inner = y.dtype
+  bth = "bht" if heads_first else "bth"
   if cfg.post_rmsnorm:
-    y_BTHd = rmsnorm(y_BTHd, params["post_norm"]["gamma"].astype(inner) + 1.0)
+    scale_Hd = params["post_norm"]["gamma"].astype(inner) + 1.0
+    y = rmsnorm(y, scale_Hd[:, None] if heads_first else scale_Hd)
   if cfg.has_gate:
     gate = jax.nn.sigmoid(
-      jnp.einsum("btD,Dh->bth", xr_BTD.astype(inner), params["gate"]["w"].astype(inner))
+      jnp.einsum(f"btD,Dh->{bth}", xr_BTD.astype(inner), params["gate"]["w"].astype(inner))
     )
-    y_BTHd = y_BTHd * gate[..., None]
+    y = y * gate[..., None]
   if cfg.has_out_proj:
-    return jnp.einsum("bthd,hdD->btD", y_BTHd, params["out_proj"].astype(inner))
+    return jnp.einsum(f"{bth}d,hdD->btD", y, params["out_proj"].astype(inner))
+  y_BTHd = jnp.moveaxis(y, 1, 2) if heads_first else y
   return y_BTHd.reshape(y_BTHd.shape[:2] + (cfg.inner_width,))
 
 

@@ -8,7 +8,7 @@ instance owns one (batch row, head) and walks its chunks in order, W and S in VM
   forward  (grid B×H×segments): per chunk j, y_j = M_{W_{j−1}}(q_j), the chunk's
            gradient at W_{j−1}, S_j = η_j S_{j−1} − G_j, W_j = (1 − α_j) W_{j−1} + S_j.
            It writes y and, once per segment of n chunks, (W, S) at the segment start
-           — the only weight-size HBM writes (n = `scan_remat_every`, 1 when None).
+           — the only weight-size HBM writes (n: `segment_chunks`).
   backward (same grid, segments in reverse): per segment, recompute its n carries from
            the checkpoint into VMEM, then walk them back with `jax.vjp` of one chunk's
            step (second order through the inner gradient included), carrying (dW, dS).
@@ -390,6 +390,27 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 
 # ------------------------------------------------------------------ entry point ---
 
+AUTO_SEGMENT_CHUNKS = 32  # the longest segment `scan_remat_every=None` picks
+AUTO_SEGMENT_VMEM = 32 * 2**20  # … while its backward fits this much VMEM
+
+
+def segment_chunks(cfg: MemoryConfig, chunks: int, d: int, wshapes) -> int:
+  """Chunks per segment n: one (W, S) checkpoint per segment goes to HBM, the backward
+  holds n carries in VMEM. `scan_remat_every` caps n; None lets the kernel take the
+  longest segment up to AUTO_SEGMENT_CHUNKS whose backward fits AUTO_SEGMENT_VMEM (the
+  checkpoints' bytes fall as 1/n). The chunks are then split into equal segments of as
+  few padding chunks as that many segments allows."""
+  cap = cfg.scan_remat_every
+  if cap is None:
+    fits = [
+      n
+      for n in range(1, AUTO_SEGMENT_CHUNKS + 1)
+      if vmem_bytes(n, cfg.chunk_size, d, wshapes, backward=True) <= AUTO_SEGMENT_VMEM
+    ]
+    cap = max(fits, default=1)
+  segments = -(-chunks // min(cap, chunks))
+  return -(-chunks // segments)
+
 
 def chunk_scan(
   cfg: MemoryConfig,
@@ -424,10 +445,10 @@ def chunk_scan(
     interpret = True
   names = cfg.fast_weight_names()
   C = cfg.chunk_size
-  n = cfg.scan_remat_every or 1
   B, H, T, d = keys.shape
+  wshapes = [weights[name].shape[2:] for name in names]
+  n = segment_chunks(cfg, T // C, d, wshapes + (wshapes if cfg.momentum else []))
   chunks = T // C
-  n = min(n, chunks)
   if C % (32 // jnp.dtype(keys.dtype).itemsize):  # a chunk must fill whole packed row tiles
     keys, values, queries = (t.astype(gates.dtype) for t in (keys, values, queries))
   pad = (-chunks % n) * C  # identity chunks (valid = 0) to fill the last segment
