@@ -115,10 +115,11 @@ class MemoryConfig:
       matmul over the block's tokens; not available with spectral_norm_surprises
       (Newton–Schulz is not linear). "auto" (default): "dual" wherever it is
       available, else "primal". "pallas": the exact mode's whole chunk scan as Pallas
-      TPU kernels, W and S kept on-chip across chunks and saved for the backward only
-      every `scan_remat_every` chunks (`memory.kernel`; `kernel_unsupported` says which
-      configs it takes; off a TPU it runs in the Pallas interpreter). Does not change
-      the result beyond rounding.
+      TPU kernels, W and S kept on-chip across chunks and saved for the backward once
+      per segment of at most `scan_remat_every` chunks (None: the kernel picks the
+      longest, up to 32, that its VMEM budget allows: `kernel.segment_chunks`;
+      `kernel_unsupported` says which configs it takes; off a TPU it runs in the
+      Pallas interpreter). Does not change the result beyond rounding.
   """
 
   dim: int
