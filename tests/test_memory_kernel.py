@@ -37,6 +37,8 @@ CASES = {
   "paper_every3_padded": (paper(scan_remat_every=3), 16),
   "no_momentum_depth3_silu": (paper(momentum=False, depth=3, activation="silu"), 19),
   "no_forget_depth1": (paper(forget=False, depth=1, scan_remat_every=2), 16),
+  # no gate, no output projection, no post-norm: y's heads merged by a reshape
+  "plain_output": (paper(gate=False, out_proj=False, post_rmsnorm=False, scan_remat_every=2), 19),
   # the surprise clip, at a bound some chunks exceed (tests/test_memory_reference.py)
   "paper_surprise_clip": (paper(max_surprise_norm=0.03, scan_remat_every=2), 19),
 }
