@@ -446,9 +446,9 @@ def chunk_scan(
   names = cfg.fast_weight_names()
   C = cfg.chunk_size
   B, H, T, d = keys.shape
-  wshapes = [weights[name].shape[2:] for name in names]
-  n = segment_chunks(cfg, T // C, d, wshapes + (wshapes if cfg.momentum else []))
   chunks = T // C
+  wshapes = [weights[name].shape[2:] for name in names]
+  n = segment_chunks(cfg, chunks, d, wshapes + (wshapes if cfg.momentum else []))
   if C % (32 // jnp.dtype(keys.dtype).itemsize):  # a chunk must fill whole packed row tiles
     keys, values, queries = (t.astype(gates.dtype) for t in (keys, values, queries))
   pad = (-chunks % n) * C  # identity chunks (valid = 0) to fill the last segment
