@@ -364,30 +364,38 @@ def test_does_not_fit_reports_by_how_much_and_fails_only_on_request(
   assert "do not fit v5e:2x2" in capsys.readouterr().err
 
 
-def test_memory_kernel_with_long_segments_raises_its_vmem_limit():
-  """A segment of 40 chunks keeps 41 carries (d=64, h=256: 15 MiB of scratch) in VMEM
-  for the backward, over Mosaic's 16 MiB default with the tiles: the kernel asks for
-  what it needs and the train-time pair (forward + backward) compiles for a v5e chip."""
+def _kernel_grad_hlo(every: int, chunks: int, token_dtype, argnums) -> str:
+  """The compiled v5e program of the gradient of one head's memory scan kernel (d=64,
+  h=256, chunks of 16, segments of `every`): forward and backward kernel."""
   from titans_jax.memory import MemoryConfig
   from titans_jax.memory import kernel as K
 
-  cfg = MemoryConfig.paper(64, heads=1, chunk_size=16, impl="pallas", scan_remat_every=40)
-  wshapes = [(64, 256), (256, 64)] * 2
-  assert K.vmem_bytes(40, 16, 64, wshapes, backward=True) > K.DEFAULT_SCOPED_VMEM
+  cfg = MemoryConfig.paper(64, heads=1, chunk_size=16, impl="pallas", scan_remat_every=every)
   mesh = jax.sharding.Mesh(np.array(aot.target_devices(TARGET)[:1]), ("x",))
   rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  T = 40 * 16
-  spec = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=rep)
+  T = chunks * 16
+  spec = lambda *shape, dt=jnp.float32: jax.ShapeDtypeStruct(shape, dt, sharding=rep)
   weights = {"w0": spec(1, 1, 64, 256), "w1": spec(1, 1, 256, 64)}
   momentum = {"w0": spec(1, 1, 1, 64, 256), "w1": spec(1, 1, 1, 256, 64)}
-  tokens, gates = spec(1, 1, T, 64), spec(1, 1, T, 4)
+  tokens, gates = spec(1, 1, T, 64, dt=token_dtype), spec(1, 1, T, 4)
 
   def loss(weights, momentum, k, v, q, g):
     w, s, y = K.chunk_scan(cfg, weights, momentum, k, v, q, g, platform="tpu")
     return jnp.sum(y) + sum(jnp.sum(x) for x in jax.tree.leaves((w, s)))
 
-  grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4, 5)))
-  text = grad.lower(weights, momentum, tokens, tokens, tokens, gates).compile().as_text()
+  grad = jax.jit(jax.grad(loss, argnums=argnums))
+  return grad.lower(weights, momentum, tokens, tokens, tokens, gates).compile().as_text()
+
+
+def test_memory_kernel_with_long_segments_raises_its_vmem_limit():
+  """A segment of 40 chunks keeps 41 carries (d=64, h=256: 15 MiB of scratch) in VMEM
+  for the backward, over Mosaic's 16 MiB default with the tiles: the kernel asks for
+  what it needs and the train-time pair (forward + backward) compiles for a v5e chip."""
+  from titans_jax.memory import kernel as K
+
+  wshapes = [(64, 256), (256, 64)] * 2
+  assert K.vmem_bytes(40, 16, 64, wshapes, backward=True) > K.DEFAULT_SCOPED_VMEM
+  text = _kernel_grad_hlo(40, 40, jnp.float32, argnums=(0, 1, 2, 3, 4, 5))
   assert text.count("titans_memory_scan_bwd") >= 1 and text.count("titans_memory_scan_fwd") >= 1
 
 
@@ -395,24 +403,7 @@ def test_memory_kernel_takes_bfloat16_tokens_on_tpu():
   """bfloat16 k, v, q (the activations of a bf16 model; chunks of 16 rows fill the packed
   16×128 tiles) go into the forward and backward kernels as they are, and the backward
   returns their cotangents in bfloat16: Mosaic compiles the narrow tiles for v5e."""
-  from titans_jax.memory import MemoryConfig
-  from titans_jax.memory import kernel as K
-
-  cfg = MemoryConfig.paper(64, heads=1, chunk_size=16, impl="pallas", scan_remat_every=2)
-  mesh = jax.sharding.Mesh(np.array(aot.target_devices(TARGET)[:1]), ("x",))
-  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  T = 4 * 16
-  spec = lambda *shape, dt=jnp.float32: jax.ShapeDtypeStruct(shape, dt, sharding=rep)
-  weights = {"w0": spec(1, 1, 64, 256), "w1": spec(1, 1, 256, 64)}
-  momentum = {"w0": spec(1, 1, 1, 64, 256), "w1": spec(1, 1, 1, 256, 64)}
-  tokens, gates = spec(1, 1, T, 64, dt=jnp.bfloat16), spec(1, 1, T, 4)
-
-  def loss(weights, momentum, k, v, q, g):
-    w, s, y = K.chunk_scan(cfg, weights, momentum, k, v, q, g, platform="tpu")
-    return jnp.sum(y) + sum(jnp.sum(x) for x in jax.tree.leaves((w, s)))
-
-  grad = jax.jit(jax.grad(loss, argnums=(2, 3, 4)))
-  text = grad.lower(weights, momentum, tokens, tokens, tokens, gates).compile().as_text()
+  text = _kernel_grad_hlo(2, 4, jnp.bfloat16, argnums=(2, 3, 4))
   calls = [line for line in text.splitlines() if MOSAIC in line]
   assert len(calls) == 2, len(calls)  # forward, backward
   for line in calls:  # k, v, q in; the backward's dk, dv, dq out
