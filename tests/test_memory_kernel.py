@@ -230,3 +230,40 @@ def test_unsupported_configs_are_one_line_errors():
   with pytest.raises(ValueError, match="impl must be"):
     MemoryConfig.paper(dim=8, impl="mosaic")
   assert MemoryConfig.paper(**base).kernel_unsupported() is None
+
+
+def _primitives(jaxpr):
+  """Names of every primitive in a jaxpr, nested jaxprs included."""
+  names = []
+  for eqn in jaxpr.eqns:
+    names.append(eqn.primitive.name)
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        inner = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
+        if hasattr(inner, "eqns"):
+          names += _primitives(inner)
+  return names
+
+
+def test_tokens_laid_out_scan_chunks_long_are_not_padded_again():
+  """`scan_chunks` is the chunk count the kernel runs (whole segments): tokens that
+  `core` lays out that long go into the kernel as they are (no pad copy), shorter ones
+  are padded with identity chunks to it."""
+  cfg = paper(dim=16, scan_remat_every=3, **F32)
+  C, H, d = cfg.chunk_size, cfg.heads, cfg.head_dim
+  state = init_state(make_params(cfg, 0), cfg, 1)
+  shapes = [w.shape[2:] for w in state["weights"].values()]
+  # segments of at most 3 chunks, as even as their count allows: 4 -> 2 + 2, 5 -> 3 + 3
+  assert [K.scan_chunks(cfg, c, d, shapes) for c in (4, 5, 6)] == [4, 6, 6]
+  assert (
+    K.scan_chunks(MemoryConfig.paper(64, impl="pallas"), 258, 64, [(64, 256), (256, 64)]) == 261
+  )
+
+  def primitives(chunks):
+    tok = jnp.zeros((1, H, chunks * C, d), jnp.float32)
+    gates = jnp.zeros((1, H, chunks * C, len(K.GATE_COLUMNS)), jnp.float32)
+    scan = lambda *a: K.chunk_scan(cfg, *a, platform="cpu", interpret=True)
+    args = (state["weights"], state["momentum"], tok, tok, tok, gates)
+    return _primitives(jax.make_jaxpr(scan)(*args).jaxpr)
+
+  assert "pad" in primitives(5) and "pad" not in primitives(6)

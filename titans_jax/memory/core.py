@@ -44,7 +44,7 @@ from jax.ad_checkpoint import checkpoint_name
 from titans_jax.memory.config import MemoryConfig
 from titans_jax.memory.dual import dual_block_step, use_dual
 from titans_jax.memory.inputs import check_input, chunk_gates, project
-from titans_jax.memory.kernel import chunk_scan
+from titans_jax.memory.kernel import chunk_scan, scan_chunks
 from titans_jax.memory.networks import memory_forward
 from titans_jax.memory.ops import rmsnorm
 from titans_jax.memory.primal import block_step
@@ -284,22 +284,26 @@ def _kernel_scan(cfg: MemoryConfig, state: State, blocks, q_last_BHd, B: int, N:
   The kernel reads each query with the weights before the chunk of the token after it
   (the queries are shifted one token right). One more chunk, an identity (valid = 0),
   carries the buffer's last query, so the kernel also reads it with the final weights:
-  y_buf is the kernel's y from the second token on, with no concatenation after it."""
+  y_buf is the kernel's y from the second token on, with no concatenation after it.
+  The identity chunks that fill the kernel's last segment are appended in the same
+  copy (`kernel.scan_chunks`), so the kernel pads nothing."""
   C, H = cfg.chunk_size, cfg.heads
+  shapes = [state["weights"][name].shape[2:] for name in cfg.fast_weight_names()]
+  idle_chunks = scan_chunks(cfg, N + 1, cfg.head_dim, shapes) - N  # ≥ 1
 
-  def tokens(t, first_of_idle_chunk=None):  # N×B×H×1×C×… -> B×H×((N+1)·C)×…
+  def tokens(t, first_of_idle_chunk=None):  # N×B×H×1×C×… -> B×H×((N+idle)·C)×…
     t = jnp.moveaxis(t[:, :, :, 0], 0, 2)
     t = t.reshape((B, H, N * C) + t.shape[4:])
-    idle = jnp.zeros(t.shape[:2] + (C,) + t.shape[3:], t.dtype)
+    idle = jnp.zeros(t.shape[:2] + (idle_chunks * C,) + t.shape[3:], t.dtype)
     if first_of_idle_chunk is not None:
       idle = idle.at[:, :, 0].set(first_of_idle_chunk.astype(t.dtype))
     return jnp.concatenate([t, idle], axis=2)
 
-  def per_chunk(t_NBH):  # N×B×H -> B×H×((N+1)·C), the idle chunk's entries 0
-    t = jnp.concatenate([t_NBH, jnp.zeros_like(t_NBH[:1])], axis=0)
+  def per_chunk(t_NBH):  # N×B×H -> B×H×((N+idle)·C), the idle chunks' entries 0
+    t = jnp.concatenate([t_NBH, jnp.zeros((idle_chunks,) + t_NBH.shape[1:], t_NBH.dtype)])
     return jnp.repeat(jnp.moveaxis(t, 0, 2), C, axis=2)
 
-  ones = jnp.ones((B, H, (N + 1) * C), inner)  # no forgetting: α = 0; no momentum: η = 1
+  ones = jnp.ones((B, H, (N + idle_chunks) * C), inner)  # α = 0 / η = 1 when off
   valid_NBH = jnp.broadcast_to(blocks["valid"][:, :1, None], (N, B, H))
   gates = jnp.stack(
     [

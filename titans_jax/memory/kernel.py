@@ -412,6 +412,16 @@ def segment_chunks(cfg: MemoryConfig, chunks: int, d: int, wshapes) -> int:
   return -(-chunks // segments)
 
 
+def scan_chunks(cfg: MemoryConfig, chunks: int, d: int, weight_shapes) -> int:
+  """How many chunks `chunk_scan` runs for `chunks`: whole segments, identity chunks
+  (valid = 0) filling the last one. A caller that lays its tokens out this long already
+  (`core._kernel_scan`, in the copy that puts the heads first) spares the kernel's pad,
+  a copy of each token array. weight_shapes: the fast weights' per-head (i, o)."""
+  shapes = list(weight_shapes) * (2 if cfg.momentum else 1)  # one momentum per weight
+  n = segment_chunks(cfg, chunks, d, shapes)
+  return -(-chunks // n) * n
+
+
 def chunk_scan(
   cfg: MemoryConfig,
   weights: dict,
@@ -451,7 +461,7 @@ def chunk_scan(
   n = segment_chunks(cfg, chunks, d, wshapes + (wshapes if cfg.momentum else []))
   if C % (32 // jnp.dtype(keys.dtype).itemsize):  # a chunk must fill whole packed row tiles
     keys, values, queries = (t.astype(gates.dtype) for t in (keys, values, queries))
-  pad = (-chunks % n) * C  # identity chunks (valid = 0) to fill the last segment
+  pad = (scan_chunks(cfg, chunks, d, wshapes) - chunks) * C  # identity chunks
   if pad:
     widen = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0)))
     keys, values, queries, gates = map(widen, (keys, values, queries, gates))
