@@ -113,17 +113,21 @@ def test_kernel_continues_a_stream_like_one_call_x64():
     _assert_trees_close(state["momentum"], s_ref["momentum"], 1e-10)
 
 
+def _equations(jaxpr):
+  """Every equation of a jaxpr, those of nested jaxprs (pjit, custom_vjp, scan) included."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        inner = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
+        if hasattr(inner, "eqns"):
+          yield from _equations(inner)
+
+
 def _pallas_operand_dtypes(jaxpr) -> list:
   """Operand dtypes of every pallas_call in a jaxpr, nested jaxprs included."""
-  found = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "pallas_call":
-      found += [x.aval.dtype for x in eqn.invars]
-    for value in eqn.params.values():
-      inner = getattr(value, "jaxpr", value)  # ClosedJaxpr -> Jaxpr
-      if hasattr(inner, "eqns"):
-        found += _pallas_operand_dtypes(inner)
-  return found
+  eqns = [e for e in _equations(jaxpr) if e.primitive.name == "pallas_call"]
+  return [x.aval.dtype for eqn in eqns for x in eqn.invars]
 
 
 def test_kernel_reads_bfloat16_tokens_and_returns_what_casting_first_gave():
@@ -232,19 +236,6 @@ def test_unsupported_configs_are_one_line_errors():
   assert MemoryConfig.paper(**base).kernel_unsupported() is None
 
 
-def _primitives(jaxpr):
-  """Names of every primitive in a jaxpr, nested jaxprs included."""
-  names = []
-  for eqn in jaxpr.eqns:
-    names.append(eqn.primitive.name)
-    for value in eqn.params.values():
-      for sub in value if isinstance(value, (tuple, list)) else (value,):
-        inner = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
-        if hasattr(inner, "eqns"):
-          names += _primitives(inner)
-  return names
-
-
 def test_tokens_laid_out_scan_chunks_long_are_not_padded_again():
   """`scan_chunks` is the chunk count the kernel runs (whole segments): tokens that
   `core` lays out that long go into the kernel as they are (no pad copy), shorter ones
@@ -264,6 +255,6 @@ def test_tokens_laid_out_scan_chunks_long_are_not_padded_again():
     gates = jnp.zeros((1, H, chunks * C, len(K.GATE_COLUMNS)), jnp.float32)
     scan = lambda *a: K.chunk_scan(cfg, *a, platform="cpu", interpret=True)
     args = (state["weights"], state["momentum"], tok, tok, tok, gates)
-    return _primitives(jax.make_jaxpr(scan)(*args).jaxpr)
+    return [e.primitive.name for e in _equations(jax.make_jaxpr(scan)(*args).jaxpr)]
 
   assert "pad" in primitives(5) and "pad" not in primitives(6)
