@@ -263,9 +263,9 @@ def render(results: dict) -> str:
     + (", ".join(missing) if missing else "none")
     + "."
     + (
-      f" † {stale} cells' bytes (and the bound, limit and MFU from them) were counted before "
-      "async slices were charged once (perf/hlo_cost.BYTE_COUNT): too high; recompile them "
-      "to update."
+      f" † {stale} cells' bytes (and the bound, limit and MFU from them) come from an older "
+      "byte count (perf/hlo_cost.BYTE_COUNT), which charged the TPU compiler's prefetches "
+      "more than once: too high; recompile them to update."
       if stale
       else ""
     )

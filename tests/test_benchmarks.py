@@ -223,7 +223,7 @@ def test_tpu_fit_render_rows_for_compiled_refused_and_missing_cells():
   assert "NO (compiler: temporaries alone over by 3.94)" in row["mag"]
   assert "NO (compiler: temporaries alone over by 6.85)" in row["mal"]
   assert "compile timed out" in row["lmm"]
-  # bytes from before the async-slice fix are marked, and counted under the table
+  # bytes from an older byte count are marked, and counted under the table
   v5p = next(
     line for line in table.splitlines() if line.startswith("| v5p-8 (fsdp=4) | 170m | 4K | swa")
   )
