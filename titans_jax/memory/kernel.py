@@ -412,13 +412,17 @@ def segment_chunks(cfg: MemoryConfig, chunks: int, d: int, wshapes) -> int:
   return -(-chunks // segments)
 
 
+def _carry_shapes(cfg: MemoryConfig, weight_shapes) -> list:
+  """Per-head shapes of the scan's carry: each fast weight and, with momentum, its S."""
+  return list(weight_shapes) * (2 if cfg.momentum else 1)
+
+
 def scan_chunks(cfg: MemoryConfig, chunks: int, d: int, weight_shapes) -> int:
   """How many chunks `chunk_scan` runs for `chunks`: whole segments, identity chunks
   (valid = 0) filling the last one. A caller that lays its tokens out this long already
   (`core._kernel_scan`, in the copy that puts the heads first) spares the kernel's pad,
   a copy of each token array. weight_shapes: the fast weights' per-head (i, o)."""
-  shapes = list(weight_shapes) * (2 if cfg.momentum else 1)  # one momentum per weight
-  n = segment_chunks(cfg, chunks, d, shapes)
+  n = segment_chunks(cfg, chunks, d, _carry_shapes(cfg, weight_shapes))
   return -(-chunks // n) * n
 
 
@@ -458,7 +462,7 @@ def chunk_scan(
   B, H, T, d = keys.shape
   chunks = T // C
   wshapes = [weights[name].shape[2:] for name in names]
-  n = segment_chunks(cfg, chunks, d, wshapes + (wshapes if cfg.momentum else []))
+  n = segment_chunks(cfg, chunks, d, _carry_shapes(cfg, wshapes))
   if C % (32 // jnp.dtype(keys.dtype).itemsize):  # a chunk must fill whole packed row tiles
     keys, values, queries = (t.astype(gates.dtype) for t in (keys, values, queries))
   pad = (scan_chunks(cfg, chunks, d, wshapes) - chunks) * C  # identity chunks
