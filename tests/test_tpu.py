@@ -90,7 +90,15 @@ def compiled():
   def kernel():  # the memory's Pallas scan kernel (impl="pallas") on data×tensor
     out["kernel"] = _compile_train("mag", (2, 1, 2), impl="pallas", scan_remat_every=2)
 
-  run_concurrently([train(("mag", (2, 1, 2))), train(("lmm", (4, 1, 1))), generation, kernel])
+  def mac_kernel():  # … in MAC's segment scan, under the presets' layer remat policy
+    cfg = _config("mac", (4, 1, 1))
+    memory = cfg.model.memory_config.replace(impl="pallas")
+    cfg = dataclasses.replace(cfg, model=cfg.model.replace(remat="dots_no_batch", memory=memory))
+    out["mac_kernel"] = aot.size_train_step(cfg, TARGET, _mesh((4, 1, 1)))
+
+  run_concurrently(
+    [train(("mag", (2, 1, 2))), train(("lmm", (4, 1, 1))), generation, kernel, mac_kernel]
+  )
   return out
 
 
@@ -122,6 +130,18 @@ def test_memory_scan_kernel_compiles_for_tpu_on_a_sharded_mesh(train_sizes):
   assert kernel.kernel_flops > xla.kernel_flops > 0
   assert kernel.by_component["memory"]["flops"] > 0
   assert "memory_block" not in kernel.by_component  # no XLA scan left
+
+
+def test_mac_layer_rerun_keeps_the_segment_scan_out_of_it(train_sizes):
+  """MAC with the kernel and remat="dots_no_batch": the layer's rerun in the backward
+  takes each segment's carry and output from the forward (they are named for the
+  policy), so the forward kernel runs twice — the forward and the segment scan's own
+  rerun in its backward — not a third time in the layer's rerun."""
+  hlo = train_sizes["mac_kernel"].hlo_text
+  calls = [ln for ln in hlo.splitlines() if MOSAIC in ln]
+  forward = [ln for ln in calls if "titans_memory_scan_fwd" in ln]
+  backward = [ln for ln in calls if "titans_memory_scan_bwd" in ln]
+  assert (len(forward), len(backward)) == (2, 1), (len(forward), len(backward))
 
 
 @pytest.mark.slow

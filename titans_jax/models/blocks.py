@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 
 from titans_jax import memory as memory_lib
 from titans_jax.layers import attention as attn_lib
@@ -56,6 +57,19 @@ from titans_jax.sharding.rules import ACT_BTD, ACT_BTHK
 
 Cache = dict[str, Any]
 KINDS = ("swa", "mag", "mal", "lmm", "mac", "seg")
+MAC_SEGMENT_SAVED_NAME = "mac_segment_saved"  # each segment's carry and output (a remat name)
+
+
+def _named_segment_step(step):
+  """MAC's rematerialised segment step with its carry in and its output named, so that
+  the layer's remat policy can keep them (one memory state and one B×S×D output a
+  segment) and the layer's rerun in the backward need not run the segment scan."""
+
+  def named(carry, x_BSD):
+    carry, (o, stats) = step(checkpoint_name(carry, MAC_SEGMENT_SAVED_NAME), x_BSD)
+    return carry, (checkpoint_name(o, MAC_SEGMENT_SAVED_NAME), stats)
+
+  return named
 
 
 def capturing(module: nnx.Module) -> bool:
@@ -336,7 +350,7 @@ class Block(nnx.Module):
       if self.cfg.mac_segment_remat:
         # keep only the carry per segment: the memory's per-chunk weights of every
         # segment cost more to stack and reload than to recompute
-        step = jax.checkpoint(step, prevent_cse=False)
+        step = _named_segment_step(jax.checkpoint(step, prevent_cse=False))
       carry, (o_NBSD, st_NS) = lax.scan(step, carry, xs)
       outs.append(jnp.moveaxis(o_NBSD, 0, 1).reshape(B, n * S, D))
       stats.append({k: v.reshape(n * S) for k, v in st_NS.items()})

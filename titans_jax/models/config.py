@@ -98,7 +98,9 @@ class TitansConfig:
     param_dtype: dtype of the parameters.
     remat: rematerialisation policy of each scanned block in the backward pass:
       "none", "full" (save nothing), "dots" (save matmul outputs), "dots_no_batch"
-      (save matmuls without batch dims), "save_nothing" (= full).
+      (save matmuls without batch dims), "save_nothing" (= full). The two matmul
+      policies also keep MAC's per-segment memory state and output, so the layer's
+      rerun skips the segment scan (with `mac_segment_remat`).
     scan_layers: stack identical consecutive blocks and run them with lax.scan (off:
       each layer inlined). The initial weights of a seed are the same either way.
     attn_impl: attention kernel (titans_jax.layers.attention): "auto", "xla",

@@ -23,18 +23,26 @@ from flax import nnx
 from jax import lax
 
 from titans_jax.layers.basic import Embed, Linear, RMSNorm
-from titans_jax.models.blocks import Block, capturing
+from titans_jax.models.blocks import MAC_SEGMENT_SAVED_NAME, Block, capturing
 from titans_jax.models.config import TitansConfig
 from titans_jax.sharding import constrain
 from titans_jax.sharding.rules import ACT_BTD, ACT_BTV
 
 # Logical names of the residual stream and the logits (rules: titans_jax.sharding.RULES).
 
+_cp = jax.checkpoint_policies
+# The matmul policies also keep MAC's per-segment carries and outputs (a memory state and
+# a B×S×D output a segment, `blocks.MAC_SEGMENT_SAVED_NAME`): the layer's rerun in the
+# backward then skips the segment scan, which the scan's own backward reruns a segment at
+# a time anyway (170m MAC, 2 layers, one v5e chip: bytes accessed −7 %, docs/memory.md §7).
+_KEEP_MAC_SEGMENTS = _cp.save_only_these_names(MAC_SEGMENT_SAVED_NAME)
 _POLICIES = {
   "full": None,
   "save_nothing": None,
-  "dots": jax.checkpoint_policies.dots_saveable,
-  "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "dots": _cp.save_from_both_policies(_cp.dots_saveable, _KEEP_MAC_SEGMENTS),
+  "dots_no_batch": _cp.save_from_both_policies(
+    _cp.dots_with_no_batch_dims_saveable, _KEEP_MAC_SEGMENTS
+  ),
 }
 
 
